@@ -1,0 +1,61 @@
+//! The crate's one error type.
+
+/// Everything that can go wrong in `outbox`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Two Rust types derive `Event` with the same name.
+    #[error("event name `{name}` is used by two types: `{first}` and `{second}`")]
+    DuplicateEventName {
+        /// The shared event name.
+        name: String,
+        /// One of the two Rust types.
+        first: String,
+        /// The other Rust type.
+        second: String,
+    },
+
+    /// One event type (or the catch-all) was given two publishers.
+    #[error("a second publisher was registered for {what}")]
+    DuplicatePublisher {
+        /// The event name, or "the catch-all".
+        what: String,
+    },
+
+    /// The table name is not a plain identifier (or `schema.table`).
+    #[error("invalid outbox table name {name:?}: {reason}")]
+    InvalidTableName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The event could not be serialized to JSON.
+    #[error("event `{name}` does not serialize to JSON")]
+    Encode {
+        /// The event name.
+        name: &'static str,
+        /// The serializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// The serialized event is larger than the configured maximum.
+    #[error("event `{name}` is {size} bytes of JSON, over the maximum of {max}")]
+    PayloadTooLarge {
+        /// The event name.
+        name: &'static str,
+        /// Its size as JSON.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+
+    /// The database reported an error (connection lost, constraint, ...).
+    #[error("outbox database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

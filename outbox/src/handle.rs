@@ -1,0 +1,438 @@
+//! The [`Outbox`] handle: building it, recording events, dead letters.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::entry::Metadata;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::registry;
+use crate::relay::Backoff;
+use crate::store::{Backend, DeadLetter, NewRow, TableName, Which};
+
+type NameFilter = dyn Fn(&str) -> bool + Send + Sync;
+
+/// The outbox of one table in one database: records events inside the
+/// caller's transactions and relays them to [`Publishers`](crate::Publishers).
+///
+/// Cheap to clone (an `Arc` inside). Build it with [`Outbox::builder`].
+pub struct Outbox<DB: Backend> {
+    pub(crate) inner: Arc<Inner<DB>>,
+}
+
+pub(crate) struct Inner<DB: Backend> {
+    pub(crate) pool: sqlx::Pool<DB>,
+    pub(crate) table: TableName,
+    pub(crate) sql: DB::Sql,
+    filter: Option<Box<NameFilter>>,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) batch_limit: usize,
+    pub(crate) lease: Duration,
+    pub(crate) unroutable_delay: Duration,
+    max_payload: Option<usize>,
+}
+
+impl<DB: Backend> Clone for Outbox<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<DB: Backend> fmt::Debug for Outbox<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox")
+            .field("table", &self.inner.table)
+            .field("max_attempts", &self.inner.max_attempts)
+            .field("backoff", &self.inner.backoff)
+            .field("batch_limit", &self.inner.batch_limit)
+            .field("lease", &self.inner.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Outbox::record`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Recording {
+    /// A row was written in the caller's transaction, with this event id.
+    Stored {
+        /// The id that travels with the event to the broker.
+        event_id: Uuid,
+    },
+    /// No row was written.
+    Filtered(FilterReason),
+}
+
+impl Recording {
+    /// The event id, if a row was written.
+    #[must_use]
+    pub fn event_id(self) -> Option<Uuid> {
+        match self {
+            Self::Stored { event_id } => Some(event_id),
+            Self::Filtered(_) => None,
+        }
+    }
+
+    /// `true` if no row was written.
+    #[must_use]
+    pub fn is_filtered(self) -> bool {
+        matches!(self, Self::Filtered(_))
+    }
+}
+
+/// Why an event was not written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FilterReason {
+    /// The type is `#[outbox(skip)]`.
+    Skipped,
+    /// The outbox's name filter said no.
+    NameFilter,
+    /// The type's `publish_if` said no for this value.
+    PublishIf,
+}
+
+/// Configures an [`Outbox`]; see each method for its default.
+#[must_use]
+pub struct OutboxBuilder<DB: Backend> {
+    pool: sqlx::Pool<DB>,
+    table: String,
+    filter: Option<Box<NameFilter>>,
+    max_attempts: u32,
+    backoff: Backoff,
+    batch_limit: usize,
+    lease: Duration,
+    unroutable_delay: Duration,
+    max_payload: Option<usize>,
+    migrate: bool,
+}
+
+impl<DB: Backend> fmt::Debug for OutboxBuilder<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboxBuilder")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: Backend> Outbox<DB> {
+    /// Starts configuring the outbox that lives in `pool`'s database.
+    pub fn builder(pool: sqlx::Pool<DB>) -> OutboxBuilder<DB> {
+        OutboxBuilder {
+            pool,
+            table: "outbox".to_owned(),
+            filter: None,
+            max_attempts: 3,
+            backoff: Backoff::default(),
+            batch_limit: 100,
+            lease: Duration::from_secs(30),
+            unroutable_delay: Duration::from_secs(30),
+            max_payload: None,
+            migrate: true,
+        }
+    }
+}
+
+impl<DB: Backend> OutboxBuilder<DB> {
+    /// The table name (default `outbox`): an identifier, or `schema.table`
+    /// on PostgreSQL. Anything else fails the build with
+    /// [`Error::InvalidTableName`].
+    pub fn table(mut self, name: impl Into<String>) -> Self {
+        self.table = name.into();
+        self
+    }
+
+    /// A filter on event names, applied when an event is recorded (the
+    /// reference's filterer): an event whose name it rejects writes no row.
+    pub fn filter(mut self, filter: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.filter = Some(Box::new(filter));
+        self
+    }
+
+    /// Attempts per entry before it becomes a dead letter (default 3, at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The delay before a rejected entry is tried again (default:
+    /// exponential from 1 s, doubling, at most 5 min).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Entries claimed per run by the relay loop (default 100).
+    pub fn batch_limit(mut self, limit: usize) -> Self {
+        self.batch_limit = limit.max(1);
+        self
+    }
+
+    /// How long a claim lasts (default 30 s). A relay that dies holding a
+    /// claim delays its entries by at most this; a publisher slower than
+    /// this may see its entries published by another relay as well.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long an entry no publisher claims waits before it is offered
+    /// again (default 30 s). It costs no attempt.
+    pub fn unroutable_delay(mut self, delay: Duration) -> Self {
+        self.unroutable_delay = delay;
+        self
+    }
+
+    /// The largest payload, in bytes of JSON, that [`Outbox::record`]
+    /// accepts (default: no limit); larger ones fail with [`Error::PayloadTooLarge`].
+    pub fn max_payload_bytes(mut self, max: usize) -> Self {
+        self.max_payload = Some(max);
+        self
+    }
+
+    /// Whether [`build`](Self::build) creates or upgrades the table (default
+    /// `true`). Turn it off when the relay's database role may not run DDL,
+    /// and call [`crate::migrate`] from a deploy step instead.
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// Validates the configuration, checks that no two event types share a
+    /// name ([`Error::DuplicateEventName`]), and runs the migrations.
+    pub async fn build(self) -> Result<Outbox<DB>> {
+        registry::check()?;
+        let table = TableName::new(&self.table)?;
+        if table.has_schema() && !DB::SCHEMAS {
+            return Err(Error::InvalidTableName {
+                name: self.table,
+                reason: "this database takes no schema-qualified table names".to_owned(),
+            });
+        }
+        if self.migrate {
+            DB::migrate(&self.pool, &table).await?;
+        }
+        Ok(Outbox {
+            inner: Arc::new(Inner {
+                sql: DB::sql(&table),
+                pool: self.pool,
+                table,
+                filter: self.filter,
+                max_attempts: self.max_attempts,
+                backoff: self.backoff,
+                batch_limit: self.batch_limit,
+                lease: self.lease,
+                unroutable_delay: self.unroutable_delay,
+                max_payload: self.max_payload,
+            }),
+        })
+    }
+}
+
+/// Creates or upgrades the outbox table `table` in `pool`'s database. Safe
+/// to call concurrently and repeatedly.
+pub async fn migrate<DB: Backend>(pool: &sqlx::Pool<DB>, table: &str) -> Result<()> {
+    let name = TableName::new(table)?;
+    DB::migrate(pool, &name).await
+}
+
+/// Events gathered for one multi-row insert: see [`Outbox::batch`].
+#[must_use]
+pub struct Batch<'o, DB: Backend> {
+    outbox: &'o Outbox<DB>,
+    rows: Vec<NewRow>,
+}
+
+impl<DB: Backend> fmt::Debug for Batch<'_, DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch")
+            .field("rows", &self.rows.len())
+            .finish()
+    }
+}
+
+impl<DB: Backend> Batch<'_, DB> {
+    /// Adds an event (filters apply now). Events of different types mix freely.
+    pub fn push<E: Event>(&mut self, event: &E) -> Result<Recording> {
+        self.push_with(event, Metadata::default())
+    }
+
+    /// Adds an event with metadata.
+    pub fn push_with<E: Event>(&mut self, event: &E, meta: Metadata) -> Result<Recording> {
+        match self.outbox.prepare(event, meta)? {
+            Ok(row) => {
+                let event_id = row.event_id;
+                self.rows.push(row);
+                Ok(Recording::Stored { event_id })
+            }
+            Err(reason) => Ok(Recording::Filtered(reason)),
+        }
+    }
+
+    /// How many rows the batch will write.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// `true` if the batch will write nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Writes every row in as few statements as the database allows,
+    /// inside the caller's transaction (`&mut *tx`) or connection.
+    pub async fn record(self, conn: &mut DB::Connection) -> Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        DB::insert(conn, &self.outbox.inner.sql, &self.rows).await
+    }
+}
+
+impl<DB: Backend> Outbox<DB> {
+    /// Records `event` inside the caller's transaction: pass `&mut *tx` for
+    /// a `sqlx::Transaction` (or any connection of this database). The row
+    /// commits if and only if the transaction commits.
+    ///
+    /// Returns [`Recording::Filtered`] without writing when the type is
+    /// `skip`, the name filter rejects it, or `publish_if` says no.
+    pub async fn record<E: Event>(
+        &self,
+        conn: &mut DB::Connection,
+        event: &E,
+    ) -> Result<Recording> {
+        self.record_with(conn, event, Metadata::default()).await
+    }
+
+    /// [`record`](Self::record) with metadata: stream key, headers,
+    /// correlation and causation ids.
+    pub async fn record_with<E: Event>(
+        &self,
+        conn: &mut DB::Connection,
+        event: &E,
+        meta: Metadata,
+    ) -> Result<Recording> {
+        match self.prepare(event, meta)? {
+            Ok(row) => {
+                let event_id = row.event_id;
+                DB::insert(conn, &self.inner.sql, std::slice::from_ref(&row)).await?;
+                Ok(Recording::Stored { event_id })
+            }
+            Err(reason) => Ok(Recording::Filtered(reason)),
+        }
+    }
+
+    /// Records many events of one type in one multi-row insert.
+    pub async fn record_all<'e, E: Event>(
+        &self,
+        conn: &mut DB::Connection,
+        events: impl IntoIterator<Item = &'e E>,
+    ) -> Result<Vec<Recording>> {
+        let mut batch = self.batch();
+        let recordings = events
+            .into_iter()
+            .map(|event| batch.push(event))
+            .collect::<Result<Vec<_>>>()?;
+        batch.record(conn).await?;
+        Ok(recordings)
+    }
+
+    /// Starts a batch of events (of any types) to write in one multi-row insert.
+    pub fn batch(&self) -> Batch<'_, DB> {
+        Batch {
+            outbox: self,
+            rows: Vec::new(),
+        }
+    }
+
+    /// Applies the filters and serializes; `Ok(Err(reason))` means filtered.
+    fn prepare<E: Event>(&self, event: &E, meta: Metadata) -> Result<Result<NewRow, FilterReason>> {
+        if E::SKIP {
+            return Ok(Err(FilterReason::Skipped));
+        }
+        if let Some(filter) = &self.inner.filter {
+            if !filter(E::NAME) {
+                return Ok(Err(FilterReason::NameFilter));
+            }
+        }
+        if !event.publish_if() {
+            return Ok(Err(FilterReason::PublishIf));
+        }
+        let payload = serde_json::to_string(event).map_err(|source| Error::Encode {
+            name: E::NAME,
+            source,
+        })?;
+        if let Some(max) = self.inner.max_payload {
+            if payload.len() > max {
+                return Err(Error::PayloadTooLarge {
+                    name: E::NAME,
+                    size: payload.len(),
+                    max,
+                });
+            }
+        }
+        let headers = if meta.headers.is_empty() {
+            "{}".to_owned()
+        } else {
+            serde_json::to_string(&meta.headers).map_err(|source| Error::Encode {
+                name: E::NAME,
+                source,
+            })?
+        };
+        Ok(Ok(NewRow {
+            event_id: Uuid::now_v7(),
+            name: E::NAME,
+            payload,
+            stream_key: meta.stream_key,
+            headers,
+            correlation_id: meta.correlation_id,
+            causation_id: meta.causation_id,
+        }))
+    }
+
+    /// The configured batch limit (entries per run of the relay loop).
+    #[must_use]
+    pub fn batch_limit(&self) -> usize {
+        self.inner.batch_limit
+    }
+
+    /// The table, as validated.
+    #[must_use]
+    pub fn table(&self) -> &TableName {
+        &self.inner.table
+    }
+
+    /// Up to `limit` dead letters, oldest first.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        DB::dead_letters(&self.inner.pool, &self.inner.sql, limit).await
+    }
+
+    /// Makes the dead letter `event_id` pending again with zero attempts;
+    /// `false` if there is no such dead letter.
+    pub async fn requeue(&self, event_id: Uuid) -> Result<bool> {
+        Ok(DB::requeue(&self.inner.pool, &self.inner.sql, Which::One(event_id)).await? > 0)
+    }
+
+    /// Makes every dead letter pending again; returns how many.
+    pub async fn requeue_all(&self) -> Result<u64> {
+        DB::requeue(&self.inner.pool, &self.inner.sql, Which::All).await
+    }
+
+    /// Deletes the dead letter `event_id` for good; `false` if there is none.
+    pub async fn purge(&self, event_id: Uuid) -> Result<bool> {
+        Ok(DB::purge(&self.inner.pool, &self.inner.sql, Which::One(event_id)).await? > 0)
+    }
+
+    /// Deletes every dead letter for good; returns how many.
+    pub async fn purge_all(&self) -> Result<u64> {
+        DB::purge(&self.inner.pool, &self.inner.sql, Which::All).await
+    }
+}

@@ -1,0 +1,402 @@
+//! Relaying: [`Outbox::run`] processes one batch; [`Relay`] loops.
+
+use std::future::Future;
+use std::pin::pin;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::entry::{Entry, Headers};
+use crate::error::Result;
+use crate::handle::Outbox;
+use crate::publisher::{Delivery, Publishers};
+use crate::store::{Backend, ClaimedRow, Settlement, Update};
+
+/// The delay before a rejected entry is tried again, by attempts made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::exponential(Duration::from_secs(1), Duration::from_secs(300))
+    }
+}
+
+impl Backoff {
+    /// `base` after the first failure, doubling after each further one, never over `max`.
+    #[must_use]
+    pub fn exponential(base: Duration, max: Duration) -> Self {
+        Self { base, max }
+    }
+
+    /// The same delay after every failure.
+    #[must_use]
+    pub fn fixed(delay: Duration) -> Self {
+        Self {
+            base: delay,
+            max: delay,
+        }
+    }
+
+    /// No delay: a failed entry is due again at once (useful in tests).
+    #[must_use]
+    pub fn none() -> Self {
+        Self::fixed(Duration::ZERO)
+    }
+
+    /// The delay after `attempts` failed attempts (1 = the first failure).
+    #[must_use]
+    pub fn delay(&self, attempts: u32) -> Duration {
+        let doublings = attempts.saturating_sub(1).min(32);
+        self.base
+            .checked_mul(1 << doublings)
+            .map_or(self.max, |d| d.min(self.max))
+    }
+}
+
+/// What one [`Outbox::run`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Report {
+    /// Entries claimed.
+    pub claimed: usize,
+    /// Entries published and done with.
+    pub published: usize,
+    /// Entries that failed an attempt and will be tried again.
+    pub retried: usize,
+    /// Entries that became dead letters (last attempt failed, or undecodable).
+    pub dead: usize,
+    /// Entries whose name has no publisher: left pending, no attempt counted.
+    pub unroutable: usize,
+    /// Entries not published because the broker was unavailable (the one
+    /// that reported it and the rest of the batch): no attempt counted.
+    pub unavailable: usize,
+}
+
+impl std::ops::AddAssign for Report {
+    fn add_assign(&mut self, other: Self) {
+        self.claimed += other.claimed;
+        self.published += other.published;
+        self.retried += other.retried;
+        self.dead += other.dead;
+        self.unroutable += other.unroutable;
+        self.unavailable += other.unavailable;
+    }
+}
+
+fn to_entry(row: ClaimedRow) -> std::result::Result<Entry, (i64, String)> {
+    let headers: Headers = if row.headers == "{}" {
+        Headers::new()
+    } else {
+        serde_json::from_str(&row.headers).map_err(|err| {
+            (
+                row.id,
+                format!("headers do not decode as a string map: {err}"),
+            )
+        })?
+    };
+    let attempts = u32::try_from(row.attempts).unwrap_or(0);
+    Ok(Entry {
+        position: row.id,
+        event_id: row.event_id,
+        name: row.name,
+        payload: row.payload,
+        stream_key: row.stream_key,
+        headers,
+        correlation_id: row.correlation_id,
+        causation_id: row.causation_id,
+        created_at: row.created_at,
+        attempt: attempts.saturating_add(1),
+    })
+}
+
+impl<DB: Backend> Outbox<DB> {
+    /// Claims up to `limit` due entries in record order, publishes them with
+    /// no transaction open, and records every outcome in one short
+    /// transaction that checks this run's claim token.
+    ///
+    /// Returns what happened; an `Err` means the database failed (nothing
+    /// is lost: claimed entries become due again when their lease expires).
+    pub async fn run(&self, publishers: &Publishers, limit: usize) -> Result<Report> {
+        let token = Uuid::new_v4();
+        let span = tracing::debug_span!("outbox.run", table = %self.inner.table, claimed = tracing::field::Empty);
+        async move {
+            let inner = &self.inner;
+            let mut rows = DB::claim(&inner.pool, &inner.sql, limit, inner.lease, token).await?;
+            tracing::Span::current().record("claimed", rows.len());
+            let mut report = Report {
+                claimed: rows.len(),
+                ..Report::default()
+            };
+            if rows.is_empty() {
+                return Ok(report);
+            }
+            rows.sort_unstable_by_key(|row| row.id);
+            let settlement = self.dispatch(publishers, rows, &mut report).await;
+            DB::settle(&inner.pool, &inner.sql, token, &settlement).await?;
+            Ok(report)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Hands consecutive entries of one name to their publisher, in order,
+    /// and turns the deliveries into a settlement.
+    async fn dispatch(
+        &self,
+        publishers: &Publishers,
+        rows: Vec<ClaimedRow>,
+        report: &mut Report,
+    ) -> Settlement {
+        let inner = &self.inner;
+        let mut settlement = Settlement {
+            published: Vec::with_capacity(rows.len()),
+            updates: Vec::new(),
+        };
+        let release = |id, attempts, delay| Update {
+            id,
+            dead: false,
+            attempts,
+            error: None,
+            delay,
+        };
+        let mut stopped = false;
+        let mut rows = rows.into_iter().peekable();
+        while let Some(first) = rows.next() {
+            let name = first.name.clone();
+            let mut group = vec![first];
+            while let Some(next) = rows.next_if(|row| row.name == name) {
+                group.push(next);
+            }
+            let Some(dispatcher) = publishers.route(&name) else {
+                tracing::debug!(name = %name, count = group.len(), "no publisher: unroutable");
+                report.unroutable += group.len();
+                settlement.updates.extend(
+                    group
+                        .iter()
+                        .map(|row| release(row.id, row.attempts, inner.unroutable_delay)),
+                );
+                continue;
+            };
+            if stopped {
+                report.unavailable += group.len();
+                settlement.updates.extend(
+                    group
+                        .iter()
+                        .map(|row| release(row.id, row.attempts, Duration::ZERO)),
+                );
+                continue;
+            }
+            let mut meta = Vec::with_capacity(group.len());
+            let mut entries = Vec::with_capacity(group.len());
+            for row in group {
+                let (id, attempts) = (row.id, row.attempts);
+                match to_entry(row) {
+                    Ok(entry) => {
+                        meta.push((id, attempts));
+                        entries.push(entry);
+                    }
+                    Err((id, reason)) => {
+                        report.dead += 1;
+                        settlement.updates.push(dead(id, attempts, reason));
+                    }
+                }
+            }
+            let deliveries = dispatcher.dispatch(entries).await;
+            for ((id, attempts), delivery) in meta.into_iter().zip(deliveries) {
+                match delivery {
+                    Delivery::Published => {
+                        report.published += 1;
+                        settlement.published.push(id);
+                    }
+                    Delivery::NotAttempted => {
+                        report.unavailable += 1;
+                        settlement
+                            .updates
+                            .push(release(id, attempts, Duration::ZERO));
+                    }
+                    Delivery::Undecodable(reason) => {
+                        tracing::warn!(name = %name, position = id, %reason, "dead letter: undecodable");
+                        report.dead += 1;
+                        settlement.updates.push(dead(id, attempts, reason));
+                    }
+                    Delivery::Failed(err) if err.is_unavailable() => {
+                        tracing::warn!(name = %name, position = id, error = %err, "publisher unavailable");
+                        stopped = true;
+                        report.unavailable += 1;
+                        settlement
+                            .updates
+                            .push(release(id, attempts, Duration::ZERO));
+                    }
+                    Delivery::Failed(err) => {
+                        let made = attempts.saturating_add(1);
+                        let message = err.message().to_owned();
+                        if u32::try_from(made).unwrap_or(u32::MAX) >= inner.max_attempts {
+                            tracing::warn!(name = %name, position = id, attempts = made, error = %message, "dead letter");
+                            report.dead += 1;
+                            settlement.updates.push(dead(id, made, message));
+                        } else {
+                            tracing::debug!(name = %name, position = id, attempts = made, error = %message, "retry");
+                            report.retried += 1;
+                            settlement.updates.push(Update {
+                                id,
+                                dead: false,
+                                attempts: made,
+                                error: Some(message),
+                                delay: inner.backoff.delay(u32::try_from(made).unwrap_or(u32::MAX)),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        settlement
+    }
+
+    /// A relay loop over these publishers; see [`Relay`].
+    pub fn relay(&self, publishers: Publishers) -> Relay<DB> {
+        Relay {
+            outbox: self.clone(),
+            publishers,
+            poll_interval: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+fn dead(id: i64, attempts: i32, reason: String) -> Update {
+    Update {
+        id,
+        dead: true,
+        attempts,
+        error: Some(reason),
+        delay: Duration::ZERO,
+    }
+}
+
+/// A long-running relay: repeats [`Outbox::run`] with the outbox's batch
+/// limit; runs again at once after a full batch, otherwise sleeps the poll
+/// interval; backs off (doubling, up to a maximum) while the database or a
+/// broker is unavailable; stops after the batch in flight when the
+/// shutdown future completes.
+#[must_use]
+pub struct Relay<DB: Backend> {
+    outbox: Outbox<DB>,
+    publishers: Publishers,
+    poll_interval: Duration,
+    max_backoff: Duration,
+}
+
+impl<DB: Backend> std::fmt::Debug for Relay<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("outbox", &self.outbox)
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: Backend> Relay<DB> {
+    /// How long to sleep after a batch that was not full (default 1 s).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// The longest wait while the database or a broker is unavailable
+    /// (default 30 s; the wait starts at 100 ms and doubles).
+    pub fn max_backoff(mut self, max: Duration) -> Self {
+        self.max_backoff = max;
+        self
+    }
+
+    /// Runs until `shutdown` completes, then returns the totals. A batch in
+    /// flight is finished and its outcomes committed before it returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Report {
+        let mut shutdown = pin!(shutdown);
+        let limit = self.outbox.batch_limit();
+        let mut totals = Report::default();
+        let mut trouble = Duration::ZERO;
+        loop {
+            let wait = match self.outbox.run(&self.publishers, limit).await {
+                Ok(report) => {
+                    totals += report;
+                    if report.unavailable > 0 {
+                        trouble = next_backoff(trouble, self.max_backoff);
+                        trouble
+                    } else {
+                        trouble = Duration::ZERO;
+                        if report.claimed >= limit {
+                            Duration::ZERO
+                        } else {
+                            self.poll_interval
+                        }
+                    }
+                }
+                Err(err) => {
+                    trouble = next_backoff(trouble, self.max_backoff);
+                    tracing::warn!(error = %err, source = ?std::error::Error::source(&err).map(ToString::to_string), retry_in = ?trouble, "outbox run failed");
+                    trouble
+                }
+            };
+            if wait.is_zero() {
+                if shutdown.as_mut().now_or_never().is_some() {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        totals
+    }
+}
+
+fn next_backoff(current: Duration, max: Duration) -> Duration {
+    if current.is_zero() {
+        Duration::from_millis(100).min(max)
+    } else {
+        current.saturating_mul(2).min(max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_backoff_doubles_up_to_max() {
+        let b = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(10));
+        let delays: Vec<_> = (1..=6).map(|a| b.delay(a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(b.delay(u32::MAX), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn fixed_and_none() {
+        assert_eq!(
+            Backoff::fixed(Duration::from_millis(5)).delay(9),
+            Duration::from_millis(5)
+        );
+        assert_eq!(Backoff::none().delay(1), Duration::ZERO);
+    }
+
+    #[test]
+    fn relay_backoff_starts_small_and_caps() {
+        let max = Duration::from_secs(1);
+        let mut d = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            d = next_backoff(d, max);
+            seen.push(d.as_millis());
+        }
+        assert_eq!(seen, [100, 200, 400, 800, 1000, 1000]);
+    }
+}

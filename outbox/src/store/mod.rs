@@ -1,0 +1,299 @@
+//! Database stores: one module per backend, behind a sealed trait.
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+pub(crate) use private::{ClaimedRow, NewRow, Settlement, Update, Which};
+
+/// A database the outbox can live in: implemented for `sqlx::Postgres`
+/// (feature `postgres`) and `sqlx::Sqlite` (feature `sqlite`). Sealed.
+pub trait Backend: sqlx::Database + private::Store {}
+
+impl<DB: sqlx::Database + private::Store> Backend for DB {}
+
+/// Longest table name accepted (leaves room for the derived index and
+/// schema-table names within PostgreSQL's 63-byte identifiers).
+const MAX_TABLE_LEN: usize = 48;
+
+/// A validated table name, `table` or `schema.table`: ASCII letters, digits
+/// and `_`, not starting with a digit. Never pasted into SQL unchecked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TableName {
+    schema: Option<String>,
+    table: String,
+}
+
+impl fmt::Debug for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TableName({self})")
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.table),
+            None => f.write_str(&self.table),
+        }
+    }
+}
+
+impl TableName {
+    /// Validates `name` (`table` or `schema.table`).
+    pub fn new(name: &str) -> Result<Self> {
+        let invalid = |reason: &str| Error::InvalidTableName {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let mut parts = name.split('.');
+        let first = parts.next().unwrap_or_default();
+        let (schema, table) = match (parts.next(), parts.next()) {
+            (None, _) => (None, first),
+            (Some(table), None) => (Some(first), table),
+            (Some(_), Some(_)) => return Err(invalid("at most one `.` (schema.table)")),
+        };
+        for part in schema.iter().chain(std::iter::once(&table)) {
+            check_identifier(part).map_err(invalid)?;
+        }
+        Ok(Self {
+            schema: schema.map(str::to_owned),
+            table: table.to_owned(),
+        })
+    }
+
+    pub(crate) fn has_schema(&self) -> bool {
+        self.schema.is_some()
+    }
+
+    /// The table part without schema, used to name the index and the schema-version table.
+    pub(crate) fn bare(&self) -> &str {
+        &self.table
+    }
+
+    /// The full name quoted with `quote` (`"` for PostgreSQL and SQLite, `` ` `` for MySQL).
+    pub(crate) fn quoted(&self, quote: char, suffix: &str) -> String {
+        match &self.schema {
+            Some(schema) => format!(
+                "{quote}{schema}{quote}.{quote}{}{suffix}{quote}",
+                self.table
+            ),
+            None => format!("{quote}{}{suffix}{quote}", self.table),
+        }
+    }
+}
+
+fn check_identifier(part: &str) -> std::result::Result<(), &'static str> {
+    let mut chars = part.chars();
+    match chars.next() {
+        None => return Err("empty identifier"),
+        Some(c) if !(c.is_ascii_alphabetic() || c == '_') => {
+            return Err("must start with an ASCII letter or `_`");
+        }
+        Some(_) => {}
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err("only ASCII letters, digits and `_` are allowed");
+    }
+    if part.len() > MAX_TABLE_LEN {
+        return Err("longer than 48 bytes");
+    }
+    Ok(())
+}
+
+/// Fills a migration template: `__TABLE__` is the quoted table, `__NAME__`
+/// the bare table name (for index names).
+pub(crate) fn render(template: &str, table: &TableName, quote: char) -> String {
+    template
+        .replace("__TABLE__", &table.quoted(quote, ""))
+        .replace("__SCHEMA_TABLE__", &table.quoted(quote, "_schema"))
+        .replace("__NAME__", table.bare())
+}
+
+/// One dead letter, for listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The entry's position (record order).
+    pub position: i64,
+    /// The event id.
+    pub event_id: Uuid,
+    /// The event name.
+    pub name: String,
+    /// The payload as stored.
+    pub payload: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Why it is dead: the last publisher error or the decode error.
+    pub reason: String,
+    /// When it was recorded.
+    pub created_at: DateTime<Utc>,
+}
+
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub(crate) mod private {
+    #![allow(unreachable_pub)] // Reason: sealed-trait pattern; nameable only inside the crate.
+
+    use super::{DeadLetter, Result, TableName};
+    use chrono::{DateTime, Utc};
+    use std::future::Future;
+    use std::time::Duration;
+    use uuid::Uuid;
+
+    /// One row to insert.
+    #[derive(Debug)]
+    pub struct NewRow {
+        pub event_id: Uuid,
+        pub name: &'static str,
+        pub payload: String,
+        pub stream_key: Option<String>,
+        pub headers: String,
+        pub correlation_id: Option<Uuid>,
+        pub causation_id: Option<Uuid>,
+    }
+
+    /// One claimed row, as read back.
+    #[derive(Debug)]
+    pub struct ClaimedRow {
+        pub id: i64,
+        pub event_id: Uuid,
+        pub name: String,
+        pub payload: String,
+        pub stream_key: Option<String>,
+        pub headers: String,
+        pub correlation_id: Option<Uuid>,
+        pub causation_id: Option<Uuid>,
+        pub created_at: DateTime<Utc>,
+        pub attempts: i32,
+    }
+
+    /// The outcomes of one batch, written in one short transaction.
+    #[derive(Debug, Default)]
+    pub struct Settlement {
+        /// Published: deleted.
+        pub published: Vec<i64>,
+        /// Everything else: new state per row.
+        pub updates: Vec<Update>,
+    }
+
+    /// New state for one claimed row that was not published.
+    #[derive(Debug)]
+    pub struct Update {
+        pub id: i64,
+        pub dead: bool,
+        pub attempts: i32,
+        /// `None` keeps the stored error.
+        pub error: Option<String>,
+        /// When it is due again (ignored for dead rows).
+        pub delay: Duration,
+    }
+
+    /// Which entries an administrative call acts on.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Which {
+        One(Uuid),
+        All,
+    }
+
+    /// The SQL of one backend. Methods are crate-internal.
+    pub trait Store: sqlx::Database {
+        /// Prepared SQL text for one table, built once per outbox.
+        type Sql: Send + Sync + 'static;
+
+        /// Whether `schema.table` names are supported.
+        const SCHEMAS: bool;
+
+        fn sql(table: &TableName) -> Self::Sql;
+
+        fn migrate(
+            pool: &sqlx::Pool<Self>,
+            table: &TableName,
+        ) -> impl Future<Output = Result<()>> + Send;
+
+        fn insert(
+            conn: &mut Self::Connection,
+            sql: &Self::Sql,
+            rows: &[NewRow],
+        ) -> impl Future<Output = Result<()>> + Send;
+
+        fn claim(
+            pool: &sqlx::Pool<Self>,
+            sql: &Self::Sql,
+            limit: usize,
+            lease: Duration,
+            token: Uuid,
+        ) -> impl Future<Output = Result<Vec<ClaimedRow>>> + Send;
+
+        fn settle(
+            pool: &sqlx::Pool<Self>,
+            sql: &Self::Sql,
+            token: Uuid,
+            settlement: &Settlement,
+        ) -> impl Future<Output = Result<()>> + Send;
+
+        fn dead_letters(
+            pool: &sqlx::Pool<Self>,
+            sql: &Self::Sql,
+            limit: usize,
+        ) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
+
+        fn requeue(
+            pool: &sqlx::Pool<Self>,
+            sql: &Self::Sql,
+            which: Which,
+        ) -> impl Future<Output = Result<u64>> + Send;
+
+        fn purge(
+            pool: &sqlx::Pool<Self>,
+            sql: &Self::Sql,
+            which: Which,
+        ) -> impl Future<Output = Result<u64>> + Send;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_and_schema_names() {
+        assert_eq!(TableName::new("outbox").unwrap().to_string(), "outbox");
+        let t = TableName::new("app.outbox_2").unwrap();
+        assert_eq!(t.quoted('"', ""), "\"app\".\"outbox_2\"");
+        assert_eq!(t.bare(), "outbox_2");
+    }
+
+    #[test]
+    fn rejects_injection_and_odd_names() {
+        for bad in [
+            "",
+            "outbox; DROP TABLE users",
+            "out\"box",
+            "1outbox",
+            "a.b.c",
+            ".outbox",
+            "outbox.",
+            "out box",
+            "outbox`",
+            "ünïcode",
+            &"x".repeat(49),
+        ] {
+            assert!(
+                matches!(TableName::new(bad), Err(Error::InvalidTableName { .. })),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! PostgreSQL: claims with `FOR UPDATE SKIP LOCKED` and a lease, outcomes in
+//! one short transaction per batch, batch inserts through `UNNEST`.
+
+use std::time::Duration;
+
+use sqlx::{Acquire, Executor, PgConnection, PgPool, Postgres, Row};
+use uuid::Uuid;
+
+use super::private::Store;
+use super::{ClaimedRow, DeadLetter, NewRow, Settlement, TableName, Which, millis, render};
+use crate::error::Result;
+
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    include_str!("../../migrations/postgres/0001_create_outbox.up.sql"),
+)];
+
+/// The SQL for one table.
+pub struct Sql {
+    table: TableName,
+    insert: String,
+    claim: String,
+    delete: String,
+    update: String,
+    dead_letters: String,
+    requeue_one: String,
+    requeue_all: String,
+    purge_one: String,
+    purge_all: String,
+}
+
+const RETURNING: &str = "o.id, o.event_id, o.name, o.payload::text AS payload, o.stream_key, \
+     o.headers::text AS headers, o.correlation_id, o.causation_id, o.created_at, o.attempts";
+
+impl Store for Postgres {
+    type Sql = Sql;
+    const SCHEMAS: bool = true;
+
+    fn sql(table: &TableName) -> Sql {
+        let t = table.quoted('"', "");
+        Sql {
+            table: table.clone(),
+            insert: format!(
+                "INSERT INTO {t} (event_id, name, payload, stream_key, headers, correlation_id, causation_id) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]::json[], $4::text[], $5::text[]::json[], \
+                 $6::uuid[], $7::uuid[])"
+            ),
+            claim: format!(
+                "WITH due AS (SELECT id FROM {t} WHERE status = 'pending' AND available_at <= now() \
+                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 UPDATE {t} AS o SET claim_token = $2, available_at = now() + $3 * interval '1 millisecond' \
+                 FROM due WHERE o.id = due.id RETURNING {RETURNING}"
+            ),
+            delete: format!("DELETE FROM {t} WHERE id = ANY($1) AND claim_token = $2"),
+            update: format!(
+                "UPDATE {t} AS o SET status = CASE WHEN u.dead THEN 'dead' ELSE 'pending' END, \
+                 attempts = u.attempts, last_error = COALESCE(u.error, o.last_error), \
+                 available_at = now() + u.delay * interval '1 millisecond', claim_token = NULL \
+                 FROM UNNEST($1::bigint[], $2::bool[], $3::int[], $4::text[], $5::bigint[]) \
+                 AS u(id, dead, attempts, error, delay) WHERE o.id = u.id AND o.claim_token = $6"
+            ),
+            dead_letters: format!(
+                "SELECT id, event_id, name, payload::text AS payload, attempts, \
+                 COALESCE(last_error, '') AS last_error, created_at \
+                 FROM {t} WHERE status = 'dead' ORDER BY id LIMIT $1"
+            ),
+            requeue_one: format!(
+                "UPDATE {t} SET status = 'pending', attempts = 0, available_at = now(), claim_token = NULL \
+                 WHERE status = 'dead' AND event_id = $1"
+            ),
+            requeue_all: format!(
+                "UPDATE {t} SET status = 'pending', attempts = 0, available_at = now(), claim_token = NULL \
+                 WHERE status = 'dead'"
+            ),
+            purge_one: format!("DELETE FROM {t} WHERE status = 'dead' AND event_id = $1"),
+            purge_all: format!("DELETE FROM {t} WHERE status = 'dead'"),
+        }
+    }
+
+    async fn migrate(pool: &PgPool, table: &TableName) -> Result<()> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("outbox migrate {table}"))
+            .execute(&mut *tx)
+            .await?;
+        let versions = table.quoted('"', "_schema");
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS {versions} (version INTEGER PRIMARY KEY, \
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        );
+        tx.execute(create.as_str()).await?;
+        let select = format!("SELECT version FROM {versions}");
+        let applied: Vec<i32> = sqlx::query_scalar(&select).fetch_all(&mut *tx).await?;
+        for (version, up) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            let up = render(up, table, '"');
+            tx.execute(up.as_str()).await?;
+            let insert = format!("INSERT INTO {versions} (version) VALUES ($1)");
+            sqlx::query(&insert).bind(version).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert(conn: &mut PgConnection, sql: &Sql, rows: &[NewRow]) -> Result<()> {
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut names = Vec::with_capacity(rows.len());
+        let mut payloads = Vec::with_capacity(rows.len());
+        let mut streams = Vec::with_capacity(rows.len());
+        let mut headers = Vec::with_capacity(rows.len());
+        let mut correlations = Vec::with_capacity(rows.len());
+        let mut causations = Vec::with_capacity(rows.len());
+        for row in rows {
+            ids.push(row.event_id);
+            names.push(row.name);
+            payloads.push(row.payload.as_str());
+            streams.push(row.stream_key.as_deref());
+            headers.push(row.headers.as_str());
+            correlations.push(row.correlation_id);
+            causations.push(row.causation_id);
+        }
+        sqlx::query(&sql.insert)
+            .bind(ids)
+            .bind(names)
+            .bind(payloads)
+            .bind(streams)
+            .bind(headers)
+            .bind(correlations)
+            .bind(causations)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn claim(
+        pool: &PgPool,
+        sql: &Sql,
+        limit: usize,
+        lease: Duration,
+        token: Uuid,
+    ) -> Result<Vec<ClaimedRow>> {
+        let mut conn = pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        // The claim need not be durable: a lost claim only lets another relay
+        // take the entries sooner.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(&sql.claim)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(token)
+            .bind(millis(lease))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ClaimedRow {
+                    id: row.try_get("id")?,
+                    event_id: row.try_get("event_id")?,
+                    name: row.try_get("name")?,
+                    payload: row.try_get("payload")?,
+                    stream_key: row.try_get("stream_key")?,
+                    headers: row.try_get("headers")?,
+                    correlation_id: row.try_get("correlation_id")?,
+                    causation_id: row.try_get("causation_id")?,
+                    created_at: row.try_get("created_at")?,
+                    attempts: row.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn settle(pool: &PgPool, sql: &Sql, token: Uuid, settlement: &Settlement) -> Result<()> {
+        let mut tx = pool.begin().await?;
+        if !settlement.published.is_empty() {
+            sqlx::query(&sql.delete)
+                .bind(&settlement.published)
+                .bind(token)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !settlement.updates.is_empty() {
+            let n = settlement.updates.len();
+            let (mut ids, mut dead, mut attempts, mut errors, mut delays) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            for u in &settlement.updates {
+                ids.push(u.id);
+                dead.push(u.dead);
+                attempts.push(u.attempts);
+                errors.push(u.error.as_deref());
+                delays.push(millis(u.delay));
+            }
+            sqlx::query(&sql.update)
+                .bind(ids)
+                .bind(dead)
+                .bind(attempts)
+                .bind(errors)
+                .bind(delays)
+                .bind(token)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn dead_letters(pool: &PgPool, sql: &Sql, limit: usize) -> Result<Vec<DeadLetter>> {
+        let rows = sqlx::query(&sql.dead_letters)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadLetter {
+                    position: row.try_get("id")?,
+                    event_id: row.try_get("event_id")?,
+                    name: row.try_get("name")?,
+                    payload: row.try_get("payload")?,
+                    attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+                    reason: row.try_get("last_error")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn requeue(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
+        let done = match which {
+            Which::One(id) => sqlx::query(&sql.requeue_one).bind(id).execute(pool).await?,
+            Which::All => sqlx::query(&sql.requeue_all).execute(pool).await?,
+        };
+        tracing::info!(table = %sql.table, requeued = done.rows_affected(), "dead letters requeued");
+        Ok(done.rows_affected())
+    }
+
+    async fn purge(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
+        let done = match which {
+            Which::One(id) => sqlx::query(&sql.purge_one).bind(id).execute(pool).await?,
+            Which::All => sqlx::query(&sql.purge_all).execute(pool).await?,
+        };
+        tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
+        Ok(done.rows_affected())
+    }
+}

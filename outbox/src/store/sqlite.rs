@@ -1,0 +1,262 @@
+//! SQLite: one writer at a time, so claims are a single `UPDATE .. RETURNING`
+//! (the write lock is held for that statement only, never while publishing).
+//! Times are stored as Unix milliseconds.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::types::uuid::fmt::Hyphenated;
+use sqlx::{Executor, Row, Sqlite, SqliteConnection, SqlitePool};
+use uuid::Uuid;
+
+use super::private::Store;
+use super::{ClaimedRow, DeadLetter, NewRow, Settlement, TableName, Which, millis, render};
+use crate::error::Result;
+
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    include_str!("../../migrations/sqlite/0001_create_outbox.up.sql"),
+)];
+
+/// Rows per INSERT statement (8 parameters each, well under SQLite's 32,766).
+const INSERT_CHUNK: usize = 500;
+
+/// The SQL for one table.
+pub struct Sql {
+    table: TableName,
+    insert_prefix: String,
+    claim: String,
+    delete: String,
+    update: String,
+    dead_letters: String,
+    requeue_one: String,
+    requeue_all: String,
+    purge_one: String,
+    purge_all: String,
+}
+
+fn now_millis() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn uuid_opt(value: Option<Hyphenated>) -> Option<Uuid> {
+    value.map(Uuid::from)
+}
+
+impl Store for Sqlite {
+    type Sql = Sql;
+    const SCHEMAS: bool = false;
+
+    fn sql(table: &TableName) -> Sql {
+        let t = table.quoted('"', "");
+        Sql {
+            table: table.clone(),
+            insert_prefix: format!(
+                "INSERT INTO {t} (event_id, name, payload, stream_key, headers, correlation_id, causation_id, \
+                 created_at, available_at) VALUES "
+            ),
+            claim: format!(
+                "UPDATE {t} SET claim_token = ?1, available_at = ?2 + ?3 WHERE id IN \
+                 (SELECT id FROM {t} WHERE status = 'pending' AND available_at <= ?2 ORDER BY id LIMIT ?4) \
+                 RETURNING id, event_id, name, payload, stream_key, headers, correlation_id, causation_id, \
+                 created_at, attempts"
+            ),
+            delete: format!(
+                "DELETE FROM {t} WHERE claim_token = ?1 AND id IN (SELECT value FROM json_each(?2))"
+            ),
+            update: format!(
+                "UPDATE {t} SET status = CASE WHEN ?2 THEN 'dead' ELSE 'pending' END, attempts = ?3, \
+                 last_error = COALESCE(?4, last_error), available_at = ?5, claim_token = NULL \
+                 WHERE id = ?1 AND claim_token = ?6"
+            ),
+            dead_letters: format!(
+                "SELECT id, event_id, name, payload, attempts, COALESCE(last_error, '') AS last_error, created_at \
+                 FROM {t} WHERE status = 'dead' ORDER BY id LIMIT ?1"
+            ),
+            requeue_one: format!(
+                "UPDATE {t} SET status = 'pending', attempts = 0, available_at = ?2, claim_token = NULL \
+                 WHERE status = 'dead' AND event_id = ?1"
+            ),
+            requeue_all: format!(
+                "UPDATE {t} SET status = 'pending', attempts = 0, available_at = ?1, claim_token = NULL \
+                 WHERE status = 'dead'"
+            ),
+            purge_one: format!("DELETE FROM {t} WHERE status = 'dead' AND event_id = ?1"),
+            purge_all: format!("DELETE FROM {t} WHERE status = 'dead'"),
+        }
+    }
+
+    async fn migrate(pool: &SqlitePool, table: &TableName) -> Result<()> {
+        let mut tx = pool.begin().await?;
+        let versions = table.quoted('"', "_schema");
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS {versions} (version INTEGER PRIMARY KEY, \
+             applied_at INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)))"
+        );
+        tx.execute(create.as_str()).await?;
+        let select = format!("SELECT version FROM {versions}");
+        let applied: Vec<i32> = sqlx::query_scalar(&select).fetch_all(&mut *tx).await?;
+        for (version, up) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            let up = render(up, table, '"');
+            tx.execute(up.as_str()).await?;
+            let insert = format!("INSERT OR IGNORE INTO {versions} (version) VALUES (?1)");
+            sqlx::query(&insert).bind(version).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert(conn: &mut SqliteConnection, sql: &Sql, rows: &[NewRow]) -> Result<()> {
+        let now = now_millis();
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let mut text = String::with_capacity(sql.insert_prefix.len() + chunk.len() * 24);
+            text.push_str(&sql.insert_prefix);
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str("(?,?,?,?,?,?,?,?,?)");
+            }
+            let mut query = sqlx::query(&text);
+            for row in chunk {
+                query = query
+                    .bind(row.event_id.hyphenated())
+                    .bind(row.name)
+                    .bind(row.payload.as_str())
+                    .bind(row.stream_key.as_deref())
+                    .bind(row.headers.as_str())
+                    .bind(row.correlation_id.map(Uuid::hyphenated))
+                    .bind(row.causation_id.map(Uuid::hyphenated))
+                    .bind(now)
+                    .bind(now);
+            }
+            query.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn claim(
+        pool: &SqlitePool,
+        sql: &Sql,
+        limit: usize,
+        lease: Duration,
+        token: Uuid,
+    ) -> Result<Vec<ClaimedRow>> {
+        let rows = sqlx::query(&sql.claim)
+            .bind(token.hyphenated())
+            .bind(now_millis())
+            .bind(millis(lease))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ClaimedRow {
+                    id: row.try_get("id")?,
+                    event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
+                    name: row.try_get("name")?,
+                    payload: row.try_get("payload")?,
+                    stream_key: row.try_get("stream_key")?,
+                    headers: row.try_get("headers")?,
+                    correlation_id: uuid_opt(row.try_get("correlation_id")?),
+                    causation_id: uuid_opt(row.try_get("causation_id")?),
+                    created_at: time(row.try_get("created_at")?),
+                    attempts: row.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn settle(
+        pool: &SqlitePool,
+        sql: &Sql,
+        token: Uuid,
+        settlement: &Settlement,
+    ) -> Result<()> {
+        let now = now_millis();
+        let mut tx = pool.begin().await?;
+        if !settlement.published.is_empty() {
+            let ids =
+                serde_json::to_string(&settlement.published).unwrap_or_else(|_| "[]".to_owned());
+            sqlx::query(&sql.delete)
+                .bind(token.hyphenated())
+                .bind(ids)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for u in &settlement.updates {
+            sqlx::query(&sql.update)
+                .bind(u.id)
+                .bind(u.dead)
+                .bind(u.attempts)
+                .bind(u.error.as_deref())
+                .bind(now.saturating_add(millis(u.delay)))
+                .bind(token.hyphenated())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn dead_letters(pool: &SqlitePool, sql: &Sql, limit: usize) -> Result<Vec<DeadLetter>> {
+        let rows = sqlx::query(&sql.dead_letters)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadLetter {
+                    position: row.try_get("id")?,
+                    event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
+                    name: row.try_get("name")?,
+                    payload: row.try_get("payload")?,
+                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                    reason: row.try_get("last_error")?,
+                    created_at: time(row.try_get("created_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn requeue(pool: &SqlitePool, sql: &Sql, which: Which) -> Result<u64> {
+        let done = match which {
+            Which::One(id) => {
+                sqlx::query(&sql.requeue_one)
+                    .bind(id.hyphenated())
+                    .bind(now_millis())
+                    .execute(pool)
+                    .await?
+            }
+            Which::All => {
+                sqlx::query(&sql.requeue_all)
+                    .bind(now_millis())
+                    .execute(pool)
+                    .await?
+            }
+        };
+        tracing::info!(table = %sql.table, requeued = done.rows_affected(), "dead letters requeued");
+        Ok(done.rows_affected())
+    }
+
+    async fn purge(pool: &SqlitePool, sql: &Sql, which: Which) -> Result<u64> {
+        let done = match which {
+            Which::One(id) => {
+                sqlx::query(&sql.purge_one)
+                    .bind(id.hyphenated())
+                    .execute(pool)
+                    .await?
+            }
+            Which::All => sqlx::query(&sql.purge_all).execute(pool).await?,
+        };
+        tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,1022 @@
+//! The backend-independent test suite. Each `tests/<db>.rs` implements
+//! [`Harness`] for its database and instantiates every test with
+//! `backend_suite!`, so SQLite and PostgreSQL run the same assertions.
+
+#![allow(dead_code)] // Reason: each test binary uses a different subset of the helpers.
+#![allow(unreachable_pub)] // Reason: shared by several test crates through `mod common`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outbox::{
+    Backend, Backoff, Entry, Error, FilterReason, Metadata, Outbox, OutboxBuilder, PublishError,
+    Publisher, Publishers, Recorded, Recording,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The state of one outbox row, read with plain SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub event_id: Uuid,
+    pub name: String,
+    pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
+/// What a backend's test file provides.
+pub trait Harness: Send + Sync + 'static {
+    type DB: Backend;
+
+    /// A pool on an isolated database, and a table name no other test uses.
+    fn fresh() -> impl Future<Output = (sqlx::Pool<Self::DB>, String)> + Send;
+
+    /// Every outbox row, in record order.
+    fn rows(pool: &sqlx::Pool<Self::DB>, table: &str) -> impl Future<Output = Vec<Row>> + Send;
+
+    /// Creates the business table `{table}_biz`.
+    fn create_business(pool: &sqlx::Pool<Self::DB>, table: &str)
+    -> impl Future<Output = ()> + Send;
+
+    /// Inserts a business row through the caller's connection.
+    fn insert_business(
+        conn: &mut <Self::DB as sqlx::Database>::Connection,
+        table: &str,
+        id: i64,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Counts business rows.
+    fn count_business(pool: &sqlx::Pool<Self::DB>, table: &str)
+    -> impl Future<Output = i64> + Send;
+
+    /// Overwrites the stored payload of `event_id` with `payload`.
+    fn set_payload(
+        pool: &sqlx::Pool<Self::DB>,
+        table: &str,
+        event_id: Uuid,
+        payload: &str,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Drops the test's tables.
+    fn cleanup(pool: &sqlx::Pool<Self::DB>, table: &str) -> impl Future<Output = ()> + Send;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, outbox::Event)]
+#[outbox(name = "billing.invoice_paid")]
+pub struct InvoicePaid {
+    pub invoice_id: i64,
+    pub amount_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, outbox::Event)]
+#[outbox(name = "shipping.parcel_sent")]
+pub struct ParcelSent {
+    pub parcel: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, outbox::Event)]
+#[outbox(name = "crm.customer_noted", publish_if = CustomerNoted::is_external)]
+pub struct CustomerNoted {
+    pub note: String,
+    pub internal: bool,
+}
+
+impl CustomerNoted {
+    fn is_external(&self) -> bool {
+        !self.internal
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, outbox::Event)]
+#[outbox(skip)]
+pub struct CacheWarmed {
+    pub key: String,
+}
+
+pub fn paid(invoice_id: i64) -> InvoicePaid {
+    InvoicePaid {
+        invoice_id,
+        amount_cents: invoice_id * 100,
+    }
+}
+
+/// A publisher that keeps every event it is handed and answers from a script.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub seen: Arc<Mutex<Vec<Recorded<InvoicePaid>>>>,
+    /// Invoice ids to fail, and how.
+    pub fail: Arc<Mutex<Vec<(i64, PublishError)>>>,
+}
+
+impl Recorder {
+    pub fn ids(&self) -> Vec<i64> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.event().invoice_id)
+            .collect()
+    }
+
+    pub fn calls(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn fail_with(&self, invoice_id: i64, err: PublishError) {
+        self.fail.lock().unwrap().push((invoice_id, err));
+    }
+}
+
+impl Publisher<InvoicePaid> for Recorder {
+    async fn publish(&self, event: &Recorded<InvoicePaid>) -> Result<(), PublishError> {
+        self.seen.lock().unwrap().push(event.clone());
+        let fail = self.fail.lock().unwrap();
+        match fail.iter().find(|(id, _)| *id == event.event().invoice_id) {
+            Some((_, err)) => Err(err.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+pub fn publishers(recorder: &Recorder) -> Publishers {
+    Publishers::builder()
+        .publisher(recorder.clone())
+        .build()
+        .unwrap()
+}
+
+pub struct Ctx<H: Harness> {
+    pub pool: sqlx::Pool<H::DB>,
+    pub table: String,
+}
+
+impl<H: Harness> Ctx<H> {
+    pub async fn new() -> Self {
+        let (pool, table) = H::fresh().await;
+        Self { pool, table }
+    }
+
+    pub fn builder(&self) -> OutboxBuilder<H::DB> {
+        Outbox::builder(self.pool.clone())
+            .table(self.table.clone())
+            .backoff(Backoff::none())
+    }
+
+    pub async fn outbox(&self) -> Outbox<H::DB> {
+        self.builder().build().await.unwrap()
+    }
+
+    pub async fn rows(&self) -> Vec<Row> {
+        H::rows(&self.pool, &self.table).await
+    }
+
+    /// Records each event in its own committed transaction.
+    pub async fn record_each(
+        &self,
+        outbox: &Outbox<H::DB>,
+        ids: impl IntoIterator<Item = i64>,
+    ) -> Vec<Uuid> {
+        let mut out = Vec::new();
+        for id in ids {
+            let mut tx = self.pool.begin().await.unwrap();
+            let rec = outbox.record(&mut *tx, &paid(id)).await.unwrap();
+            tx.commit().await.unwrap();
+            out.push(rec.event_id().unwrap());
+        }
+        out
+    }
+
+    pub async fn done(self) {
+        H::cleanup(&self.pool, &self.table).await;
+    }
+}
+
+// ---------------------------------------------------------------- the suite
+
+pub async fn empty_outbox_makes_no_call<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.outbox().await;
+    let rec = Recorder::default();
+    let report = outbox.run(&publishers(&rec), 100).await.unwrap();
+    assert_eq!(report, outbox::Report::default());
+    assert_eq!(rec.calls(), 0);
+    ctx.done().await;
+}
+
+pub async fn limit_takes_exactly_that_many<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.outbox().await;
+    ctx.record_each(&outbox, [1, 2, 3]).await;
+    let rec = Recorder::default();
+    let p = publishers(&rec);
+    let first = outbox.run(&p, 2).await.unwrap();
+    assert_eq!((first.claimed, first.published), (2, 2));
+    assert_eq!(rec.ids(), [1, 2]);
+    assert_eq!(ctx.rows().await.len(), 1);
+    let second = outbox.run(&p, 2).await.unwrap();
+    assert_eq!((second.claimed, second.published), (1, 1));
+    assert_eq!(rec.ids(), [1, 2, 3]);
+    assert!(ctx.rows().await.is_empty());
+    ctx.done().await;
+}
+
+pub async fn one_event_one_call_with_its_metadata<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.outbox().await;
+    let correlation = Uuid::now_v7();
+    let causation = Uuid::now_v7();
+    let meta = Metadata::new()
+        .stream_key("invoice-7")
+        .header("tenant", "acme")
+        .header("trace", "00-abc-01")
+        .correlation_id(correlation)
+        .causation_id(causation);
+    let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let mut tx = ctx.pool.begin().await.unwrap();
+    let recording = outbox.record_with(&mut *tx, &paid(7), meta).await.unwrap();
+    tx.commit().await.unwrap();
+    let event_id = recording.event_id().expect("stored");
+    assert_eq!(event_id.get_version_num(), 7, "event ids are UUID v7");
+
+    let rec = Recorder::default();
+    outbox.run(&publishers(&rec), 100).await.unwrap();
+    let seen = rec.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let r = &seen[0];
+    assert_eq!(r.event(), &paid(7));
+    assert_eq!(r.event_id(), event_id);
+    assert_eq!(r.name(), "billing.invoice_paid");
+    assert_eq!(r.stream_key(), Some("invoice-7"));
+    assert_eq!(r.headers().get("tenant").map(String::as_str), Some("acme"));
+    assert_eq!(
+        r.headers().get("trace").map(String::as_str),
+        Some("00-abc-01")
+    );
+    assert_eq!(r.correlation_id(), Some(correlation));
+    assert_eq!(r.causation_id(), Some(causation));
+    assert_eq!(r.attempt(), 1);
+    assert!(r.position() > 0);
+    assert!(
+        r.created_at() > before
+            && r.created_at() < chrono::Utc::now() + chrono::Duration::seconds(5)
+    );
+    assert_eq!(
+        serde_json::from_str::<InvoicePaid>(r.payload_json()).unwrap(),
+        paid(7)
+    );
+    ctx.done().await;
+}
+
+pub async fn published_entry_is_never_published_again<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.outbox().await;
+    ctx.record_each(&outbox, [1]).await;
+    let rec = Recorder::default();
+    let p = publishers(&rec);
+    for _ in 0..4 {
+        outbox.run(&p, 100).await.unwrap();
+    }
+    assert_eq!(rec.calls(), 1);
+    assert!(ctx.rows().await.is_empty(), "published entries are deleted");
+    ctx.done().await;
+}
+
+pub async fn always_failing_publisher_ends_in_dead_letter<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.builder().max_attempts(3).build().await.unwrap();
+    let [event_id] = ctx.record_each(&outbox, [1]).await[..] else {
+        unreachable!()
+    };
+    let rec = Recorder::default();
+    rec.fail_with(
+        1,
+        PublishError::rejected("broker said no: 406 PRECONDITION_FAILED"),
+    );
+    let p = publishers(&rec);
+    let mut reports = Vec::new();
+    for _ in 0..4 {
+        reports.push(outbox.run(&p, 100).await.unwrap());
+    }
+    assert_eq!(
+        rec.calls(),
+        3,
+        "called exactly max_attempts times over max_attempts + 1 runs"
+    );
+    assert_eq!(reports.iter().map(|r| r.retried).sum::<usize>(), 2);
+    assert_eq!(reports.iter().map(|r| r.dead).sum::<usize>(), 1);
+    assert_eq!(reports[3].claimed, 0);
+    let attempts: Vec<u32> = rec
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.attempt())
+        .collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    let rows = ctx.rows().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "dead");
+    assert_eq!(rows[0].attempts, 3);
+    assert_eq!(
+        rows[0].last_error.as_deref(),
+        Some("broker said no: 406 PRECONDITION_FAILED")
+    );
+    let dead = outbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_id, event_id);
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(dead[0].reason, "broker said no: 406 PRECONDITION_FAILED");
+    assert_eq!(dead[0].name, "billing.invoice_paid");
+    ctx.done().await;
+}
+
+pub async fn filter_rejecting_everything_writes_nothing<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.builder().filter(|_| false).build().await.unwrap();
+    let mut tx = ctx.pool.begin().await.unwrap();
+    let r = outbox.record(&mut *tx, &paid(1)).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(r, Recording::Filtered(FilterReason::NameFilter));
+    let rec = Recorder::default();
+    outbox.run(&publishers(&rec), 100).await.unwrap();
+    assert_eq!(rec.calls(), 0);
+    assert!(ctx.rows().await.is_empty());
+    ctx.done().await;
+}
+
+pub async fn name_filter_selects_by_prefix<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx
+        .builder()
+        .filter(|name| name.starts_with("billing."))
+        .build()
+        .await
+        .unwrap();
+    let mut tx = ctx.pool.begin().await.unwrap();
+    let a = outbox.record(&mut *tx, &paid(1)).await.unwrap();
+    let b = outbox
+        .record(&mut *tx, &ParcelSent { parcel: "p".into() })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(!a.is_filtered());
+    assert_eq!(b, Recording::Filtered(FilterReason::NameFilter));
+    let rows = ctx.rows().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].name, "billing.invoice_paid");
+    ctx.done().await;
+}
+
+pub async fn skip_and_publish_if_write_nothing<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.outbox().await;
+    let mut tx = ctx.pool.begin().await.unwrap();
+    let skipped = outbox
+        .record(&mut *tx, &CacheWarmed { key: "k".into() })
+        .await
+        .unwrap();
+    let internal = outbox
+        .record(
+            &mut *tx,
+            &CustomerNoted {
+                note: "n".into(),
+                internal: true,
+            },
+        )
+        .await
+        .unwrap();
+    let external = outbox
+        .record(
+            &mut *tx,
+            &CustomerNoted {
+                note: "n".into(),
+                internal: false,
+            },
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(skipped, Recording::Filtered(FilterReason::Skipped));
+    assert_eq!(internal, Recording::Filtered(FilterReason::PublishIf));
+    assert!(external.event_id().is_some());
+    let rows = ctx.rows().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].event_id, external.event_id().unwrap());
+    ctx.done().await;
+}
+
+pub async fn events_arrive_in_record_order<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.outbox().await;
+    ctx.record_each(&outbox, 1..=20).await;
+    let rec = Recorder::default();
+    let p = publishers(&rec);
+    while outbox.run(&p, 7).await.unwrap().claimed > 0 {}
+    assert_eq!(rec.ids(), (1..=20).collect::<Vec<_>>());
+    let positions: Vec<i64> = rec
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.position())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]));
+    ctx.done().await;
+}
+
+pub async fn rollback_leaves_no_row<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.outbox().await;
+    H::create_business(&ctx.pool, &ctx.table).await;
+
+    let mut tx = ctx.pool.begin().await.unwrap();
+    H::insert_business(&mut *tx, &ctx.table, 1).await;
+    outbox.record(&mut *tx, &paid(1)).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    let mut tx = ctx.pool.begin().await.unwrap();
+    H::insert_business(&mut *tx, &ctx.table, 2).await;
+    outbox.record(&mut *tx, &paid(2)).await.unwrap();
+    drop(tx); // dropped without commit: rolled back too
+
+    let mut tx = ctx.pool.begin().await.unwrap();
+    H::insert_business(&mut *tx, &ctx.table, 3).await;
+    outbox.record(&mut *tx, &paid(3)).await.unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(H::count_business(&ctx.pool, &ctx.table).await, 1);
+    assert_eq!(ctx.rows().await.len(), 1);
+    let rec = Recorder::default();
+    outbox.run(&publishers(&rec), 100).await.unwrap();
+    assert_eq!(rec.ids(), [3], "nothing rolled back is ever sent");
+    ctx.done().await;
+}
+
+pub async fn mixed_batch_commits_every_outcome<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.builder().max_attempts(2).build().await.unwrap();
+    ctx.record_each(&outbox, 1..=6).await;
+    let rec = Recorder::default();
+    rec.fail_with(2, PublishError::rejected("no 2"));
+    rec.fail_with(5, PublishError::rejected("no 5"));
+    let report = outbox.run(&publishers(&rec), 100).await.unwrap();
+    assert_eq!(
+        (
+            report.claimed,
+            report.published,
+            report.retried,
+            report.dead
+        ),
+        (6, 4, 2, 0)
+    );
+    let rows = ctx.rows().await;
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "pending" && r.attempts == 1)
+    );
+    assert_eq!(rows[0].last_error.as_deref(), Some("no 2"));
+    assert_eq!(rows[1].last_error.as_deref(), Some("no 5"));
+    ctx.done().await;
+}
+
+/// Documented order: entries are dispatched in record order; a failed entry
+/// does not hold back the others, it is retried after its backoff, in record
+/// order among the entries due at that time.
+pub async fn order_after_failure_and_retry<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.outbox().await;
+    ctx.record_each(&outbox, 1..=3).await;
+    let rec = Recorder::default();
+    rec.fail_with(2, PublishError::rejected("later"));
+    let p = publishers(&rec);
+    outbox.run(&p, 100).await.unwrap();
+    ctx.record_each(&outbox, [4]).await;
+    rec.fail.lock().unwrap().clear();
+    outbox.run(&p, 100).await.unwrap();
+    assert_eq!(rec.ids(), [1, 2, 3, 2, 4]);
+    ctx.done().await;
+}
+
+pub async fn unavailable_costs_no_attempt_and_stops_the_run<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.builder().max_attempts(1).build().await.unwrap();
+    ctx.record_each(&outbox, 1..=4).await;
+    let rec = Recorder::default();
+    rec.fail_with(2, PublishError::unavailable("connection refused"));
+    let p = publishers(&rec);
+    let report = outbox.run(&p, 100).await.unwrap();
+    assert_eq!(rec.ids(), [1, 2], "the run stops at the outage");
+    assert_eq!(
+        (
+            report.published,
+            report.unavailable,
+            report.dead,
+            report.retried
+        ),
+        (1, 3, 0, 0)
+    );
+    let rows = ctx.rows().await;
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "pending" && r.attempts == 0)
+    );
+    // Many more outages never make a dead letter, even with max_attempts = 1.
+    for _ in 0..5 {
+        outbox.run(&p, 100).await.unwrap();
+    }
+    assert!(
+        ctx.rows()
+            .await
+            .iter()
+            .all(|r| r.status == "pending" && r.attempts == 0)
+    );
+    rec.fail.lock().unwrap().clear();
+    let report = outbox.run(&p, 100).await.unwrap();
+    assert_eq!(report.published, 3);
+    assert!(ctx.rows().await.is_empty());
+    ctx.done().await;
+}
+
+pub async fn undecodable_payload_is_dead_at_once<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.outbox().await;
+    let ids = ctx.record_each(&outbox, 1..=3).await;
+    H::set_payload(
+        &ctx.pool,
+        &ctx.table,
+        ids[1],
+        r#"{"invoice_id": "not a number"}"#,
+    )
+    .await;
+    let rec = Recorder::default();
+    let report = outbox.run(&publishers(&rec), 100).await.unwrap();
+    assert_eq!(rec.ids(), [1, 3], "the rest of the batch is published");
+    assert_eq!((report.published, report.dead), (2, 1));
+    let rows = ctx.rows().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "dead");
+    assert_eq!(rows[0].attempts, 0);
+    let reason = rows[0].last_error.clone().unwrap();
+    assert!(
+        reason.contains("does not decode") && reason.contains("InvoicePaid"),
+        "{reason}"
+    );
+    ctx.done().await;
+}
+
+pub async fn unroutable_entry_stays_pending<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.outbox().await;
+    let mut tx = ctx.pool.begin().await.unwrap();
+    outbox
+        .record(
+            &mut *tx,
+            &ParcelSent {
+                parcel: "p1".into(),
+            },
+        )
+        .await
+        .unwrap();
+    outbox.record(&mut *tx, &paid(1)).await.unwrap();
+    tx.commit().await.unwrap();
+    let rec = Recorder::default();
+    let report = outbox.run(&publishers(&rec), 100).await.unwrap();
+    assert_eq!((report.unroutable, report.published), (1, 1));
+    let rows = ctx.rows().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (
+            rows[0].name.as_str(),
+            rows[0].status.as_str(),
+            rows[0].attempts
+        ),
+        ("shipping.parcel_sent", "pending", 0)
+    );
+    // It waits out the unroutable delay instead of blocking the head of the queue.
+    ctx.record_each(&outbox, [2]).await;
+    let report = outbox.run(&publishers(&rec), 1).await.unwrap();
+    assert_eq!((report.claimed, report.published), (1, 1));
+    assert_eq!(rec.ids(), [1, 2]);
+    ctx.done().await;
+}
+
+pub async fn catch_all_takes_unclaimed_entries<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.outbox().await;
+    let mut tx = ctx.pool.begin().await.unwrap();
+    outbox
+        .record(
+            &mut *tx,
+            &ParcelSent {
+                parcel: "p1".into(),
+            },
+        )
+        .await
+        .unwrap();
+    outbox.record(&mut *tx, &paid(1)).await.unwrap();
+    tx.commit().await.unwrap();
+    let raw: Arc<Mutex<Vec<Entry>>> = Arc::default();
+    let rec = Recorder::default();
+    let sink = raw.clone();
+    let p = Publishers::builder()
+        .publisher(rec.clone())
+        .fallback_fn(move |entry: Entry| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(entry);
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    let report = outbox.run(&p, 100).await.unwrap();
+    assert_eq!((report.published, report.unroutable), (2, 0));
+    assert_eq!(rec.ids(), [1]);
+    let raw = raw.lock().unwrap();
+    assert_eq!(raw.len(), 1);
+    assert_eq!(raw[0].name(), "shipping.parcel_sent");
+    assert_eq!(raw[0].payload_json(), r#"{"parcel":"p1"}"#);
+    ctx.done().await;
+}
+
+pub async fn panicking_publisher_is_a_failed_attempt<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.builder().max_attempts(2).build().await.unwrap();
+    ctx.record_each(&outbox, [1]).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let p = Publishers::builder()
+        .on(move |_: Recorded<InvoicePaid>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move { panic!("boom in publisher") }
+        })
+        .build()
+        .unwrap();
+    let first = outbox.run(&p, 100).await.unwrap();
+    assert_eq!(first.retried, 1);
+    let rows = ctx.rows().await;
+    assert_eq!(rows[0].attempts, 1);
+    assert!(
+        rows[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("boom in publisher")
+    );
+    let second = outbox.run(&p, 100).await.unwrap();
+    assert_eq!(second.dead, 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    ctx.done().await;
+}
+
+pub async fn requeue_and_purge_dead_letters<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.builder().max_attempts(1).build().await.unwrap();
+    let ids = ctx.record_each(&outbox, 1..=3).await;
+    let rec = Recorder::default();
+    for id in 1..=3 {
+        rec.fail_with(id, PublishError::rejected("down"));
+    }
+    let p = publishers(&rec);
+    assert_eq!(outbox.run(&p, 100).await.unwrap().dead, 3);
+    assert_eq!(outbox.dead_letters(100).await.unwrap().len(), 3);
+    // Dead letters are never offered again on their own.
+    assert_eq!(outbox.run(&p, 100).await.unwrap().claimed, 0);
+    rec.fail.lock().unwrap().clear();
+
+    assert!(outbox.requeue(ids[0]).await.unwrap());
+    assert!(!outbox.requeue(Uuid::now_v7()).await.unwrap());
+    let report = outbox.run(&p, 100).await.unwrap();
+    assert_eq!(report.published, 1);
+    assert_eq!(rec.ids(), [1, 2, 3, 1]);
+    assert_eq!(
+        rec.seen.lock().unwrap()[3].attempt(),
+        1,
+        "requeue resets attempts"
+    );
+
+    assert!(outbox.purge(ids[1]).await.unwrap());
+    assert!(!outbox.purge(ids[1]).await.unwrap());
+    assert_eq!(outbox.requeue_all().await.unwrap(), 1);
+    assert_eq!(outbox.run(&p, 100).await.unwrap().published, 1);
+    assert_eq!(rec.ids(), [1, 2, 3, 1, 3]);
+    assert!(ctx.rows().await.is_empty());
+
+    rec.fail_with(4, PublishError::rejected("down"));
+    ctx.record_each(&outbox, [4]).await;
+    outbox.run(&p, 100).await.unwrap();
+    assert_eq!(outbox.purge_all().await.unwrap(), 1);
+    assert!(ctx.rows().await.is_empty());
+    ctx.done().await;
+}
+
+pub async fn batch_record_mixes_types_in_one_insert<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.outbox().await;
+    let events: Vec<InvoicePaid> = (1..=250).map(paid).collect();
+    let mut tx = ctx.pool.begin().await.unwrap();
+    let recs = outbox.record_all(&mut *tx, &events).await.unwrap();
+    let mut batch = outbox.batch();
+    batch.push(&ParcelSent { parcel: "x".into() }).unwrap();
+    let filtered = batch.push(&CacheWarmed { key: "k".into() }).unwrap();
+    batch
+        .push_with(&paid(251), Metadata::new().stream_key("s"))
+        .unwrap();
+    assert_eq!(batch.len(), 2);
+    assert!(filtered.is_filtered());
+    batch.record(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(recs.len(), 250);
+    let rows = ctx.rows().await;
+    assert_eq!(rows.len(), 252);
+    assert_eq!(rows[0].event_id, recs[0].event_id().unwrap());
+    assert_eq!(rows[249].event_id, recs[249].event_id().unwrap());
+    let rec = Recorder::default();
+    let p = publishers(&rec);
+    while outbox.run(&p, 100).await.unwrap().claimed > 0 {}
+    assert_eq!(rec.ids(), (1..=251).collect::<Vec<_>>());
+    ctx.done().await;
+}
+
+pub async fn bad_table_names_are_refused<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    for bad in ["outbox; DROP TABLE x", "a\"b", "", "1x", "a.b.c"] {
+        let err = Outbox::builder(ctx.pool.clone())
+            .table(bad)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidTableName { .. }),
+            "{bad:?}: {err}"
+        );
+        assert!(err.to_string().contains("invalid outbox table name"));
+    }
+    let err = outbox::migrate(&ctx.pool, "x y").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidTableName { .. }));
+    ctx.done().await;
+}
+
+pub async fn oversized_payload_is_refused<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.builder().max_payload_bytes(64).build().await.unwrap();
+    let mut tx = ctx.pool.begin().await.unwrap();
+    let err = outbox
+        .record(
+            &mut *tx,
+            &ParcelSent {
+                parcel: "x".repeat(100),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::PayloadTooLarge { max: 64, .. }),
+        "{err}"
+    );
+    outbox
+        .record(
+            &mut *tx,
+            &ParcelSent {
+                parcel: "small".into(),
+            },
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(ctx.rows().await.len(), 1);
+    ctx.done().await;
+}
+
+pub async fn duplicate_publisher_is_refused<H: Harness>() {
+    let rec = Recorder::default();
+    let err = Publishers::builder()
+        .publisher(rec.clone())
+        .on(|_: Recorded<InvoicePaid>| async { Ok(()) })
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::DuplicatePublisher { .. }));
+    assert!(err.to_string().contains("billing.invoice_paid"), "{err}");
+    let err = Publishers::builder()
+        .fallback_fn(|_: Entry| async { Ok(()) })
+        .fallback_fn(|_: Entry| async { Ok(()) })
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("catch-all"), "{err}");
+}
+
+/// No transaction (and on SQLite no write lock) is held while a publisher
+/// runs: the application records and commits from inside the publisher.
+pub async fn application_writes_while_publisher_runs<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.outbox().await;
+    H::create_business(&ctx.pool, &ctx.table).await;
+    ctx.record_each(&outbox, [1]).await;
+    let (pool, table, app_outbox) = (ctx.pool.clone(), ctx.table.clone(), outbox.clone());
+    let p = Publishers::builder()
+        .on(move |_: Recorded<InvoicePaid>| {
+            let (pool, table, app_outbox) = (pool.clone(), table.clone(), app_outbox.clone());
+            async move {
+                let write = async {
+                    let mut tx = pool.begin().await.unwrap();
+                    H::insert_business(&mut *tx, &table, 99).await;
+                    app_outbox.record(&mut *tx, &paid(99)).await.unwrap();
+                    tx.commit().await.unwrap();
+                };
+                tokio::time::timeout(Duration::from_secs(2), write)
+                    .await
+                    .map_err(|_| PublishError::rejected("application write blocked by the relay"))
+            }
+        })
+        .build()
+        .unwrap();
+    let report = outbox.run(&p, 100).await.unwrap();
+    assert_eq!(report.published, 1, "{report:?}");
+    assert_eq!(H::count_business(&ctx.pool, &ctx.table).await, 1);
+    let rows = ctx.rows().await;
+    assert_eq!(
+        rows.len(),
+        1,
+        "the event written during the publish is pending"
+    );
+    ctx.done().await;
+}
+
+/// A relay whose lease ran out cannot overwrite the outcome recorded by the
+/// relay that took its entries over.
+pub async fn expired_lease_cannot_overwrite<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let slow = ctx
+        .builder()
+        .lease(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let fast = ctx.outbox().await;
+    ctx.record_each(&fast, [1]).await;
+    let p_slow = Publishers::builder()
+        .on(|_: Recorded<InvoicePaid>| async {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let slow_run = tokio::spawn(async move { slow.run(&p_slow, 100).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let rec = Recorder::default();
+    rec.fail_with(1, PublishError::rejected("fast relay failed"));
+    let report = fast.run(&publishers(&rec), 100).await.unwrap();
+    assert_eq!(
+        (report.claimed, report.retried),
+        (1, 1),
+        "the expired lease lets another relay take the entry"
+    );
+    let slow_report = slow_run.await.unwrap();
+    assert_eq!(
+        slow_report.published, 1,
+        "the slow relay believes it published..."
+    );
+    let rows = ctx.rows().await;
+    assert_eq!(
+        rows.len(),
+        1,
+        "...but its outcome does not delete the entry the other relay now owns"
+    );
+    assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("pending", 1));
+    assert_eq!(rows[0].last_error.as_deref(), Some("fast relay failed"));
+    ctx.done().await;
+}
+
+/// The relay loop publishes, sleeps when idle, wakes for new entries on its
+/// poll interval, and stops after the batch in flight.
+pub async fn relay_loop_runs_and_stops_gracefully<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.builder().batch_limit(10).build().await.unwrap();
+    ctx.record_each(&outbox, 1..=25).await;
+    let rec = Recorder::default();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let relay = outbox
+        .relay(publishers(&rec))
+        .poll_interval(Duration::from_millis(20));
+    let handle = tokio::spawn(relay.run(async {
+        let _ = stop_rx.await;
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rec.calls() < 25 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ctx.record_each(&outbox, [26]).await;
+    while rec.calls() < 26 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_tx.send(()).unwrap();
+    let totals = tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(totals.published, 26);
+    assert_eq!(rec.ids(), (1..=26).collect::<Vec<_>>());
+    assert!(ctx.rows().await.is_empty());
+    ctx.done().await;
+}
+
+/// Shutdown while a batch is in flight: the batch finishes and commits.
+pub async fn shutdown_finishes_the_batch_in_flight<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.builder().batch_limit(5).build().await.unwrap();
+    ctx.record_each(&outbox, 1..=5).await;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (s, c) = (started.clone(), calls.clone());
+    let p = Publishers::builder()
+        .on(move |_: Recorded<InvoicePaid>| {
+            let (s, c) = (s.clone(), c.clone());
+            async move {
+                s.notify_one();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    let totals = outbox
+        .relay(p)
+        .poll_interval(Duration::from_secs(60))
+        .run(async move { started.notified().await })
+        .await;
+    assert_eq!(totals.published, 5);
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    assert!(
+        ctx.rows().await.is_empty(),
+        "outcomes were committed before returning"
+    );
+    ctx.done().await;
+}
+
+pub async fn migrate_is_idempotent<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    outbox::migrate(&ctx.pool, &ctx.table).await.unwrap();
+    outbox::migrate(&ctx.pool, &ctx.table).await.unwrap();
+    let outbox = ctx.outbox().await;
+    ctx.record_each(&outbox, [1]).await;
+    let _again = ctx.outbox().await;
+    assert_eq!(ctx.rows().await.len(), 1);
+    ctx.done().await;
+}
+
+/// Instantiates every test of the suite for one harness.
+#[macro_export]
+macro_rules! backend_suite {
+    ($harness:ty) => {
+        $crate::backend_suite!(@tests $harness;
+            empty_outbox_makes_no_call,
+            limit_takes_exactly_that_many,
+            one_event_one_call_with_its_metadata,
+            published_entry_is_never_published_again,
+            always_failing_publisher_ends_in_dead_letter,
+            filter_rejecting_everything_writes_nothing,
+            name_filter_selects_by_prefix,
+            skip_and_publish_if_write_nothing,
+            events_arrive_in_record_order,
+            rollback_leaves_no_row,
+            mixed_batch_commits_every_outcome,
+            order_after_failure_and_retry,
+            unavailable_costs_no_attempt_and_stops_the_run,
+            undecodable_payload_is_dead_at_once,
+            unroutable_entry_stays_pending,
+            catch_all_takes_unclaimed_entries,
+            panicking_publisher_is_a_failed_attempt,
+            requeue_and_purge_dead_letters,
+            batch_record_mixes_types_in_one_insert,
+            bad_table_names_are_refused,
+            oversized_payload_is_refused,
+            duplicate_publisher_is_refused,
+            application_writes_while_publisher_runs,
+            expired_lease_cannot_overwrite,
+            relay_loop_runs_and_stops_gracefully,
+            shutdown_finishes_the_batch_in_flight,
+            migrate_is_idempotent,
+        );
+    };
+    (@tests $harness:ty; $($name:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                common::$name::<$harness>().await;
+            }
+        )*
+    };
+}
+
+/// A table name unique to this process and call.
+pub fn unique_table(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let rand = Uuid::new_v4().simple().to_string();
+    format!("{prefix}_{}_{n}", &rand[..10])
+}
