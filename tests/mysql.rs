@@ -1,0 +1,1 @@
+//! The shared suite on MariaDB/MySQL (being written).
