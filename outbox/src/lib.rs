@@ -1,4 +1,116 @@
-//! Transactional outbox (crate docs are written in full below).
+//! A transactional outbox for typed domain events.
+//!
+//! A service that changes its database and then tells a broker about it has
+//! two writes that can fail apart: the commit succeeds and the publish is
+//! lost, or the publish goes out for a change that was rolled back. The
+//! outbox makes them one write: the event is inserted into an outbox table
+//! *in the same transaction* as the business change, and a relay delivers
+//! every committed row to the broker afterwards, at least once. Nothing
+//! committed is lost; nothing rolled back is sent.
+//!
+//! # Tour
+//!
+//! ```no_run
+//! use outbox::{Backend, Outbox, Publishers, Recorded};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Serialize, Deserialize, outbox::Event)]
+//! #[outbox(name = "billing.invoice_paid")]
+//! struct InvoicePaid {
+//!     invoice_id: i64,
+//!     amount_cents: i64,
+//! }
+//!
+//! async fn tour<DB: Backend>(pool: sqlx::Pool<DB>) -> Result<(), outbox::Error> {
+//!     // Creates the table (migrations run on build) and checks event names.
+//!     let outbox = Outbox::builder(pool.clone())
+//!         .filter(|name| name.starts_with("billing."))
+//!         .build()
+//!         .await?;
+//!
+//!     // Record inside the business transaction.
+//!     let mut tx = pool.begin().await?;
+//!     // ... the business change, through `&mut *tx` ...
+//!     let recording = outbox
+//!         .record(&mut *tx, &InvoicePaid { invoice_id: 7, amount_cents: 1250 })
+//!         .await?;
+//!     tx.commit().await?;
+//!     println!("recorded {:?}", recording.event_id());
+//!
+//!     // Relay: typed publishers receive `Recorded<E>`.
+//!     let publishers = Publishers::builder()
+//!         .on(|paid: Recorded<InvoicePaid>| async move {
+//!             println!("{} {} -> broker", paid.event_id(), paid.event().invoice_id);
+//!             Ok(())
+//!         })
+//!         .build()?;
+//!     let report = outbox.run(&publishers, 100).await?;
+//!     println!("published {}", report.published);
+//!
+//!     // In production: a loop that stops gracefully.
+//!     outbox.relay(publishers).run(async { /* ctrl-c */ }).await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Features
+//!
+//! | feature | enables |
+//! |---|---|
+//! | `derive` (default) | `#[derive(Event)]` |
+//! | `sqlite` | the SQLite store (embedded; one relay at a time) |
+//! | `postgres` | the PostgreSQL store (`FOR UPDATE SKIP LOCKED`, many relays) |
+//! | `mysql` | the MySQL/MariaDB store (`FOR UPDATE SKIP LOCKED`, many relays) |
+//! | `all-databases` | all three stores |
+//!
+//! # Guarantees
+//!
+//! - **Atomic recording**: [`Outbox::record`] writes through the caller's
+//!   transaction; the row commits if and only if the transaction commits.
+//! - **At least once**: a relay that crashes between publishing and recording
+//!   the outcome leaves its claim to expire (the lease, default 30 s); the
+//!   entries are then published again. Every entry carries a unique
+//!   [`Entry::event_id`] (UUID v7): consumers deduplicate on it.
+//! - **Order**: entries are claimed and dispatched in record order (the
+//!   table's id). A failed entry does not hold back the others: it is tried
+//!   again after its backoff, among the entries due then.
+//! - **Attempts and dead letters**: a [`PublishError::rejected`] costs an
+//!   attempt; after the last one (default 3) the entry is a dead letter, kept
+//!   with its reason until [`Outbox::requeue`] or [`Outbox::purge`]. A
+//!   [`PublishError::unavailable`] costs none: the run stops and the entries
+//!   wait, so an outage never makes dead letters. A payload that no longer
+//!   decodes is dead at once. An entry whose name has no publisher stays
+//!   pending (reported as unroutable) and costs no attempt. A panicking
+//!   publisher is a failed attempt.
+//! - **Short transactions**: claiming a batch and recording its outcomes are
+//!   two short transactions; no transaction (and on SQLite no write lock) is
+//!   held while a publisher runs.
+//!
+//! # The `#[outbox(..)]` attribute
+//!
+//! ## `name = "..."`
+//!
+//! The stored event name, used for routing and filtering. A non-empty
+//! string without whitespace. Default: the type's name.
+//!
+//! ## `publish_if = path`
+//!
+//! A path to a `fn(&Self) -> bool`, asked when the event is recorded: `false`
+//! writes no row and [`Outbox::record`] returns
+//! [`Recording::Filtered`]`(`[`FilterReason::PublishIf`]`)`.
+//!
+//! ## `skip`
+//!
+//! The type never enters the outbox (decided at compile time);
+//! [`Outbox::record`] returns [`FilterReason::Skipped`]. Cannot be combined
+//! with `publish_if`.
+//!
+//! ## `crate = path`
+//!
+//! Where the `outbox` crate is, for crates that re-export it. Default `::outbox`.
+//!
+//! Two types with the same name make [`OutboxBuilder::build`] fail with
+//! [`Error::DuplicateEventName`], naming both types.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
