@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::registry;
 use crate::relay::Backoff;
-use crate::store::{Backend, DeadLetter, NewRow, TableName, Which};
+use crate::store::{Backend, DeadLetter, NewRow, SqlOptions, Stats, TableName, Which};
 
 type NameFilter = dyn Fn(&str) -> bool + Send + Sync;
 
@@ -34,6 +34,8 @@ pub(crate) struct Inner<DB: Backend> {
     pub(crate) lease: Duration,
     pub(crate) unroutable_delay: Duration,
     max_payload: Option<usize>,
+    pub(crate) options: SqlOptions,
+    pub(crate) retention: Option<Duration>,
 }
 
 impl<DB: Backend> Clone for Outbox<DB> {
@@ -111,6 +113,8 @@ pub struct OutboxBuilder<DB: Backend> {
     unroutable_delay: Duration,
     max_payload: Option<usize>,
     migrate: bool,
+    options: SqlOptions,
+    retention: Option<Duration>,
 }
 
 impl<DB: Backend> fmt::Debug for OutboxBuilder<DB> {
@@ -135,6 +139,12 @@ impl<DB: Backend> Outbox<DB> {
             unroutable_delay: Duration::from_secs(30),
             max_payload: None,
             migrate: true,
+            options: SqlOptions {
+                ordered: false,
+                notify: true,
+                keep_published: false,
+            },
+            retention: None,
         }
     }
 }
@@ -204,6 +214,36 @@ impl<DB: Backend> OutboxBuilder<DB> {
         self
     }
 
+    /// Per-stream order (default off): an entry with a stream key is not
+    /// dispatched while an earlier entry of the same stream is claimed,
+    /// waiting for its next attempt, or dead. Other streams go on. A dead
+    /// letter therefore holds back the rest of its stream until it is
+    /// requeued or purged, so a stream is never silently reordered.
+    pub fn ordered_streams(mut self, ordered: bool) -> Self {
+        self.options.ordered = ordered;
+        self
+    }
+
+    /// PostgreSQL only (default on): `record` notifies on the outbox's
+    /// channel (`outbox_<table>`, delivered at commit) and idle relays LISTEN
+    /// on it, so a committed event is published within milliseconds instead
+    /// of at the next poll. Turn it off behind PgBouncer in transaction
+    /// mode, where LISTEN does not work; polling then does it all.
+    pub fn notify(mut self, notify: bool) -> Self {
+        self.options.notify = notify;
+        self
+    }
+
+    /// Keep published entries (status `published`, with `published_at`) for
+    /// `retention` instead of deleting them at once (the default). The relay
+    /// loop deletes expired ones in small batches; [`Outbox::cleanup`] does
+    /// it on demand.
+    pub fn keep_published(mut self, retention: Duration) -> Self {
+        self.options.keep_published = true;
+        self.retention = Some(retention);
+        self
+    }
+
     /// Validates the configuration, checks that no two event types share a
     /// name ([`Error::DuplicateEventName`]), and runs the migrations.
     pub async fn build(self) -> Result<Outbox<DB>> {
@@ -220,7 +260,7 @@ impl<DB: Backend> OutboxBuilder<DB> {
         }
         Ok(Outbox {
             inner: Arc::new(Inner {
-                sql: DB::sql(&table),
+                sql: DB::sql(&table, &self.options),
                 pool: self.pool,
                 table,
                 filter: self.filter,
@@ -230,6 +270,8 @@ impl<DB: Backend> OutboxBuilder<DB> {
                 lease: self.lease,
                 unroutable_delay: self.unroutable_delay,
                 max_payload: self.max_payload,
+                options: self.options,
+                retention: self.retention,
             }),
         })
     }
@@ -408,6 +450,47 @@ impl<DB: Backend> Outbox<DB> {
     #[must_use]
     pub fn table(&self) -> &TableName {
         &self.inner.table
+    }
+
+    /// Pending, retrying, dead and kept-published counts and the age of the
+    /// oldest pending entry, in total and per event name; also sets the
+    /// `outbox_pending`, `outbox_dead` and `outbox_oldest_pending_age_seconds`
+    /// gauges (labelled `table`) of the `metrics` facade.
+    pub async fn stats(&self) -> Result<Stats> {
+        let stats = DB::stats(&self.inner.pool, &self.inner.sql).await?;
+        let table = self.inner.table.to_string();
+        #[allow(clippy::cast_precision_loss)] // Reason: gauges are f64; counts far below 2^52.
+        {
+            metrics::gauge!("outbox_pending", "table" => table.clone()).set(stats.pending as f64);
+            metrics::gauge!("outbox_dead", "table" => table.clone()).set(stats.dead as f64);
+        }
+        metrics::gauge!("outbox_oldest_pending_age_seconds", "table" => table)
+            .set(stats.oldest_pending_age.unwrap_or_default().as_secs_f64());
+        Ok(stats)
+    }
+
+    /// Deletes published entries older than the retention period (see
+    /// [`OutboxBuilder::keep_published`]) in batches of `batch`, pausing
+    /// between batches so a large backlog never holds locks for long.
+    /// Returns how many were deleted; does nothing without retention.
+    pub async fn cleanup(&self, batch: usize) -> Result<u64> {
+        let Some(retention) = self.inner.retention else {
+            return Ok(0);
+        };
+        let batch = batch.max(1);
+        let mut total = 0;
+        loop {
+            let n = DB::cleanup(&self.inner.pool, &self.inner.sql, retention, batch).await?;
+            total += n;
+            if n < batch as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if total > 0 {
+            tracing::debug!(table = %self.inner.table, deleted = total, "published entries cleaned up");
+        }
+        Ok(total)
     }
 
     /// Up to `limit` dead letters, oldest first.

@@ -27,7 +27,7 @@ inventory::collect!(Registration);
 pub(crate) fn check() -> Result<()> {
     static CHECKED: OnceLock<Result<(), (String, String, String)>> = OnceLock::new();
     CHECKED
-        .get_or_init(|| find_duplicate(inventory::iter::<Registration>.into_iter()))
+        .get_or_init(|| find_duplicate(inventory::iter::<Registration>))
         .clone()
         .map_err(|(name, first, second)| Error::DuplicateEventName {
             name,

@@ -1,8 +1,11 @@
 //! Relaying: [`Outbox::run`] processes one batch; [`Relay`] loops.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::FutureExt;
 use tracing::Instrument;
@@ -147,40 +150,56 @@ impl<DB: Backend> Outbox<DB> {
 
     /// Hands consecutive entries of one name to their publisher, in order,
     /// and turns the deliveries into a settlement.
-    async fn dispatch(
-        &self,
-        publishers: &Publishers,
-        rows: Vec<ClaimedRow>,
-        report: &mut Report,
-    ) -> Settlement {
+    ///
+    /// With per-stream order, a group holds at most one entry per stream (a
+    /// publisher may pipeline a group, so two entries of one stream in it
+    /// could be confirmed out of order), and once an entry of a stream is
+    /// not published, the rest of that stream in this batch is given back.
+    async fn dispatch(&self, publishers: &Publishers, rows: Vec<ClaimedRow>, report: &mut Report) -> Settlement {
         let inner = &self.inner;
+        let ordered = inner.options.ordered;
         let mut settlement = Settlement {
             published: Vec::with_capacity(rows.len()),
             updates: Vec::new(),
         };
-        let release = |id, attempts, delay| Update {
-            id,
-            dead: false,
-            attempts,
-            error: None,
-            delay,
-        };
         let mut stopped = false;
+        let mut blocked: HashSet<String> = HashSet::new();
+        let mut in_group: HashSet<String> = HashSet::new();
         let mut rows = rows.into_iter().peekable();
         while let Some(first) = rows.next() {
             let name = first.name.clone();
+            in_group.clear();
+            in_group.extend(first.stream_key.iter().filter(|_| ordered).cloned());
             let mut group = vec![first];
-            while let Some(next) = rows.next_if(|row| row.name == name) {
+            while let Some(next) = rows.next_if(|row| {
+                row.name == name && !(ordered && row.stream_key.as_ref().is_some_and(|k| in_group.contains(k)))
+            }) {
+                if ordered {
+                    in_group.extend(next.stream_key.iter().cloned());
+                }
                 group.push(next);
+            }
+            if ordered && !blocked.is_empty() {
+                group.retain(|row| match &row.stream_key {
+                    Some(key) if blocked.contains(key) => {
+                        settlement.updates.push(release(row.id, row.attempts, Duration::ZERO));
+                        false
+                    }
+                    _ => true,
+                });
             }
             let Some(dispatcher) = publishers.route(&name) else {
                 tracing::debug!(name = %name, count = group.len(), "no publisher: unroutable");
                 report.unroutable += group.len();
-                settlement.updates.extend(
-                    group
-                        .iter()
-                        .map(|row| release(row.id, row.attempts, inner.unroutable_delay)),
-                );
+                metrics::counter!("outbox_unroutable_total", "event" => name.clone()).increment(group.len() as u64);
+                for row in &group {
+                    if ordered {
+                        blocked.extend(row.stream_key.iter().cloned());
+                    }
+                    settlement
+                        .updates
+                        .push(release(row.id, row.attempts, inner.unroutable_delay));
+                }
                 continue;
             };
             if stopped {
@@ -196,66 +215,93 @@ impl<DB: Backend> Outbox<DB> {
             let mut entries = Vec::with_capacity(group.len());
             for row in group {
                 let (id, attempts) = (row.id, row.attempts);
+                let stream = if ordered { row.stream_key.clone() } else { None };
+                let event_id = row.event_id;
                 match to_entry(row) {
                     Ok(entry) => {
-                        meta.push((id, attempts));
+                        meta.push((id, event_id, attempts, stream));
                         entries.push(entry);
                     }
                     Err((id, reason)) => {
                         report.dead += 1;
+                        blocked.extend(stream);
                         settlement.updates.push(dead(id, attempts, reason));
                     }
                 }
             }
+            let before = *report;
             let deliveries = dispatcher.dispatch(entries).await;
-            for ((id, attempts), delivery) in meta.into_iter().zip(deliveries) {
-                match delivery {
-                    Delivery::Published => {
-                        report.published += 1;
-                        settlement.published.push(id);
-                    }
-                    Delivery::NotAttempted => {
-                        report.unavailable += 1;
-                        settlement
-                            .updates
-                            .push(release(id, attempts, Duration::ZERO));
-                    }
-                    Delivery::Undecodable(reason) => {
-                        tracing::warn!(name = %name, position = id, %reason, "dead letter: undecodable");
-                        report.dead += 1;
-                        settlement.updates.push(dead(id, attempts, reason));
-                    }
-                    Delivery::Failed(err) if err.is_unavailable() => {
-                        tracing::warn!(name = %name, position = id, error = %err, "publisher unavailable");
-                        stopped = true;
-                        report.unavailable += 1;
-                        settlement
-                            .updates
-                            .push(release(id, attempts, Duration::ZERO));
-                    }
-                    Delivery::Failed(err) => {
-                        let made = attempts.saturating_add(1);
-                        let message = err.message().to_owned();
-                        if u32::try_from(made).unwrap_or(u32::MAX) >= inner.max_attempts {
-                            tracing::warn!(name = %name, position = id, attempts = made, error = %message, "dead letter");
-                            report.dead += 1;
-                            settlement.updates.push(dead(id, made, message));
-                        } else {
-                            tracing::debug!(name = %name, position = id, attempts = made, error = %message, "retry");
-                            report.retried += 1;
-                            settlement.updates.push(Update {
-                                id,
-                                dead: false,
-                                attempts: made,
-                                error: Some(message),
-                                delay: inner.backoff.delay(u32::try_from(made).unwrap_or(u32::MAX)),
-                            });
-                        }
-                    }
+            for ((id, event_id, attempts, stream), delivery) in meta.into_iter().zip(deliveries) {
+                let _entry = tracing::debug_span!(
+                    "outbox.entry",
+                    name = %name,
+                    %event_id,
+                    position = id,
+                    attempt = attempts.saturating_add(1)
+                )
+                .entered();
+                if !matches!(delivery, Delivery::Published) {
+                    blocked.extend(stream);
+                }
+                stopped |= self.settle_one(id, attempts, delivery, report, &mut settlement);
+            }
+            count_outcomes(&name, &before, report);
+        }
+        settlement
+    }
+
+    /// Turns one delivery into its outcome; `true` if the broker is unavailable.
+    fn settle_one(
+        &self,
+        id: i64,
+        attempts: i32,
+        delivery: Delivery,
+        report: &mut Report,
+        settlement: &mut Settlement,
+    ) -> bool {
+        match delivery {
+            Delivery::Published => {
+                tracing::trace!("published");
+                report.published += 1;
+                settlement.published.push(id);
+            }
+            Delivery::NotAttempted => {
+                report.unavailable += 1;
+                settlement.updates.push(release(id, attempts, Duration::ZERO));
+            }
+            Delivery::Undecodable(reason) => {
+                tracing::warn!(%reason, "dead letter: undecodable");
+                report.dead += 1;
+                settlement.updates.push(dead(id, attempts, reason));
+            }
+            Delivery::Failed(err) if err.is_unavailable() => {
+                tracing::warn!(error = %err, "publisher unavailable");
+                report.unavailable += 1;
+                settlement.updates.push(release(id, attempts, Duration::ZERO));
+                return true;
+            }
+            Delivery::Failed(err) => {
+                let made = attempts.saturating_add(1);
+                let made_u32 = u32::try_from(made).unwrap_or(u32::MAX);
+                let message = err.message().to_owned();
+                if made_u32 >= self.inner.max_attempts {
+                    tracing::warn!(attempts = made, error = %message, "dead letter");
+                    report.dead += 1;
+                    settlement.updates.push(dead(id, made, message));
+                } else {
+                    tracing::debug!(attempts = made, error = %message, "publish failed; will retry");
+                    report.retried += 1;
+                    settlement.updates.push(Update {
+                        id,
+                        dead: false,
+                        attempts: made,
+                        error: Some(message),
+                        delay: self.inner.backoff.delay(made_u32),
+                    });
                 }
             }
         }
-        settlement
+        false
     }
 
     /// A relay loop over these publishers; see [`Relay`].
@@ -264,8 +310,36 @@ impl<DB: Backend> Outbox<DB> {
             outbox: self.clone(),
             publishers,
             poll_interval: Duration::from_secs(1),
+            min_poll_interval: Duration::from_millis(10),
             max_backoff: Duration::from_secs(30),
+            stats_interval: Some(Duration::from_secs(15)),
+            cleanup_interval: Duration::from_secs(60),
         }
+    }
+}
+
+/// Adds one group's outcomes to the `metrics` counters, labelled by event name.
+fn count_outcomes(name: &str, before: &Report, after: &Report) {
+    let counters = [
+        ("outbox_published_total", after.published - before.published),
+        ("outbox_failed_total", after.retried - before.retried),
+        ("outbox_dead_total", after.dead - before.dead),
+    ];
+    for (counter, n) in counters {
+        if n > 0 {
+            metrics::counter!(counter, "event" => name.to_owned()).increment(n as u64);
+        }
+    }
+}
+
+/// Gives a claimed entry back without counting an attempt.
+fn release(id: i64, attempts: i32, delay: Duration) -> Update {
+    Update {
+        id,
+        dead: false,
+        attempts,
+        error: None,
+        delay,
     }
 }
 
@@ -280,16 +354,30 @@ fn dead(id: i64, attempts: i32, reason: String) -> Update {
 }
 
 /// A long-running relay: repeats [`Outbox::run`] with the outbox's batch
-/// limit; runs again at once after a full batch, otherwise sleeps the poll
-/// interval; backs off (doubling, up to a maximum) while the database or a
-/// broker is unavailable; stops after the batch in flight when the
-/// shutdown future completes.
+/// limit.
+///
+/// - After a full batch it runs again at once.
+/// - Otherwise it waits: 10 ms after activity, doubling while the outbox
+///   stays empty, up to the poll interval, so an idle relay costs the
+///   database one cheap query per poll interval. On PostgreSQL (with
+///   [`notify`](crate::OutboxBuilder::notify) on) a commit that records an
+///   event wakes it at once.
+/// - While the database or a broker is unavailable it backs off (100 ms,
+///   doubling, up to [`max_backoff`](Relay::max_backoff)).
+/// - It refreshes the `metrics` gauges ([`Outbox::stats`]) every 15 s and,
+///   with [`keep_published`](crate::OutboxBuilder::keep_published), deletes
+///   expired published entries every minute.
+/// - When the shutdown future completes it finishes the batch in flight,
+///   commits its outcomes, and returns the totals.
 #[must_use]
 pub struct Relay<DB: Backend> {
     outbox: Outbox<DB>,
     publishers: Publishers,
     poll_interval: Duration,
+    min_poll_interval: Duration,
     max_backoff: Duration,
+    stats_interval: Option<Duration>,
+    cleanup_interval: Duration,
 }
 
 impl<DB: Backend> std::fmt::Debug for Relay<DB> {
@@ -297,14 +385,16 @@ impl<DB: Backend> std::fmt::Debug for Relay<DB> {
         f.debug_struct("Relay")
             .field("outbox", &self.outbox)
             .field("poll_interval", &self.poll_interval)
+            .field("publishers", &self.publishers)
             .finish_non_exhaustive()
     }
 }
 
 impl<DB: Backend> Relay<DB> {
-    /// How long to sleep after a batch that was not full (default 1 s).
+    /// The longest sleep between polls of an idle outbox (default 1 s).
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
+        self.min_poll_interval = self.min_poll_interval.min(interval);
         self
     }
 
@@ -315,15 +405,54 @@ impl<DB: Backend> Relay<DB> {
         self
     }
 
+    /// How often the loop refreshes the `metrics` gauges with
+    /// [`Outbox::stats`] (default every 15 s; `None` never).
+    pub fn stats_interval(mut self, interval: Option<Duration>) -> Self {
+        self.stats_interval = interval;
+        self
+    }
+
+    /// How often the loop deletes expired published entries, with
+    /// [`keep_published`](crate::OutboxBuilder::keep_published) (default 1 min).
+    pub fn cleanup_interval(mut self, interval: Duration) -> Self {
+        self.cleanup_interval = interval;
+        self
+    }
+
     /// Runs until `shutdown` completes, then returns the totals. A batch in
     /// flight is finished and its outcomes committed before it returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Report {
         let mut shutdown = pin!(shutdown);
-        let limit = self.outbox.batch_limit();
+        let outbox = &self.outbox;
+        let inner = &outbox.inner;
+        let limit = outbox.batch_limit();
+        let mut wakeup = match DB::listen(&inner.pool, &inner.sql).await {
+            Ok(wakeup) => wakeup,
+            Err(err) => {
+                tracing::warn!(error = %err, "outbox LISTEN failed; polling only");
+                None
+            }
+        };
         let mut totals = Report::default();
         let mut trouble = Duration::ZERO;
+        let mut idle = self.min_poll_interval;
+        let mut next_stats = Instant::now();
+        let mut next_cleanup = Instant::now();
         loop {
-            let wait = match self.outbox.run(&self.publishers, limit).await {
+            let now = Instant::now();
+            if let Some(interval) = self.stats_interval.filter(|_| now >= next_stats) {
+                next_stats = now + interval;
+                if let Err(err) = outbox.stats().await {
+                    tracing::warn!(error = %err, "outbox stats failed");
+                }
+            }
+            if inner.retention.is_some() && now >= next_cleanup {
+                next_cleanup = now + self.cleanup_interval;
+                if let Err(err) = outbox.cleanup(1000).await {
+                    tracing::warn!(error = %err, "outbox cleanup failed");
+                }
+            }
+            let wait = match outbox.run(&self.publishers, limit).await {
                 Ok(report) => {
                     totals += report;
                     if report.unavailable > 0 {
@@ -332,15 +461,21 @@ impl<DB: Backend> Relay<DB> {
                     } else {
                         trouble = Duration::ZERO;
                         if report.claimed >= limit {
+                            idle = self.min_poll_interval;
                             Duration::ZERO
+                        } else if report.claimed > 0 {
+                            idle = self.min_poll_interval;
+                            idle
                         } else {
-                            self.poll_interval
+                            let wait = idle;
+                            idle = idle.saturating_mul(2).min(self.poll_interval);
+                            wait
                         }
                     }
                 }
                 Err(err) => {
                     trouble = next_backoff(trouble, self.max_backoff);
-                    tracing::warn!(error = %err, source = ?std::error::Error::source(&err).map(ToString::to_string), retry_in = ?trouble, "outbox run failed");
+                    tracing::warn!(error = %err, retry_in = ?trouble, "outbox run failed");
                     trouble
                 }
             };
@@ -350,9 +485,16 @@ impl<DB: Backend> Relay<DB> {
                 }
                 continue;
             }
+            let woken = async {
+                match wakeup.as_mut() {
+                    Some(wakeup) if trouble.is_zero() => wakeup.wait().await,
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = &mut shutdown => break,
                 () = tokio::time::sleep(wait) => {}
+                () = woken => idle = self.min_poll_interval,
             }
         }
         totals

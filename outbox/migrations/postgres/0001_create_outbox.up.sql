@@ -22,3 +22,8 @@ CREATE TABLE IF NOT EXISTS __TABLE__ (
 -- Claims scan only pending entries, in record order.
 CREATE INDEX IF NOT EXISTS "__NAME___pending" ON __TABLE__ (id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS "__NAME___dead" ON __TABLE__ (id) WHERE status = 'dead';
+-- Per-stream order looks up earlier entries of the same stream.
+CREATE INDEX IF NOT EXISTS "__NAME___stream" ON __TABLE__ (stream_key, id)
+    WHERE stream_key IS NOT NULL AND status <> 'published';
+-- Retention cleanup finds old published entries.
+CREATE INDEX IF NOT EXISTS "__NAME___published" ON __TABLE__ (published_at) WHERE status = 'published';

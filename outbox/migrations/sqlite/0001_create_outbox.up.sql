@@ -21,3 +21,6 @@ CREATE TABLE IF NOT EXISTS __TABLE__ (
 
 CREATE INDEX IF NOT EXISTS "__NAME___pending" ON __TABLE__ (id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS "__NAME___dead" ON __TABLE__ (id) WHERE status = 'dead';
+CREATE INDEX IF NOT EXISTS "__NAME___stream" ON __TABLE__ (stream_key, id)
+    WHERE stream_key IS NOT NULL AND status <> 'published';
+CREATE INDEX IF NOT EXISTS "__NAME___published" ON __TABLE__ (published_at) WHERE status = 'published';

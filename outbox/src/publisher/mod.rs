@@ -17,6 +17,26 @@ use crate::entry::{Entry, Recorded};
 use crate::error::{Error, Result};
 use crate::event::Event;
 
+#[cfg(feature = "broker-amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "broker-amqp")))]
+pub mod amqp;
+#[cfg(feature = "broker-http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "broker-http")))]
+pub mod http;
+#[cfg(feature = "broker-nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "broker-nats")))]
+pub mod nats;
+#[cfg(any(
+    feature = "broker-amqp",
+    feature = "broker-nats",
+    feature = "broker-redis",
+    feature = "broker-http"
+))]
+mod redact;
+#[cfg(feature = "broker-redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "broker-redis")))]
+pub mod redis;
+
 /// Why a publish failed, and whether that should cost the entry an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishError {
@@ -340,7 +360,6 @@ impl fmt::Debug for Publishers {
 
 impl Publishers {
     /// Starts assembling publishers.
-    #[must_use]
     pub fn builder() -> PublishersBuilder {
         PublishersBuilder {
             by_name: HashMap::new(),

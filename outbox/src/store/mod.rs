@@ -1,5 +1,7 @@
 //! Database stores: one module per backend, behind a sealed trait.
 
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
@@ -13,10 +15,11 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
-pub(crate) use private::{ClaimedRow, NewRow, Settlement, Update, Which};
+pub(crate) use private::{ClaimedRow, NewRow, Settlement, SqlOptions, Update, Wakeup, Which};
 
 /// A database the outbox can live in: implemented for `sqlx::Postgres`
-/// (feature `postgres`) and `sqlx::Sqlite` (feature `sqlite`). Sealed.
+/// (feature `postgres`), `sqlx::Sqlite` (feature `sqlite`) and `sqlx::MySql`
+/// (feature `mysql`, MySQL 8.0.16+ or MariaDB 10.6+). Sealed.
 pub trait Backend: sqlx::Database + private::Store {}
 
 impl<DB: sqlx::Database + private::Store> Backend for DB {}
@@ -139,6 +142,68 @@ pub struct DeadLetter {
     pub created_at: DateTime<Utc>,
 }
 
+/// Counts for a health check: see [`Outbox::stats`](crate::Outbox::stats).
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Entries waiting to be published (due or not, claimed or not).
+    pub pending: u64,
+    /// Pending entries that failed at least once.
+    pub retrying: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Published entries still kept (only with `keep_published`).
+    pub published: u64,
+    /// Age of the oldest pending entry, if any.
+    pub oldest_pending_age: Option<Duration>,
+    /// The same numbers per event name, sorted by name.
+    pub by_name: Vec<NameStats>,
+}
+
+/// [`Stats`] for one event name.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct NameStats {
+    /// The event name.
+    pub name: String,
+    /// Pending entries of this name.
+    pub pending: u64,
+    /// Pending entries of this name that failed at least once.
+    pub retrying: u64,
+    /// Dead letters of this name.
+    pub dead: u64,
+    /// Published entries of this name still kept.
+    pub published: u64,
+    /// Age of this name's oldest pending entry.
+    pub oldest_pending_age: Option<Duration>,
+}
+
+impl Stats {
+    /// Sums per-name rows (sorted by name) into the totals.
+    pub(crate) fn from_names(by_name: Vec<NameStats>) -> Self {
+        let mut stats = Stats::default();
+        for n in &by_name {
+            stats.pending += n.pending;
+            stats.retrying += n.retrying;
+            stats.dead += n.dead;
+            stats.published += n.published;
+            stats.oldest_pending_age = stats.oldest_pending_age.max(n.oldest_pending_age);
+        }
+        stats.by_name = by_name;
+        stats
+    }
+}
+
+/// Seconds (possibly fractional, possibly slightly negative from clock
+/// jitter) as a duration.
+pub(crate) fn age(seconds: Option<f64>) -> Option<Duration> {
+    seconds.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX))
+}
+
+pub(crate) fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
 pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -146,7 +211,7 @@ pub(crate) fn millis(d: Duration) -> i64 {
 pub(crate) mod private {
     #![allow(unreachable_pub)] // Reason: sealed-trait pattern; nameable only inside the crate.
 
-    use super::{DeadLetter, Result, TableName};
+    use super::{DeadLetter, Result, Stats, TableName};
     use chrono::{DateTime, Utc};
     use std::future::Future;
     use std::time::Duration;
@@ -215,7 +280,7 @@ pub(crate) mod private {
         /// Whether `schema.table` names are supported.
         const SCHEMAS: bool;
 
-        fn sql(table: &TableName) -> Self::Sql;
+        fn sql(table: &TableName, options: &SqlOptions) -> Self::Sql;
 
         fn migrate(
             pool: &sqlx::Pool<Self>,
@@ -260,6 +325,45 @@ pub(crate) mod private {
             sql: &Self::Sql,
             which: Which,
         ) -> impl Future<Output = Result<u64>> + Send;
+
+        fn stats(pool: &sqlx::Pool<Self>, sql: &Self::Sql) -> impl Future<Output = Result<Stats>> + Send;
+
+        /// Deletes up to `limit` published entries older than `older_than`.
+        fn cleanup(
+            pool: &sqlx::Pool<Self>,
+            sql: &Self::Sql,
+            older_than: Duration,
+            limit: usize,
+        ) -> impl Future<Output = Result<u64>> + Send;
+
+        /// A wake-up source for idle relays (PostgreSQL LISTEN); `None` where
+        /// the database has none.
+        fn listen(
+            _pool: &sqlx::Pool<Self>,
+            _sql: &Self::Sql,
+        ) -> impl Future<Output = Result<Option<Box<dyn Wakeup>>>> + Send {
+            async { Ok(None) }
+        }
+    }
+
+    /// Wakes an idle relay when entries may have arrived.
+    #[async_trait::async_trait]
+    pub trait Wakeup: Send {
+        /// Returns when woken (or after a connection problem, so the caller
+        /// polls instead).
+        async fn wait(&mut self);
+    }
+
+    /// What the SQL of one outbox depends on besides the table.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct SqlOptions {
+        /// Per-stream order: an entry waits while an earlier entry of its
+        /// stream is pending-not-due, claimed, or dead.
+        pub ordered: bool,
+        /// Wake relays on insert (PostgreSQL NOTIFY).
+        pub notify: bool,
+        /// Keep published entries (status `published`) instead of deleting them.
+        pub keep_published: bool,
     }
 }
 

@@ -3,11 +3,15 @@
 
 use std::time::Duration;
 
+use sqlx::postgres::PgListener;
 use sqlx::{Acquire, Executor, PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
 
 use super::private::Store;
-use super::{ClaimedRow, DeadLetter, NewRow, Settlement, TableName, Which, millis, render};
+use super::{
+    ClaimedRow, DeadLetter, NameStats, NewRow, Settlement, SqlOptions, Stats, TableName, Wakeup, Which, age, count,
+    millis, render,
+};
 use crate::error::Result;
 
 const MIGRATIONS: &[(i32, &str)] = &[(
@@ -18,9 +22,15 @@ const MIGRATIONS: &[(i32, &str)] = &[(
 /// The SQL for one table.
 pub struct Sql {
     table: TableName,
+    /// The LISTEN/NOTIFY channel, when notifications are on.
+    channel: Option<String>,
+    /// Per-stream order: claims take a table-wide advisory lock first.
+    ordered: bool,
     insert: String,
     claim: String,
     delete: String,
+    stats: String,
+    cleanup: String,
     update: String,
     dead_letters: String,
     requeue_one: String,
@@ -36,22 +46,74 @@ impl Store for Postgres {
     type Sql = Sql;
     const SCHEMAS: bool = true;
 
-    fn sql(table: &TableName) -> Sql {
+    fn sql(table: &TableName, options: &SqlOptions) -> Sql {
         let t = table.quoted('"', "");
+        let channel = options.notify.then(|| format!("outbox_{}", table.bare()));
+        let rows = "SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]::json[], $4::text[], \
+                    $5::text[]::json[], $6::uuid[], $7::uuid[])";
+        let columns = "event_id, name, payload, stream_key, headers, correlation_id, causation_id";
+        let insert = if channel.is_some() {
+            // One round trip: the notification is queued with the insert and
+            // delivered when (and only if) the caller's transaction commits.
+            format!(
+                "WITH ins AS (INSERT INTO {t} ({columns}) {rows} RETURNING 1) \
+                 SELECT pg_notify($8, '') WHERE EXISTS (SELECT 1 FROM ins)"
+            )
+        } else {
+            format!("INSERT INTO {t} ({columns}) {rows}")
+        };
+        // An entry of a stream waits while an earlier one of that stream is
+        // claimed, backing off, or dead.
+        let stream_gate = if options.ordered {
+            format!(
+                " AND (c.stream_key IS NULL OR NOT EXISTS (SELECT 1 FROM {t} e \
+                 WHERE e.stream_key = c.stream_key AND e.id < c.id \
+                 AND (e.status = 'dead' OR (e.status = 'pending' AND e.available_at > now()))))"
+            )
+        } else {
+            String::new()
+        };
+        // The claim need not be durable (a lost claim only lets another relay
+        // take the entries sooner), so it commits without waiting for a flush.
+        let no_flush = if options.ordered {
+            ""
+        } else {
+            "cfg AS (SELECT set_config('synchronous_commit', 'off', true)), "
+        };
+        let from_cfg = if options.ordered { "" } else { ", cfg" };
+        let delete = if options.keep_published {
+            format!(
+                "UPDATE {t} SET status = 'published', published_at = now(), claim_token = NULL \
+                 WHERE id = ANY($1) AND claim_token = $2"
+            )
+        } else {
+            format!("DELETE FROM {t} WHERE id = ANY($1) AND claim_token = $2")
+        };
         Sql {
             table: table.clone(),
-            insert: format!(
-                "INSERT INTO {t} (event_id, name, payload, stream_key, headers, correlation_id, causation_id) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]::json[], $4::text[], $5::text[]::json[], \
-                 $6::uuid[], $7::uuid[])"
-            ),
+            channel,
+            ordered: options.ordered,
+            insert,
             claim: format!(
-                "WITH due AS (SELECT id FROM {t} WHERE status = 'pending' AND available_at <= now() \
-                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                "WITH {no_flush}due AS (SELECT c.id FROM {t} c WHERE c.status = 'pending' \
+                 AND c.available_at <= now(){stream_gate} ORDER BY c.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
                  UPDATE {t} AS o SET claim_token = $2, available_at = now() + $3 * interval '1 millisecond' \
-                 FROM due WHERE o.id = due.id RETURNING {RETURNING}"
+                 FROM due{from_cfg} WHERE o.id = due.id RETURNING {RETURNING}"
             ),
-            delete: format!("DELETE FROM {t} WHERE id = ANY($1) AND claim_token = $2"),
+            delete,
+            stats: format!(
+                "SELECT name, \
+                 count(*) FILTER (WHERE status = 'pending') AS pending, \
+                 count(*) FILTER (WHERE status = 'pending' AND attempts > 0) AS retrying, \
+                 count(*) FILTER (WHERE status = 'dead') AS dead, \
+                 count(*) FILTER (WHERE status = 'published') AS published, \
+                 EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8 AS oldest \
+                 FROM {t} GROUP BY name ORDER BY name"
+            ),
+            cleanup: format!(
+                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE status = 'published' \
+                 AND published_at < now() - $1 * interval '1 millisecond' LIMIT $2)"
+            ),
             update: format!(
                 "UPDATE {t} AS o SET status = CASE WHEN u.dead THEN 'dead' ELSE 'pending' END, \
                  attempts = u.attempts, last_error = COALESCE(u.error, o.last_error), \
@@ -121,16 +183,18 @@ impl Store for Postgres {
             correlations.push(row.correlation_id);
             causations.push(row.causation_id);
         }
-        sqlx::query(&sql.insert)
+        let mut query = sqlx::query(&sql.insert)
             .bind(ids)
             .bind(names)
             .bind(payloads)
             .bind(streams)
             .bind(headers)
             .bind(correlations)
-            .bind(causations)
-            .execute(conn)
-            .await?;
+            .bind(causations);
+        if let Some(channel) = &sql.channel {
+            query = query.bind(channel);
+        }
+        query.execute(conn).await?;
         Ok(())
     }
 
@@ -141,20 +205,26 @@ impl Store for Postgres {
         lease: Duration,
         token: Uuid,
     ) -> Result<Vec<ClaimedRow>> {
-        let mut conn = pool.acquire().await?;
-        let mut tx = conn.begin().await?;
-        // The claim need not be durable: a lost claim only lets another relay
-        // take the entries sooner.
-        sqlx::query("SET LOCAL synchronous_commit = off")
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let claim = sqlx::query(&sql.claim).bind(limit).bind(token).bind(millis(lease));
+        let rows = if sql.ordered {
+            // Claims of one table run one at a time, so a relay never sees an
+            // earlier entry of a stream as due while another relay is
+            // claiming it.
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
+            sqlx::query(
+                "SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock(hashtext($1))",
+            )
+            .bind(format!("outbox claim {}", sql.table))
             .execute(&mut *tx)
             .await?;
-        let rows = sqlx::query(&sql.claim)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(token)
-            .bind(millis(lease))
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
+            let rows = claim.fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            rows
+        } else {
+            claim.fetch_all(pool).await?
+        };
         rows.iter()
             .map(|row| {
                 Ok(ClaimedRow {
@@ -174,15 +244,12 @@ impl Store for Postgres {
     }
 
     async fn settle(pool: &PgPool, sql: &Sql, token: Uuid, settlement: &Settlement) -> Result<()> {
-        let mut tx = pool.begin().await?;
-        if !settlement.published.is_empty() {
+        let published = (!settlement.published.is_empty()).then(|| {
             sqlx::query(&sql.delete)
                 .bind(&settlement.published)
                 .bind(token)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if !settlement.updates.is_empty() {
+        });
+        let updated = (!settlement.updates.is_empty()).then(|| {
             let n = settlement.updates.len();
             let (mut ids, mut dead, mut attempts, mut errors, mut delays) = (
                 Vec::with_capacity(n),
@@ -205,10 +272,20 @@ impl Store for Postgres {
                 .bind(errors)
                 .bind(delays)
                 .bind(token)
-                .execute(&mut *tx)
-                .await?;
+        });
+        match (published, updated) {
+            (Some(published), Some(updated)) => {
+                let mut tx = pool.begin().await?;
+                published.execute(&mut *tx).await?;
+                updated.execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+            // A single statement is its own short transaction.
+            (Some(only), None) | (None, Some(only)) => {
+                only.execute(pool).await?;
+            }
+            (None, None) => {}
         }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -241,6 +318,42 @@ impl Store for Postgres {
         Ok(done.rows_affected())
     }
 
+    async fn stats(pool: &PgPool, sql: &Sql) -> Result<Stats> {
+        let rows = sqlx::query(&sql.stats).fetch_all(pool).await?;
+        let by_name = rows
+            .iter()
+            .map(|row| {
+                Ok(NameStats {
+                    name: row.try_get("name")?,
+                    pending: count(row.try_get("pending")?),
+                    retrying: count(row.try_get("retrying")?),
+                    dead: count(row.try_get("dead")?),
+                    published: count(row.try_get("published")?),
+                    oldest_pending_age: age(row.try_get("oldest")?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Stats::from_names(by_name))
+    }
+
+    async fn cleanup(pool: &PgPool, sql: &Sql, older_than: Duration, limit: usize) -> Result<u64> {
+        let done = sqlx::query(&sql.cleanup)
+            .bind(millis(older_than))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn listen(pool: &PgPool, sql: &Sql) -> Result<Option<Box<dyn Wakeup>>> {
+        let Some(channel) = &sql.channel else {
+            return Ok(None);
+        };
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(channel).await?;
+        Ok(Some(Box::new(Listener(listener))))
+    }
+
     async fn purge(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
         let done = match which {
             Which::One(id) => sqlx::query(&sql.purge_one).bind(id).execute(pool).await?,
@@ -248,5 +361,22 @@ impl Store for Postgres {
         };
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
         Ok(done.rows_affected())
+    }
+}
+
+/// LISTEN on the outbox's channel; reconnects by itself (sqlx's `PgListener`).
+struct Listener(PgListener);
+
+#[async_trait::async_trait]
+impl Wakeup for Listener {
+    async fn wait(&mut self) {
+        match self.0.recv().await {
+            // Several commits may have notified: one run serves them all.
+            Ok(_) => while self.0.next_buffered().is_some() {},
+            Err(err) => {
+                tracing::warn!(error = %err, "outbox LISTEN connection failed; polling until it is back");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 }

@@ -10,7 +10,10 @@ use sqlx::{Executor, Row, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::private::Store;
-use super::{ClaimedRow, DeadLetter, NewRow, Settlement, TableName, Which, millis, render};
+use super::{
+    ClaimedRow, DeadLetter, NameStats, NewRow, Settlement, SqlOptions, Stats, TableName, Which, age, count, millis,
+    render,
+};
 use crate::error::Result;
 
 const MIGRATIONS: &[(i32, &str)] = &[(
@@ -26,7 +29,11 @@ pub struct Sql {
     table: TableName,
     insert_prefix: String,
     claim: String,
+    /// Published entries are kept (`delete` is then an UPDATE taking the time).
+    keep_published: bool,
     delete: String,
+    stats: String,
+    cleanup: String,
     update: String,
     dead_letters: String,
     requeue_one: String,
@@ -51,8 +58,27 @@ impl Store for Sqlite {
     type Sql = Sql;
     const SCHEMAS: bool = false;
 
-    fn sql(table: &TableName) -> Sql {
+    fn sql(table: &TableName, options: &SqlOptions) -> Sql {
         let t = table.quoted('"', "");
+        // One writer at a time: the claim statement itself is serialized, so
+        // the stream gate needs no extra lock here.
+        let stream_gate = if options.ordered {
+            format!(
+                " AND (c.stream_key IS NULL OR NOT EXISTS (SELECT 1 FROM {t} e \
+                 WHERE e.stream_key = c.stream_key AND e.id < c.id \
+                 AND (e.status = 'dead' OR (e.status = 'pending' AND e.available_at > ?2))))"
+            )
+        } else {
+            String::new()
+        };
+        let delete = if options.keep_published {
+            format!(
+                "UPDATE {t} SET status = 'published', published_at = ?3, claim_token = NULL \
+                 WHERE claim_token = ?1 AND id IN (SELECT value FROM json_each(?2))"
+            )
+        } else {
+            format!("DELETE FROM {t} WHERE claim_token = ?1 AND id IN (SELECT value FROM json_each(?2))")
+        };
         Sql {
             table: table.clone(),
             insert_prefix: format!(
@@ -61,12 +87,25 @@ impl Store for Sqlite {
             ),
             claim: format!(
                 "UPDATE {t} SET claim_token = ?1, available_at = ?2 + ?3 WHERE id IN \
-                 (SELECT id FROM {t} WHERE status = 'pending' AND available_at <= ?2 ORDER BY id LIMIT ?4) \
+                 (SELECT c.id FROM {t} c WHERE c.status = 'pending' AND c.available_at <= ?2{stream_gate} \
+                 ORDER BY c.id LIMIT ?4) \
                  RETURNING id, event_id, name, payload, stream_key, headers, correlation_id, causation_id, \
                  created_at, attempts"
             ),
-            delete: format!(
-                "DELETE FROM {t} WHERE claim_token = ?1 AND id IN (SELECT value FROM json_each(?2))"
+            keep_published: options.keep_published,
+            delete,
+            stats: format!(
+                "SELECT name, \
+                 SUM(status = 'pending') AS pending, \
+                 SUM(status = 'pending' AND attempts > 0) AS retrying, \
+                 SUM(status = 'dead') AS dead, \
+                 SUM(status = 'published') AS published, \
+                 (?1 - MIN(CASE WHEN status = 'pending' THEN created_at END)) / 1000.0 AS oldest \
+                 FROM {t} GROUP BY name ORDER BY name"
+            ),
+            cleanup: format!(
+                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE status = 'published' \
+                 AND published_at < ?1 LIMIT ?2)"
             ),
             update: format!(
                 "UPDATE {t} SET status = CASE WHEN ?2 THEN 'dead' ELSE 'pending' END, attempts = ?3, \
@@ -174,22 +213,16 @@ impl Store for Sqlite {
             .collect()
     }
 
-    async fn settle(
-        pool: &SqlitePool,
-        sql: &Sql,
-        token: Uuid,
-        settlement: &Settlement,
-    ) -> Result<()> {
+    async fn settle(pool: &SqlitePool, sql: &Sql, token: Uuid, settlement: &Settlement) -> Result<()> {
         let now = now_millis();
         let mut tx = pool.begin().await?;
         if !settlement.published.is_empty() {
-            let ids =
-                serde_json::to_string(&settlement.published).unwrap_or_else(|_| "[]".to_owned());
-            sqlx::query(&sql.delete)
-                .bind(token.hyphenated())
-                .bind(ids)
-                .execute(&mut *tx)
-                .await?;
+            let ids = serde_json::to_string(&settlement.published).unwrap_or_else(|_| "[]".to_owned());
+            let mut query = sqlx::query(&sql.delete).bind(token.hyphenated()).bind(ids);
+            if sql.keep_published {
+                query = query.bind(now);
+            }
+            query.execute(&mut *tx).await?;
         }
         for u in &settlement.updates {
             sqlx::query(&sql.update)
@@ -243,6 +276,33 @@ impl Store for Sqlite {
             }
         };
         tracing::info!(table = %sql.table, requeued = done.rows_affected(), "dead letters requeued");
+        Ok(done.rows_affected())
+    }
+
+    async fn stats(pool: &SqlitePool, sql: &Sql) -> Result<Stats> {
+        let rows = sqlx::query(&sql.stats).bind(now_millis()).fetch_all(pool).await?;
+        let by_name = rows
+            .iter()
+            .map(|row| {
+                Ok(NameStats {
+                    name: row.try_get("name")?,
+                    pending: count(row.try_get("pending")?),
+                    retrying: count(row.try_get("retrying")?),
+                    dead: count(row.try_get("dead")?),
+                    published: count(row.try_get("published")?),
+                    oldest_pending_age: age(row.try_get("oldest")?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Stats::from_names(by_name))
+    }
+
+    async fn cleanup(pool: &SqlitePool, sql: &Sql, older_than: Duration, limit: usize) -> Result<u64> {
+        let done = sqlx::query(&sql.cleanup)
+            .bind(now_millis().saturating_sub(millis(older_than)))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(pool)
+            .await?;
         Ok(done.rows_affected())
     }
 
