@@ -969,6 +969,423 @@ pub async fn migrate_is_idempotent<H: Harness>() {
     ctx.done().await;
 }
 
+// ------------------------------------------------ production relay (issue 3)
+
+/// Records `n` events in transactions of 1,000, stream keys `s0..s{streams}`.
+pub async fn record_many<H: Harness>(ctx: &Ctx<H>, outbox: &Outbox<H::DB>, n: i64, streams: i64) {
+    let mut next = 1;
+    while next <= n {
+        let mut tx = ctx.pool.begin().await.unwrap();
+        let mut batch = outbox.batch();
+        for id in next..(next + 1000).min(n + 1) {
+            batch
+                .push_with(
+                    &paid(id),
+                    Metadata::new().stream_key(format!("s{}", id % streams)),
+                )
+                .unwrap();
+        }
+        batch.record(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        next += 1000;
+    }
+}
+
+/// Runs `relays` concurrent relays (each `run` in a loop) until a round
+/// finds nothing due anywhere.
+pub async fn drain_with<H: Harness>(
+    outbox: &Outbox<H::DB>,
+    publishers: Arc<Publishers>,
+    relays: usize,
+    limit: usize,
+) {
+    let mut tasks = Vec::new();
+    for _ in 0..relays {
+        let (outbox, publishers) = (outbox.clone(), publishers.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut empty = 0;
+            while empty < 3 {
+                let report = outbox.run(&publishers, limit).await.unwrap();
+                if report.claimed == 0 {
+                    empty += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                } else {
+                    empty = 0;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// A publisher that records (invoice id, stream key) and fails a scripted
+/// share of calls.
+#[derive(Clone, Default)]
+pub struct Ledger {
+    pub published: Arc<Mutex<Vec<(i64, Option<String>)>>>,
+    pub calls: Arc<AtomicUsize>,
+    /// Fail about this share (in percent) of calls, pseudo-randomly by call number and invoice.
+    pub fail_percent: usize,
+}
+
+impl Publisher<InvoicePaid> for Ledger {
+    async fn publish(&self, event: &Recorded<InvoicePaid>) -> Result<(), PublishError> {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        let id = u64::try_from(event.event().invoice_id).unwrap();
+        if scramble((call as u64) << 32 ^ id) % 100 < self.fail_percent as u64 {
+            return Err(PublishError::rejected("injected failure"));
+        }
+        self.published.lock().unwrap().push((
+            event.event().invoice_id,
+            event.stream_key().map(str::to_owned),
+        ));
+        Ok(())
+    }
+}
+
+/// A fixed pseudo-random scramble (splitmix64's finalizer).
+pub fn scramble(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+pub async fn four_relays_publish_each_entry_exactly_once<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.outbox().await;
+    record_many(&ctx, &outbox, 20_000, 50).await;
+    let ledger = Ledger::default();
+    let publishers = Arc::new(
+        Publishers::builder()
+            .publisher(ledger.clone())
+            .build()
+            .unwrap(),
+    );
+    drain_with::<H>(&outbox, publishers, 4, 100).await;
+    let mut ids: Vec<i64> = ledger
+        .published
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.0)
+        .collect();
+    assert_eq!(ids.len(), 20_000, "each entry exactly once");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids,
+        (1..=20_000).collect::<Vec<_>>(),
+        "none missing, none twice"
+    );
+    assert!(ctx.rows().await.is_empty());
+    ctx.done().await;
+}
+
+pub async fn four_relays_with_failures_lose_nothing<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.builder().max_attempts(3).build().await.unwrap();
+    record_many(&ctx, &outbox, 20_000, 50).await;
+    let ledger = Ledger {
+        fail_percent: 10,
+        ..Ledger::default()
+    };
+    let publishers = Arc::new(
+        Publishers::builder()
+            .publisher(ledger.clone())
+            .build()
+            .unwrap(),
+    );
+    drain_with::<H>(&outbox, publishers, 4, 100).await;
+    let mut published: Vec<i64> = ledger
+        .published
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.0)
+        .collect();
+    let total_published = published.len();
+    published.sort_unstable();
+    published.dedup();
+    assert_eq!(
+        total_published,
+        published.len(),
+        "no failures were injected after success: no duplicates"
+    );
+    let rows = ctx.rows().await;
+    assert!(
+        rows.iter().all(|r| r.status == "dead"),
+        "only dead letters remain"
+    );
+    for row in &rows {
+        assert_eq!(row.attempts, 3, "dead only where attempts ran out");
+        assert_eq!(row.last_error.as_deref(), Some("injected failure"));
+    }
+    assert_eq!(
+        published.len() + rows.len(),
+        20_000,
+        "every entry is published or dead: none lost"
+    );
+    let calls = ledger.calls.load(Ordering::Relaxed);
+    assert!(calls > 20_000 && calls < 20_000 * 3, "{calls} calls");
+    ctx.done().await;
+}
+
+/// Per-stream order with several relays and injected failures: each
+/// stream's events are published in record order.
+pub async fn per_stream_order_holds_under_failures<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx
+        .builder()
+        .ordered_streams(true)
+        .max_attempts(1000)
+        .build()
+        .await
+        .unwrap();
+    record_many(&ctx, &outbox, 3_000, 7).await;
+    let ledger = Ledger {
+        fail_percent: 20,
+        ..Ledger::default()
+    };
+    let publishers = Arc::new(
+        Publishers::builder()
+            .publisher(ledger.clone())
+            .build()
+            .unwrap(),
+    );
+    drain_with::<H>(&outbox, publishers, 3, 50).await;
+    let published = ledger.published.lock().unwrap().clone();
+    assert_eq!(published.len(), 3_000);
+    let mut last: std::collections::HashMap<String, i64> = Default::default();
+    for (id, stream) in published {
+        let stream = stream.unwrap();
+        if let Some(prev) = last.insert(stream.clone(), id) {
+            assert!(prev < id, "stream {stream}: {id} published after {prev}");
+        }
+    }
+    let calls = ledger.calls.load(Ordering::Relaxed);
+    assert!(calls > 3_000, "failures were injected: {calls} calls");
+    assert!(ctx.rows().await.is_empty());
+    ctx.done().await;
+}
+
+/// With per-stream order, a dead letter holds back the rest of its stream
+/// (never silently reordered) while other streams go on; requeueing it
+/// releases the stream in order.
+pub async fn dead_letter_holds_back_its_stream<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx
+        .builder()
+        .ordered_streams(true)
+        .max_attempts(1)
+        .build()
+        .await
+        .unwrap();
+    let mut tx = ctx.pool.begin().await.unwrap();
+    for (id, stream) in [(1, "a"), (2, "b"), (3, "a"), (4, "b"), (5, "a")] {
+        outbox
+            .record_with(&mut *tx, &paid(id), Metadata::new().stream_key(stream))
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let rec = Recorder::default();
+    rec.fail_with(1, PublishError::rejected("poison"));
+    let p = publishers(&rec);
+    let first = outbox.run(&p, 100).await.unwrap();
+    assert_eq!((first.dead, first.published), (1, 2), "{first:?}");
+    for _ in 0..3 {
+        outbox.run(&p, 100).await.unwrap();
+    }
+    assert_eq!(
+        rec.ids(),
+        [1, 2, 4],
+        "stream a waits behind its dead letter; b goes on"
+    );
+    assert_eq!(ctx.rows().await.len(), 3);
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead), (2, 1));
+
+    rec.fail.lock().unwrap().clear();
+    let dead = outbox.dead_letters(10).await.unwrap();
+    assert!(outbox.requeue(dead[0].event_id).await.unwrap());
+    while outbox.run(&p, 100).await.unwrap().claimed > 0 {}
+    assert_eq!(
+        rec.ids(),
+        [1, 2, 4, 1, 3, 5],
+        "after requeue, stream a resumes in order"
+    );
+    ctx.done().await;
+}
+
+pub async fn retention_keeps_published_then_cleans_up<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx
+        .builder()
+        .keep_published(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    ctx.record_each(&outbox, 1..=5).await;
+    let rec = Recorder::default();
+    let p = publishers(&rec);
+    assert_eq!(outbox.run(&p, 100).await.unwrap().published, 5);
+    assert_eq!(
+        outbox.run(&p, 100).await.unwrap().claimed,
+        0,
+        "kept entries are not offered again"
+    );
+    let rows = ctx.rows().await;
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r.status == "published"));
+    assert_eq!(outbox.stats().await.unwrap().published, 5);
+    assert_eq!(outbox.cleanup(2).await.unwrap(), 0, "not expired yet");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        outbox.cleanup(2).await.unwrap(),
+        5,
+        "deleted in batches of 2"
+    );
+    assert!(ctx.rows().await.is_empty());
+    // Without retention, cleanup has nothing to do.
+    assert_eq!(ctx.outbox().await.cleanup(10).await.unwrap(), 0);
+    ctx.done().await;
+}
+
+pub async fn relay_loop_cleans_up_expired_entries<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx
+        .builder()
+        .keep_published(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    ctx.record_each(&outbox, 1..=3).await;
+    let rec = Recorder::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = outbox
+        .relay(publishers(&rec))
+        .poll_interval(Duration::from_millis(20))
+        .cleanup_interval(Duration::from_millis(50));
+    let handle = tokio::spawn(relay.run(async {
+        let _ = stopped.await;
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(rec.calls() == 3 && ctx.rows().await.is_empty())
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(rec.calls(), 3);
+    assert!(
+        ctx.rows().await.is_empty(),
+        "the loop's cleanup removed the kept entries"
+    );
+    ctx.done().await;
+}
+
+pub async fn stats_report_pending_retrying_dead_and_age<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.builder().max_attempts(2).build().await.unwrap();
+    let empty = outbox.stats().await.unwrap();
+    assert_eq!(
+        (empty.pending, empty.dead, empty.oldest_pending_age),
+        (0, 0, None)
+    );
+    ctx.record_each(&outbox, 1..=4).await;
+    let mut tx = ctx.pool.begin().await.unwrap();
+    outbox
+        .record(&mut *tx, &ParcelSent { parcel: "p".into() })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let rec = Recorder::default();
+    rec.fail_with(1, PublishError::rejected("x"));
+    rec.fail_with(2, PublishError::rejected("y"));
+    let p = publishers(&rec);
+    outbox.run(&p, 100).await.unwrap(); // 1, 2 retrying; 3, 4 published; parcel unroutable
+    rec.fail.lock().unwrap().retain(|(id, _)| *id == 2);
+    outbox.run(&p, 100).await.unwrap(); // 1 published; 2 dead
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.retrying, stats.dead),
+        (1, 0, 1),
+        "{stats:?}"
+    );
+    let age = stats.oldest_pending_age.expect("one pending entry");
+    assert!(
+        age >= Duration::from_millis(40) && age < Duration::from_secs(60),
+        "{age:?}"
+    );
+    assert_eq!(stats.by_name.len(), 2);
+    let billing = stats
+        .by_name
+        .iter()
+        .find(|n| n.name == "billing.invoice_paid")
+        .unwrap();
+    assert_eq!((billing.pending, billing.dead), (0, 1));
+    let parcels = stats
+        .by_name
+        .iter()
+        .find(|n| n.name == "shipping.parcel_sent")
+        .unwrap();
+    assert_eq!((parcels.pending, parcels.retrying), (1, 0));
+
+    ctx.record_each(&outbox, [5]).await;
+    rec.fail_with(5, PublishError::rejected("z"));
+    outbox.run(&p, 100).await.unwrap();
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.retrying), (2, 1), "{stats:?}");
+    ctx.done().await;
+}
+
+/// Shutdown under load: the batch in flight commits; a second relay then
+/// finishes; nothing is published twice.
+pub async fn shutdown_under_load_publishes_nothing_twice<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.builder().batch_limit(50).build().await.unwrap();
+    record_many(&ctx, &outbox, 3_000, 10).await;
+    let ledger = Ledger::default();
+    let publishers = || {
+        Publishers::builder()
+            .publisher(ledger.clone())
+            .build()
+            .unwrap()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let first = tokio::spawn(outbox.relay(publishers()).run(async {
+        let _ = stopped.await;
+    }));
+    while ledger.published.lock().unwrap().len() < 500 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    stop.send(()).unwrap();
+    let totals = first.await.unwrap();
+    assert!(totals.published < 3_000, "stopped mid-way");
+    assert_eq!(totals.published, ledger.published.lock().unwrap().len());
+    drain_with::<H>(&outbox, Arc::new(publishers()), 1, 100).await;
+    let mut ids: Vec<i64> = ledger
+        .published
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.0)
+        .collect();
+    assert_eq!(
+        ids.len(),
+        3_000,
+        "nothing published twice because of the shutdown"
+    );
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3_000);
+    ctx.done().await;
+}
+
 /// Instantiates every test of the suite for one harness.
 #[macro_export]
 macro_rules! backend_suite {
@@ -1001,6 +1418,14 @@ macro_rules! backend_suite {
             relay_loop_runs_and_stops_gracefully,
             shutdown_finishes_the_batch_in_flight,
             migrate_is_idempotent,
+            four_relays_publish_each_entry_exactly_once,
+            four_relays_with_failures_lose_nothing,
+            per_stream_order_holds_under_failures,
+            dead_letter_holds_back_its_stream,
+            retention_keeps_published_then_cleans_up,
+            relay_loop_cleans_up_expired_entries,
+            stats_report_pending_retrying_dead_and_age,
+            shutdown_under_load_publishes_nothing_twice,
         );
     };
     (@tests $harness:ty; $($name:ident,)*) => {
