@@ -6,6 +6,8 @@ mod common;
 use common::{Harness, Row};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool, Postgres, Row as _};
+use std::time::Duration;
+
 use uuid::Uuid;
 
 struct Pg;
@@ -110,4 +112,135 @@ async fn schema_qualified_table() {
         .execute(&pool)
         .await
         .unwrap();
+}
+
+/// With LISTEN/NOTIFY, an event committed while the relay sleeps a long
+/// poll interval is published at once (the real figure is in the benchmark).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_wakes_an_idle_relay() {
+    let (pool, table) = Pg::fresh().await;
+    let outbox = outbox::Outbox::builder(pool.clone())
+        .table(table.clone())
+        .build()
+        .await
+        .unwrap();
+    let (tx_seen, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let publishers = outbox::Publishers::builder()
+        .on(move |r: outbox::Recorded<common::InvoicePaid>| {
+            let tx_seen = tx_seen.clone();
+            async move {
+                tx_seen
+                    .send((r.event().invoice_id, std::time::Instant::now()))
+                    .unwrap();
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(
+        outbox
+            .relay(publishers)
+            .poll_interval(Duration::from_secs(10))
+            .run(async {
+                let _ = stopped.await;
+            }),
+    );
+    // Idle long enough that the next poll is seconds away (10, 20, .. 2560 ms).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in 1..=3 {
+        let mut tx = pool.begin().await.unwrap();
+        outbox.record(&mut *tx, &common::paid(id)).await.unwrap();
+        let committed = std::time::Instant::now();
+        tx.commit().await.unwrap();
+        let (seen_id, at) = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen_id, id);
+        let latency = at.duration_since(committed);
+        assert!(
+            latency < Duration::from_secs(1),
+            "published {latency:?} after commit"
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    stop.send(()).unwrap();
+    assert_eq!(relay.await.unwrap().published, 3);
+    Pg::cleanup(&pool, &table).await;
+}
+
+/// A relay process killed with SIGKILL mid-batch: another relay publishes
+/// every committed entry once the lease expires; duplicates are bounded by
+/// the batch size per kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_relay_process_loses_nothing() {
+    use std::process::{Command, Stdio};
+    let (pool, table) = Pg::fresh().await;
+    let outbox = outbox::Outbox::builder(pool.clone())
+        .table(table.clone())
+        .build()
+        .await
+        .unwrap();
+    let n = 2_000;
+    let mut tx = pool.begin().await.unwrap();
+    let events: Vec<_> = (1..=n).map(common::paid).collect();
+    let ids: Vec<Uuid> = outbox
+        .record_all(&mut *tx, &events)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event_id().unwrap())
+        .collect();
+    tx.commit().await.unwrap();
+    let log = std::env::temp_dir().join(format!("{table}.log"));
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_outbox-test-relay"))
+            .arg(&table)
+            .arg(&log)
+            .env("DATABASE_URL", url())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let lines = || {
+        std::fs::read_to_string(&log)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let kills = 3;
+    for k in 1..=kills {
+        let mut child = spawn();
+        let target = k * 400;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while lines() < target && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let mut last = spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !Pg::rows(&pool, &table).await.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last.kill().unwrap();
+    last.wait().unwrap();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let published: Vec<Uuid> = text.lines().map(|l| l.parse().unwrap()).collect();
+    let unique: std::collections::HashSet<Uuid> = published.iter().copied().collect();
+    assert!(
+        ids.iter().all(|id| unique.contains(id)),
+        "every committed entry was published"
+    );
+    assert_eq!(unique.len(), ids.len());
+    let duplicates = published.len() - unique.len();
+    assert!(
+        duplicates <= 100 * kills,
+        "{duplicates} duplicates for {kills} kills of batches of 100"
+    );
+    assert!(Pg::rows(&pool, &table).await.is_empty());
+    std::fs::remove_file(&log).unwrap();
+    Pg::cleanup(&pool, &table).await;
 }
