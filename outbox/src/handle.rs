@@ -495,11 +495,22 @@ impl<DB: Backend> Outbox<DB> {
 
     /// Up to `limit` dead letters, oldest first.
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
-        DB::dead_letters(&self.inner.pool, &self.inner.sql, limit).await
+        DB::dead_letters(&self.inner.pool, &self.inner.sql, Which::All, limit).await
     }
 
-    /// Makes the dead letter `event_id` pending again with zero attempts;
-    /// `false` if there is no such dead letter.
+    /// Up to `limit` dead letters named `name`, oldest first.
+    pub async fn dead_letters_named(&self, name: &str, limit: usize) -> Result<Vec<DeadLetter>> {
+        DB::dead_letters(&self.inner.pool, &self.inner.sql, Which::Name(name.to_owned()), limit).await
+    }
+
+    /// The dead letter `event_id`, if there is one.
+    pub async fn dead_letter(&self, event_id: Uuid) -> Result<Option<DeadLetter>> {
+        let mut found = DB::dead_letters(&self.inner.pool, &self.inner.sql, Which::One(event_id), 1).await?;
+        Ok(found.pop())
+    }
+
+    /// Makes the dead letter `event_id` pending again with zero attempts (its
+    /// last error is kept for the record); `false` if there is no such dead letter.
     pub async fn requeue(&self, event_id: Uuid) -> Result<bool> {
         Ok(DB::requeue(&self.inner.pool, &self.inner.sql, Which::One(event_id)).await? > 0)
     }
@@ -507,6 +518,11 @@ impl<DB: Backend> Outbox<DB> {
     /// Makes every dead letter pending again; returns how many.
     pub async fn requeue_all(&self) -> Result<u64> {
         DB::requeue(&self.inner.pool, &self.inner.sql, Which::All).await
+    }
+
+    /// Makes every dead letter named `name` pending again; returns how many.
+    pub async fn requeue_named(&self, name: &str) -> Result<u64> {
+        DB::requeue(&self.inner.pool, &self.inner.sql, Which::Name(name.to_owned())).await
     }
 
     /// Deletes the dead letter `event_id` for good; `false` if there is none.
@@ -517,5 +533,10 @@ impl<DB: Backend> Outbox<DB> {
     /// Deletes every dead letter for good; returns how many.
     pub async fn purge_all(&self) -> Result<u64> {
         DB::purge(&self.inner.pool, &self.inner.sql, Which::All).await
+    }
+
+    /// Deletes the dead letters that died more than `age` ago; returns how many.
+    pub async fn purge_dead_for(&self, age: Duration) -> Result<u64> {
+        DB::purge(&self.inner.pool, &self.inner.sql, Which::DeadFor(age)).await
     }
 }

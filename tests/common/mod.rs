@@ -1386,6 +1386,45 @@ pub async fn shutdown_under_load_publishes_nothing_twice<H: Harness>() {
     ctx.done().await;
 }
 
+pub async fn dead_letters_by_id_name_and_age<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.builder().max_attempts(1).build().await.unwrap();
+    let ids = ctx.record_each(&outbox, 1..=2).await;
+    let mut tx = ctx.pool.begin().await.unwrap();
+    let parcel = outbox
+        .record_with(&mut *tx, &ParcelSent { parcel: "p".into() }, Metadata::new().stream_key("route-9"))
+        .await
+        .unwrap()
+        .event_id()
+        .unwrap();
+    tx.commit().await.unwrap();
+    let p = Publishers::builder()
+        .on(|_: Recorded<InvoicePaid>| async { Err(PublishError::rejected("no invoices")) })
+        .on(|_: Recorded<ParcelSent>| async { Err(PublishError::rejected("no parcels")) })
+        .build()
+        .unwrap();
+    assert_eq!(outbox.run(&p, 100).await.unwrap().dead, 3);
+
+    let one = outbox.dead_letter(parcel).await.unwrap().expect("a dead letter");
+    assert_eq!((one.name.as_str(), one.reason.as_str()), ("shipping.parcel_sent", "no parcels"));
+    assert_eq!(one.stream_key.as_deref(), Some("route-9"));
+    assert_eq!(one.payload, r#"{"parcel":"p"}"#);
+    assert!(one.dead_since >= one.created_at);
+    assert!(outbox.dead_letter(Uuid::now_v7()).await.unwrap().is_none());
+    let named = outbox.dead_letters_named("billing.invoice_paid", 10).await.unwrap();
+    assert_eq!(named.iter().map(|d| d.event_id).collect::<Vec<_>>(), ids);
+
+    assert_eq!(outbox.purge_dead_for(Duration::from_secs(3600)).await.unwrap(), 0, "none died an hour ago");
+    assert_eq!(outbox.requeue_named("billing.invoice_paid").await.unwrap(), 2);
+    assert_eq!(outbox.dead_letters(10).await.unwrap().len(), 1);
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead), (2, 1));
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(outbox.purge_dead_for(Duration::from_millis(10)).await.unwrap(), 1);
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+    ctx.done().await;
+}
+
 /// Instantiates every test of the suite for one harness.
 #[macro_export]
 macro_rules! backend_suite {
@@ -1426,6 +1465,7 @@ macro_rules! backend_suite {
             relay_loop_cleans_up_expired_entries,
             stats_report_pending_retrying_dead_and_age,
             shutdown_under_load_publishes_nothing_twice,
+            dead_letters_by_id_name_and_age,
         );
     };
     (@tests $harness:ty; $($name:ident,)*) => {

@@ -138,8 +138,12 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// Why it is dead: the last publisher error or the decode error.
     pub reason: String,
+    /// The stream key, if any.
+    pub stream_key: Option<String>,
     /// When it was recorded.
     pub created_at: DateTime<Utc>,
+    /// When it became a dead letter.
+    pub dead_since: DateTime<Utc>,
 }
 
 /// Counts for a health check: see [`Outbox::stats`](crate::Outbox::stats).
@@ -265,11 +269,14 @@ pub(crate) mod private {
         pub delay: Duration,
     }
 
-    /// Which entries an administrative call acts on.
-    #[derive(Debug, Clone, Copy)]
+    /// Which dead letters an administrative call acts on.
+    #[derive(Debug, Clone)]
     pub enum Which {
         One(Uuid),
         All,
+        Name(String),
+        /// Dead for longer than this.
+        DeadFor(Duration),
     }
 
     /// The SQL of one backend. Methods are crate-internal.
@@ -311,6 +318,7 @@ pub(crate) mod private {
         fn dead_letters(
             pool: &sqlx::Pool<Self>,
             sql: &Self::Sql,
+            which: Which,
             limit: usize,
         ) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
 

@@ -33,10 +33,8 @@ pub struct Sql {
     cleanup: String,
     update: String,
     dead_letters: String,
-    requeue_one: String,
-    requeue_all: String,
-    purge_one: String,
-    purge_all: String,
+    requeue: String,
+    purge: String,
 }
 
 const RETURNING: &str = "o.id, o.event_id, o.name, o.payload::text AS payload, o.stream_key, \
@@ -123,19 +121,15 @@ impl Store for Postgres {
             ),
             dead_letters: format!(
                 "SELECT id, event_id, name, payload::text AS payload, attempts, \
-                 COALESCE(last_error, '') AS last_error, created_at \
-                 FROM {t} WHERE status = 'dead' ORDER BY id LIMIT $1"
+                 COALESCE(last_error, '') AS last_error, stream_key, created_at, available_at \
+                 FROM {t} WHERE status = 'dead'"
             ),
-            requeue_one: format!(
-                "UPDATE {t} SET status = 'pending', attempts = 0, available_at = now(), claim_token = NULL \
-                 WHERE status = 'dead' AND event_id = $1"
-            ),
-            requeue_all: format!(
+            // A dead entry is never claimed, so `available_at` keeps the time it died.
+            requeue: format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = now(), claim_token = NULL \
                  WHERE status = 'dead'"
             ),
-            purge_one: format!("DELETE FROM {t} WHERE status = 'dead' AND event_id = $1"),
-            purge_all: format!("DELETE FROM {t} WHERE status = 'dead'"),
+            purge: format!("DELETE FROM {t} WHERE status = 'dead'"),
         }
     }
 
@@ -289,8 +283,9 @@ impl Store for Postgres {
         Ok(())
     }
 
-    async fn dead_letters(pool: &PgPool, sql: &Sql, limit: usize) -> Result<Vec<DeadLetter>> {
-        let rows = sqlx::query(&sql.dead_letters)
+    async fn dead_letters(pool: &PgPool, sql: &Sql, which: Which, limit: usize) -> Result<Vec<DeadLetter>> {
+        let text = format!("{} AND {} ORDER BY id LIMIT $2", sql.dead_letters, filter(&which));
+        let rows = bind(sqlx::query(&text), &which)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(pool)
             .await?;
@@ -303,17 +298,17 @@ impl Store for Postgres {
                     payload: row.try_get("payload")?,
                     attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
                     reason: row.try_get("last_error")?,
+                    stream_key: row.try_get("stream_key")?,
                     created_at: row.try_get("created_at")?,
+                    dead_since: row.try_get("available_at")?,
                 })
             })
             .collect()
     }
 
     async fn requeue(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
-        let done = match which {
-            Which::One(id) => sqlx::query(&sql.requeue_one).bind(id).execute(pool).await?,
-            Which::All => sqlx::query(&sql.requeue_all).execute(pool).await?,
-        };
+        let text = format!("{} AND {}", sql.requeue, filter(&which));
+        let done = bind(sqlx::query(&text), &which).execute(pool).await?;
         tracing::info!(table = %sql.table, requeued = done.rows_affected(), "dead letters requeued");
         Ok(done.rows_affected())
     }
@@ -355,12 +350,32 @@ impl Store for Postgres {
     }
 
     async fn purge(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
-        let done = match which {
-            Which::One(id) => sqlx::query(&sql.purge_one).bind(id).execute(pool).await?,
-            Which::All => sqlx::query(&sql.purge_all).execute(pool).await?,
-        };
+        let text = format!("{} AND {}", sql.purge, filter(&which));
+        let done = bind(sqlx::query(&text), &which).execute(pool).await?;
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
         Ok(done.rows_affected())
+    }
+}
+
+/// The condition selecting `which` dead letters; its parameter, if any, is `$1`.
+fn filter(which: &Which) -> &'static str {
+    match which {
+        Which::One(_) => "event_id = $1",
+        Which::All => "$1::bigint IS NULL",
+        Which::Name(_) => "name = $1",
+        Which::DeadFor(_) => "available_at < now() - $1 * interval '1 millisecond'",
+    }
+}
+
+fn bind<'q>(
+    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    which: &'q Which,
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    match which {
+        Which::One(id) => query.bind(id),
+        Which::All => query.bind(None::<i64>),
+        Which::Name(name) => query.bind(name),
+        Which::DeadFor(age) => query.bind(millis(*age)),
     }
 }
 

@@ -36,10 +36,8 @@ pub struct Sql {
     cleanup: String,
     update: String,
     dead_letters: String,
-    requeue_one: String,
-    requeue_all: String,
-    purge_one: String,
-    purge_all: String,
+    requeue: String,
+    purge: String,
 }
 
 fn now_millis() -> i64 {
@@ -113,19 +111,15 @@ impl Store for Sqlite {
                  WHERE id = ?1 AND claim_token = ?6"
             ),
             dead_letters: format!(
-                "SELECT id, event_id, name, payload, attempts, COALESCE(last_error, '') AS last_error, created_at \
-                 FROM {t} WHERE status = 'dead' ORDER BY id LIMIT ?1"
+                "SELECT id, event_id, name, payload, attempts, COALESCE(last_error, '') AS last_error, \
+                 stream_key, created_at, available_at FROM {t} WHERE status = 'dead'"
             ),
-            requeue_one: format!(
+            // A dead entry is never claimed, so `available_at` keeps the time it died.
+            requeue: format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = ?2, claim_token = NULL \
-                 WHERE status = 'dead' AND event_id = ?1"
-            ),
-            requeue_all: format!(
-                "UPDATE {t} SET status = 'pending', attempts = 0, available_at = ?1, claim_token = NULL \
                  WHERE status = 'dead'"
             ),
-            purge_one: format!("DELETE FROM {t} WHERE status = 'dead' AND event_id = ?1"),
-            purge_all: format!("DELETE FROM {t} WHERE status = 'dead'"),
+            purge: format!("DELETE FROM {t} WHERE status = 'dead'"),
         }
     }
 
@@ -239,8 +233,9 @@ impl Store for Sqlite {
         Ok(())
     }
 
-    async fn dead_letters(pool: &SqlitePool, sql: &Sql, limit: usize) -> Result<Vec<DeadLetter>> {
-        let rows = sqlx::query(&sql.dead_letters)
+    async fn dead_letters(pool: &SqlitePool, sql: &Sql, which: Which, limit: usize) -> Result<Vec<DeadLetter>> {
+        let text = format!("{} AND {} ORDER BY id LIMIT ?2", sql.dead_letters, filter(&which));
+        let rows = bind(sqlx::query(&text), &which)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(pool)
             .await?;
@@ -253,28 +248,20 @@ impl Store for Sqlite {
                     payload: row.try_get("payload")?,
                     attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
                     reason: row.try_get("last_error")?,
+                    stream_key: row.try_get("stream_key")?,
                     created_at: time(row.try_get("created_at")?),
+                    dead_since: time(row.try_get("available_at")?),
                 })
             })
             .collect()
     }
 
     async fn requeue(pool: &SqlitePool, sql: &Sql, which: Which) -> Result<u64> {
-        let done = match which {
-            Which::One(id) => {
-                sqlx::query(&sql.requeue_one)
-                    .bind(id.hyphenated())
-                    .bind(now_millis())
-                    .execute(pool)
-                    .await?
-            }
-            Which::All => {
-                sqlx::query(&sql.requeue_all)
-                    .bind(now_millis())
-                    .execute(pool)
-                    .await?
-            }
-        };
+        let text = format!("{} AND {}", sql.requeue, filter(&which));
+        let done = bind(sqlx::query(&text), &which)
+            .bind(now_millis())
+            .execute(pool)
+            .await?;
         tracing::info!(table = %sql.table, requeued = done.rows_affected(), "dead letters requeued");
         Ok(done.rows_affected())
     }
@@ -307,16 +294,31 @@ impl Store for Sqlite {
     }
 
     async fn purge(pool: &SqlitePool, sql: &Sql, which: Which) -> Result<u64> {
-        let done = match which {
-            Which::One(id) => {
-                sqlx::query(&sql.purge_one)
-                    .bind(id.hyphenated())
-                    .execute(pool)
-                    .await?
-            }
-            Which::All => sqlx::query(&sql.purge_all).execute(pool).await?,
-        };
+        let text = format!("{} AND {}", sql.purge, filter(&which));
+        let done = bind(sqlx::query(&text), &which).execute(pool).await?;
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
         Ok(done.rows_affected())
+    }
+}
+
+/// The condition selecting `which` dead letters; its parameter, if any, is `?1`.
+fn filter(which: &Which) -> &'static str {
+    match which {
+        Which::One(_) => "event_id = ?1",
+        Which::All => "?1 IS NULL",
+        Which::Name(_) => "name = ?1",
+        Which::DeadFor(_) => "available_at < ?1",
+    }
+}
+
+fn bind<'q>(
+    query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    which: &'q Which,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    match which {
+        Which::One(id) => query.bind(id.hyphenated()),
+        Which::All => query.bind(None::<i64>),
+        Which::Name(name) => query.bind(name.as_str()),
+        Which::DeadFor(age) => query.bind(now_millis().saturating_sub(millis(*age))),
     }
 }
