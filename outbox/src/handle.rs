@@ -36,6 +36,7 @@ pub(crate) struct Inner<DB: Backend> {
     max_payload: Option<usize>,
     pub(crate) options: SqlOptions,
     pub(crate) retention: Option<Duration>,
+    pub(crate) publish_timeout: Option<Duration>,
 }
 
 impl<DB: Backend> Clone for Outbox<DB> {
@@ -115,6 +116,7 @@ pub struct OutboxBuilder<DB: Backend> {
     migrate: bool,
     options: SqlOptions,
     retention: Option<Duration>,
+    publish_timeout: Option<Duration>,
 }
 
 impl<DB: Backend> fmt::Debug for OutboxBuilder<DB> {
@@ -145,6 +147,7 @@ impl<DB: Backend> Outbox<DB> {
                 keep_published: false,
             },
             retention: None,
+            publish_timeout: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -244,6 +247,19 @@ impl<DB: Backend> OutboxBuilder<DB> {
         self
     }
 
+    /// The longest one publish may take (default 10 s; `None`: no limit). A
+    /// publish that takes longer is abandoned and counts as
+    /// [`unavailable`](crate::PublishError::unavailable): no attempt is
+    /// spent, the run stops, and the outcomes of the entries published
+    /// before it are committed. It bounds each closure call and each
+    /// `publish` made by the default `publish_batch`; a publisher that
+    /// overrides `publish_batch` (the ready broker adapters) bounds its own
+    /// calls. Keep it below the [`lease`](Self::lease).
+    pub fn publish_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
     /// Validates the configuration, checks that no two event types share a
     /// name ([`Error::DuplicateEventName`]), and runs the migrations.
     pub async fn build(self) -> Result<Outbox<DB>> {
@@ -272,6 +288,7 @@ impl<DB: Backend> OutboxBuilder<DB> {
                 max_payload: self.max_payload,
                 options: self.options,
                 retention: self.retention,
+                publish_timeout: self.publish_timeout,
             }),
         })
     }

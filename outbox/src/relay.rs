@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::entry::{Entry, Headers};
 use crate::error::Result;
 use crate::handle::Outbox;
-use crate::publisher::{Delivery, Publishers};
+use crate::publisher::{Delivery, PUBLISH_TIMEOUT, Publishers};
 use crate::store::{Backend, ClaimedRow, Settlement, Update};
 
 /// The delay before a rejected entry is tried again, by attempts made.
@@ -230,7 +230,10 @@ impl<DB: Backend> Outbox<DB> {
                 }
             }
             let before = *report;
-            let deliveries = dispatcher.dispatch(entries).await;
+            let deliveries = match inner.publish_timeout {
+                Some(limit) => PUBLISH_TIMEOUT.scope(limit, dispatcher.dispatch(entries)).await,
+                None => dispatcher.dispatch(entries).await,
+            };
             for ((id, event_id, attempts, stream), delivery) in meta.into_iter().zip(deliveries) {
                 let _entry = tracing::debug_span!(
                     "outbox.entry",

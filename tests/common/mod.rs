@@ -1425,6 +1425,57 @@ pub async fn dead_letters_by_id_name_and_age<H: Harness>() {
     ctx.done().await;
 }
 
+/// A publisher that hangs on invoice 3.
+struct Hangs(Recorder);
+
+impl Publisher<InvoicePaid> for Hangs {
+    async fn publish(&self, event: &Recorded<InvoicePaid>) -> Result<(), PublishError> {
+        if event.event().invoice_id == 3 {
+            std::future::pending::<()>().await;
+        }
+        self.0.publish(event).await
+    }
+}
+
+/// A hanging publisher: the per-publish timeout makes it unavailable, the
+/// entries published before it are committed, nothing is lost.
+pub async fn hanging_publisher_times_out_as_unavailable<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx
+        .builder()
+        .publish_timeout(Some(Duration::from_millis(200)))
+        .max_attempts(1)
+        .build()
+        .await
+        .unwrap();
+    ctx.record_each(&outbox, 1..=5).await;
+    let rec = Recorder::default();
+    let p = Publishers::builder().publisher(Hangs(rec.clone())).build().unwrap();
+    let started = std::time::Instant::now();
+    let report = outbox.run(&p, 100).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!((report.published, report.unavailable, report.dead), (2, 3, 0), "{report:?}");
+    assert_eq!(rec.ids(), [1, 2]);
+    let rows = ctx.rows().await;
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r.status == "pending" && r.attempts == 0));
+
+    // The same for a closure publisher.
+    let p = Publishers::builder()
+        .on(|r: Recorded<InvoicePaid>| async move {
+            if r.event().invoice_id == 3 {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let report = outbox.run(&p, 100).await.unwrap();
+    assert_eq!((report.published, report.unavailable), (0, 3), "{report:?}");
+    assert!(ctx.rows().await.iter().all(|r| r.attempts == 0));
+    ctx.done().await;
+}
+
 /// Instantiates every test of the suite for one harness.
 #[macro_export]
 macro_rules! backend_suite {
@@ -1466,6 +1517,7 @@ macro_rules! backend_suite {
             stats_report_pending_retrying_dead_and_age,
             shutdown_under_load_publishes_nothing_twice,
             dead_letters_by_id_name_and_age,
+            hanging_publisher_times_out_as_unavailable,
         );
     };
     (@tests $harness:ty; $($name:ident,)*) => {

@@ -9,6 +9,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
@@ -129,24 +130,15 @@ pub trait Publisher<E: Event>: Send + Sync + 'static {
     /// Override it to pipeline sends and await confirms once per batch. A
     /// result list shorter than `events` means the rest were not attempted:
     /// they cost no attempt and are tried again later. The default calls
-    /// [`publish`](Publisher::publish) for each and stops after the first
-    /// [`ErrorKind::Unavailable`].
+    /// [`publish`](Publisher::publish) for each, each under the outbox's
+    /// [`publish_timeout`](crate::OutboxBuilder::publish_timeout), and stops
+    /// after the first [`ErrorKind::Unavailable`]. An override is called
+    /// without a timeout: bound its calls yourself.
     fn publish_batch(
         &self,
         events: &[Recorded<E>],
     ) -> impl Future<Output = Vec<PublishResult>> + Send {
-        async move {
-            let mut results = Vec::with_capacity(events.len());
-            for event in events {
-                let result = self.publish(event).await;
-                let stop = result.as_ref().is_err_and(PublishError::is_unavailable);
-                results.push(result);
-                if stop {
-                    break;
-                }
-            }
-            results
-        }
+        one_by_one(events, |event| self.publish(event))
     }
 }
 
@@ -161,19 +153,43 @@ pub trait RawPublisher: Send + Sync + 'static {
         &self,
         entries: &[Entry],
     ) -> impl Future<Output = Vec<PublishResult>> + Send {
-        async move {
-            let mut results = Vec::with_capacity(entries.len());
-            for entry in entries {
-                let result = self.publish_raw(entry).await;
-                let stop = result.as_ref().is_err_and(PublishError::is_unavailable);
-                results.push(result);
-                if stop {
-                    break;
-                }
-            }
-            results
+        one_by_one(entries, |entry| self.publish_raw(entry))
+    }
+}
+
+tokio::task_local! {
+    /// The per-publish timeout of the relay run this task is dispatching for.
+    pub(crate) static PUBLISH_TIMEOUT: Duration;
+}
+
+/// Runs one publish under the relay's per-publish timeout, if one is set;
+/// a timeout is [`ErrorKind::Unavailable`].
+async fn timed(publish: impl Future<Output = PublishResult>) -> PublishResult {
+    match PUBLISH_TIMEOUT.try_with(|limit| *limit) {
+        Ok(limit) => tokio::time::timeout(limit, publish)
+            .await
+            .unwrap_or_else(|_| Err(PublishError::unavailable(format!("publish timed out after {limit:?}")))),
+        Err(_) => publish.await,
+    }
+}
+
+/// Publishes items one at a time, in order, each under the timeout, and
+/// stops after the first outage.
+async fn one_by_one<'a, T, F, Fut>(items: &'a [T], publish: F) -> Vec<PublishResult>
+where
+    F: Fn(&'a T) -> Fut,
+    Fut: Future<Output = PublishResult>,
+{
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        let result = timed(publish(item)).await;
+        let stop = result.as_ref().is_err_and(PublishError::is_unavailable);
+        results.push(result);
+        if stop {
+            break;
         }
     }
+    results
 }
 
 /// What happened to one entry handed to a dispatcher.
@@ -287,7 +303,7 @@ where
         let (index, records) = decode_all::<E>(entries, &mut out);
         let mut results = Vec::with_capacity(records.len());
         for record in records {
-            let result = guarded(1, (self.handler)(record).map(|r| vec![r])).await;
+            let result = guarded(1, timed((self.handler)(record)).map(|r| vec![r])).await;
             let result = result.into_iter().next().unwrap_or(Ok(()));
             let stop = result.as_ref().is_err_and(PublishError::is_unavailable);
             results.push(result);
@@ -325,7 +341,7 @@ where
     async fn dispatch(&self, entries: Vec<Entry>) -> Vec<Delivery> {
         let mut out = not_attempted(entries.len());
         for (slot, entry) in out.iter_mut().zip(entries) {
-            let result = guarded(1, (self.0)(entry).map(|r| vec![r])).await;
+            let result = guarded(1, timed((self.0)(entry)).map(|r| vec![r])).await;
             let result = result.into_iter().next().unwrap_or(Ok(()));
             let stop = result.as_ref().is_err_and(PublishError::is_unavailable);
             *slot = match result {
