@@ -1392,7 +1392,11 @@ pub async fn dead_letters_by_id_name_and_age<H: Harness>() {
     let ids = ctx.record_each(&outbox, 1..=2).await;
     let mut tx = ctx.pool.begin().await.unwrap();
     let parcel = outbox
-        .record_with(&mut *tx, &ParcelSent { parcel: "p".into() }, Metadata::new().stream_key("route-9"))
+        .record_with(
+            &mut *tx,
+            &ParcelSent { parcel: "p".into() },
+            Metadata::new().stream_key("route-9"),
+        )
         .await
         .unwrap()
         .event_id()
@@ -1405,22 +1409,48 @@ pub async fn dead_letters_by_id_name_and_age<H: Harness>() {
         .unwrap();
     assert_eq!(outbox.run(&p, 100).await.unwrap().dead, 3);
 
-    let one = outbox.dead_letter(parcel).await.unwrap().expect("a dead letter");
-    assert_eq!((one.name.as_str(), one.reason.as_str()), ("shipping.parcel_sent", "no parcels"));
+    let one = outbox
+        .dead_letter(parcel)
+        .await
+        .unwrap()
+        .expect("a dead letter");
+    assert_eq!(
+        (one.name.as_str(), one.reason.as_str()),
+        ("shipping.parcel_sent", "no parcels")
+    );
     assert_eq!(one.stream_key.as_deref(), Some("route-9"));
     assert_eq!(one.payload, r#"{"parcel":"p"}"#);
     assert!(one.dead_since >= one.created_at);
     assert!(outbox.dead_letter(Uuid::now_v7()).await.unwrap().is_none());
-    let named = outbox.dead_letters_named("billing.invoice_paid", 10).await.unwrap();
+    let named = outbox
+        .dead_letters_named("billing.invoice_paid", 10)
+        .await
+        .unwrap();
     assert_eq!(named.iter().map(|d| d.event_id).collect::<Vec<_>>(), ids);
 
-    assert_eq!(outbox.purge_dead_for(Duration::from_secs(3600)).await.unwrap(), 0, "none died an hour ago");
-    assert_eq!(outbox.requeue_named("billing.invoice_paid").await.unwrap(), 2);
+    assert_eq!(
+        outbox
+            .purge_dead_for(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0,
+        "none died an hour ago"
+    );
+    assert_eq!(
+        outbox.requeue_named("billing.invoice_paid").await.unwrap(),
+        2
+    );
     assert_eq!(outbox.dead_letters(10).await.unwrap().len(), 1);
     let stats = outbox.stats().await.unwrap();
     assert_eq!((stats.pending, stats.dead), (2, 1));
     tokio::time::sleep(Duration::from_millis(30)).await;
-    assert_eq!(outbox.purge_dead_for(Duration::from_millis(10)).await.unwrap(), 1);
+    assert_eq!(
+        outbox
+            .purge_dead_for(Duration::from_millis(10))
+            .await
+            .unwrap(),
+        1
+    );
     assert!(outbox.dead_letters(10).await.unwrap().is_empty());
     ctx.done().await;
 }
@@ -1450,15 +1480,25 @@ pub async fn hanging_publisher_times_out_as_unavailable<H: Harness>() {
         .unwrap();
     ctx.record_each(&outbox, 1..=5).await;
     let rec = Recorder::default();
-    let p = Publishers::builder().publisher(Hangs(rec.clone())).build().unwrap();
+    let p = Publishers::builder()
+        .publisher(Hangs(rec.clone()))
+        .build()
+        .unwrap();
     let started = std::time::Instant::now();
     let report = outbox.run(&p, 100).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!((report.published, report.unavailable, report.dead), (2, 3, 0), "{report:?}");
+    assert_eq!(
+        (report.published, report.unavailable, report.dead),
+        (2, 3, 0),
+        "{report:?}"
+    );
     assert_eq!(rec.ids(), [1, 2]);
     let rows = ctx.rows().await;
     assert_eq!(rows.len(), 3);
-    assert!(rows.iter().all(|r| r.status == "pending" && r.attempts == 0));
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "pending" && r.attempts == 0)
+    );
 
     // The same for a closure publisher.
     let p = Publishers::builder()
@@ -1474,6 +1514,235 @@ pub async fn hanging_publisher_times_out_as_unavailable<H: Harness>() {
     assert_eq!((report.published, report.unavailable), (0, 3), "{report:?}");
     assert!(ctx.rows().await.iter().all(|r| r.attempts == 0));
     ctx.done().await;
+}
+
+// ------------------------------------------------------- model-based test
+
+/// What the scripted publisher answers for the k-th call of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Ok,
+    Reject,
+    Unavailable,
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Record `count` events in one transaction, committed or rolled back.
+    Record { count: i64, commit: bool },
+    /// `run(limit)` with a publisher answering `pattern[k % len]` to its k-th call.
+    Run { limit: usize, pattern: Vec<Answer> },
+    RequeueAll,
+    /// A relay claims up to `limit` entries, publishes them all, and dies
+    /// before recording any outcome.
+    Crash { limit: usize },
+}
+
+pub fn op_strategy() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    let answer = prop_oneof![6 => Just(Answer::Ok), 3 => Just(Answer::Reject), 1 => Just(Answer::Unavailable)];
+    prop_oneof![
+        4 => (1i64..4, proptest::bool::weighted(0.7)).prop_map(|(count, commit)| Op::Record { count, commit }),
+        4 => (1usize..6, proptest::collection::vec(answer, 1..4)).prop_map(|(limit, pattern)| Op::Run { limit, pattern }),
+        1 => Just(Op::RequeueAll),
+        1 => (1usize..4).prop_map(|limit| Op::Crash { limit }),
+    ]
+}
+
+/// The promised semantics, in memory.
+#[derive(Debug, Default)]
+struct Model {
+    next_invoice: i64,
+    /// Committed, not yet published: invoice -> (attempts, dead).
+    entries: std::collections::BTreeMap<i64, (i64, bool)>,
+    committed: std::collections::BTreeSet<i64>,
+    /// How often each invoice may have been delivered so far (1 + crashes it was caught in).
+    allowed: std::collections::BTreeMap<i64, usize>,
+    /// Invoices whose publication was confirmed (settled).
+    published: std::collections::BTreeSet<i64>,
+}
+
+impl Model {
+    fn due(&self, limit: usize) -> Vec<i64> {
+        self.entries.iter().filter(|(_, (_, dead))| !dead).map(|(id, _)| *id).take(limit).collect()
+    }
+
+    fn run(&mut self, limit: usize, pattern: &[Answer]) {
+        let mut stopped = false;
+        for (k, id) in self.due(limit).into_iter().enumerate() {
+            if stopped {
+                continue;
+            }
+            match pattern[k % pattern.len()] {
+                Answer::Ok => {
+                    self.entries.remove(&id);
+                    self.published.insert(id);
+                    *self.allowed.entry(id).or_default() += 1;
+                }
+                Answer::Reject => {
+                    let entry = self.entries.get_mut(&id).unwrap();
+                    entry.0 += 1;
+                    entry.1 = entry.0 >= 3;
+                }
+                Answer::Unavailable => stopped = true,
+            }
+        }
+    }
+}
+
+/// A publisher driven by a script; records every call's invoice.
+#[derive(Clone, Default)]
+struct Scripted {
+    pattern: Arc<Mutex<Vec<Answer>>>,
+    calls: Arc<AtomicUsize>,
+    delivered: Arc<Mutex<Vec<i64>>>,
+}
+
+impl Publisher<InvoicePaid> for Scripted {
+    async fn publish(&self, event: &Recorded<InvoicePaid>) -> Result<(), PublishError> {
+        let k = self.calls.fetch_add(1, Ordering::SeqCst);
+        let answer = {
+            let pattern = self.pattern.lock().unwrap();
+            pattern[k % pattern.len()]
+        };
+        match answer {
+            Answer::Ok => {
+                self.delivered.lock().unwrap().push(event.event().invoice_id);
+                Ok(())
+            }
+            Answer::Reject => Err(PublishError::rejected("scripted rejection")),
+            Answer::Unavailable => Err(PublishError::unavailable("scripted outage")),
+        }
+    }
+}
+
+/// Publishes the whole batch, then hangs: dropped, it is a relay that died
+/// between publishing and recording the outcomes.
+struct DiesAfterPublishing(Arc<Mutex<Vec<i64>>>);
+
+impl Publisher<InvoicePaid> for DiesAfterPublishing {
+    async fn publish(&self, _: &Recorded<InvoicePaid>) -> Result<(), PublishError> {
+        unreachable!("publish_batch is overridden")
+    }
+
+    async fn publish_batch(&self, events: &[Recorded<InvoicePaid>]) -> Vec<Result<(), PublishError>> {
+        self.0.lock().unwrap().extend(events.iter().map(|e| e.event().invoice_id));
+        std::future::pending().await
+    }
+}
+
+const CRASH_LEASE: Duration = Duration::from_millis(300);
+
+async fn check_model<H: Harness>(ctx: &Ctx<H>, model: &Model, ids: &std::collections::HashMap<Uuid, i64>, delivered: &[i64]) {
+    let rows = ctx.rows().await;
+    let actual: Vec<(i64, i64, bool)> = rows
+        .iter()
+        .map(|r| (ids[&r.event_id], r.attempts, r.status == "dead"))
+        .collect();
+    let expected: Vec<(i64, i64, bool)> = model.entries.iter().map(|(id, (a, d))| (*id, *a, *d)).collect();
+    assert_eq!(actual, expected, "table rows match the model");
+    let mut counts = std::collections::BTreeMap::<i64, usize>::new();
+    for id in delivered {
+        *counts.entry(*id).or_default() += 1;
+    }
+    for (id, n) in &counts {
+        assert!(model.committed.contains(id), "invoice {id} was rolled back but delivered");
+        assert!(*n <= model.allowed.get(id).copied().unwrap_or(0), "invoice {id} delivered {n} times: more than allowed");
+    }
+    for id in &model.published {
+        assert!(counts.contains_key(id), "invoice {id} settled as published but never delivered");
+    }
+}
+
+async fn model_case<H: Harness>(ops: Vec<Op>) {
+    let ctx = Ctx::<H>::new().await;
+    let outbox = ctx.builder().max_attempts(3).build().await.unwrap();
+    let crasher = ctx.builder().lease(CRASH_LEASE).build().await.unwrap();
+    let scripted = Scripted::default();
+    let publishers = Publishers::builder().publisher(scripted.clone()).build().unwrap();
+    let crash_publishers = Publishers::builder()
+        .publisher(DiesAfterPublishing(scripted.delivered.clone()))
+        .build()
+        .unwrap();
+    let mut model = Model::default();
+    let mut ids = std::collections::HashMap::new();
+    for op in ops {
+        match op {
+            Op::Record { count, commit } => {
+                let mut tx = ctx.pool.begin().await.unwrap();
+                for _ in 0..count {
+                    model.next_invoice += 1;
+                    let id = model.next_invoice;
+                    let rec = outbox.record(&mut *tx, &paid(id)).await.unwrap();
+                    ids.insert(rec.event_id().unwrap(), id);
+                    if commit {
+                        model.entries.insert(id, (0, false));
+                        model.committed.insert(id);
+                    }
+                }
+                if commit {
+                    tx.commit().await.unwrap();
+                } else {
+                    tx.rollback().await.unwrap();
+                }
+            }
+            Op::Run { limit, pattern } => {
+                *scripted.pattern.lock().unwrap() = pattern.clone();
+                scripted.calls.store(0, Ordering::SeqCst);
+                outbox.run(&publishers, limit).await.unwrap();
+                model.run(limit, &pattern);
+            }
+            Op::RequeueAll => {
+                outbox.requeue_all().await.unwrap();
+                for entry in model.entries.values_mut() {
+                    if entry.1 {
+                        *entry = (0, false);
+                    }
+                }
+            }
+            Op::Crash { limit } => {
+                let died = tokio::time::timeout(Duration::from_millis(100), crasher.run(&crash_publishers, limit)).await;
+                let caught = model.due(limit);
+                assert_eq!(died.is_err(), !caught.is_empty(), "a relay that claimed something never settles");
+                for id in caught {
+                    *model.allowed.entry(id).or_default() += 1;
+                }
+                // Its lease runs out; the entries are due again, attempts unchanged.
+                tokio::time::sleep(CRASH_LEASE + Duration::from_millis(100)).await;
+            }
+        }
+        let delivered = scripted.delivered.lock().unwrap().clone();
+        check_model(&ctx, &model, &ids, &delivered).await;
+    }
+    // Finally everything committed is delivered: requeue the dead, publish all.
+    outbox.requeue_all().await.unwrap();
+    *scripted.pattern.lock().unwrap() = vec![Answer::Ok];
+    while outbox.run(&publishers, 100).await.unwrap().claimed > 0 {}
+    let delivered: std::collections::BTreeSet<i64> = scripted.delivered.lock().unwrap().iter().copied().collect();
+    assert_eq!(delivered, model.committed, "exactly the committed events are delivered");
+    assert!(ctx.rows().await.is_empty());
+    ctx.done().await;
+}
+
+/// Random sequences of record / commit / rollback / run / fail / requeue /
+/// crash, checked after every step against an in-memory model of the
+/// promised semantics.
+pub async fn model_based_sequences_match_the_model<H: Harness>() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let cases: u32 = std::env::var("OUTBOX_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases,
+        ..proptest::test_runner::Config::default()
+    });
+    let strategy = proptest::collection::vec(op_strategy(), 1..25);
+    for _ in 0..cases {
+        let ops = strategy.new_tree(&mut runner).unwrap().current();
+        let shown = format!("{ops:?}");
+        let outcome = tokio::spawn(model_case::<H>(ops)).await;
+        if let Err(err) = outcome {
+            panic!("model violated for ops {shown}: {err}");
+        }
+    }
 }
 
 /// Instantiates every test of the suite for one harness.
@@ -1518,6 +1787,7 @@ macro_rules! backend_suite {
             shutdown_under_load_publishes_nothing_twice,
             dead_letters_by_id_name_and_age,
             hanging_publisher_times_out_as_unavailable,
+            model_based_sequences_match_the_model,
         );
     };
     (@tests $harness:ty; $($name:ident,)*) => {
