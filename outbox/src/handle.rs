@@ -276,7 +276,7 @@ impl<DB: Backend> OutboxBuilder<DB> {
         }
         Ok(Outbox {
             inner: Arc::new(Inner {
-                sql: DB::sql(&table, &self.options),
+                sql: DB::sql(&table, self.options),
                 pool: self.pool,
                 table,
                 filter: self.filter,

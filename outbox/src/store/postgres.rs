@@ -7,9 +7,9 @@ use sqlx::postgres::PgListener;
 use sqlx::{Acquire, Executor, PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
 
-use super::private::Store;
+use super::private::{Store, Wakeup};
 use super::{
-    ClaimedRow, DeadLetter, NameStats, NewRow, Settlement, SqlOptions, Stats, TableName, Wakeup, Which, age, count,
+    ClaimedRow, DeadLetter, NameStats, NewRow, Settlement, SqlOptions, Stats, TableName, Which, age, count,
     millis, render,
 };
 use crate::error::Result;
@@ -44,7 +44,7 @@ impl Store for Postgres {
     type Sql = Sql;
     const SCHEMAS: bool = true;
 
-    fn sql(table: &TableName, options: &SqlOptions) -> Sql {
+    fn sql(table: &TableName, options: SqlOptions) -> Sql {
         let t = table.quoted('"', "");
         let channel = options.notify.then(|| format!("outbox_{}", table.bare()));
         let rows = "SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]::json[], $4::text[], \

@@ -56,7 +56,7 @@ impl Store for Sqlite {
     type Sql = Sql;
     const SCHEMAS: bool = false;
 
-    fn sql(table: &TableName, options: &SqlOptions) -> Sql {
+    fn sql(table: &TableName, options: SqlOptions) -> Sql {
         let t = table.quoted('"', "");
         // One writer at a time: the claim statement itself is serialized, so
         // the stream gate needs no extra lock here.

@@ -1,0 +1,562 @@
+//! MySQL/MariaDB: claims with `FOR UPDATE SKIP LOCKED` and a lease, outcomes
+//! in one short transaction per batch, batch inserts as multi-row `INSERT`s.
+//!
+//! Needs MariaDB 10.6+ or MySQL 8.0.16+ (`SKIP LOCKED`, `JSON_TABLE`,
+//! enforced `CHECK`s, expression defaults).
+//!
+//! - There is no `UPDATE .. RETURNING`, so a claim is three statements in
+//!   one short `READ COMMITTED` transaction:
+//!   1. a plain (non-locking) read of the ids of the first due entries, in
+//!      id order, through the `(status, id)` index;
+//!   2. `SELECT .. FOR UPDATE SKIP LOCKED` of those ids by primary key,
+//!      re-checking that they are still due: this locks the rows this relay
+//!      takes and skips the ones another relay holds;
+//!   3. one `UPDATE` setting the claim token and the lease on exactly the
+//!      locked rows (which cannot change in between), by primary key.
+//!
+//!   Locking only by primary key matters on MariaDB: a locking scan of the
+//!   secondary index keeps the locks of rows it examined but did not take
+//!   (entries leased to other relays), and it waits on, instead of
+//!   skipping, index entries that a concurrent settlement is deleting; the
+//!   two together deadlock with settlements. `READ COMMITTED` keeps `InnoDB`
+//!   from taking gap locks, which would make the application's inserts of
+//!   new entries wait for the claim. (Under `READ COMMITTED` `InnoDB` needs
+//!   `binlog_format` `ROW` or `MIXED`, the defaults, if the binary log is on.)
+//! - Lists of ids and per-row outcomes travel as one JSON parameter unpacked
+//!   with `JSON_TABLE` (as `UNNEST` does on PostgreSQL), so claims and
+//!   settlements have a fixed text, one prepared statement each, whatever
+//!   the batch size. The list drives the join (`STRAIGHT_JOIN`, `FORCE INDEX
+//!   (PRIMARY)`): left to itself the optimizer scans a small table instead.
+//! - Outcomes of a batch are one `DELETE` (or, keeping published entries, an
+//!   `UPDATE`) and one `UPDATE` carrying every row's new state, both checking
+//!   the claim token, in one transaction.
+//! - Times are `DATETIME(6)` in UTC, always written from the database clock
+//!   with `UTC_TIMESTAMP(6)`, so neither the session `time_zone` nor the
+//!   relay hosts' clocks matter.
+//! - DDL is not transactional on MySQL: migrations are serialized with
+//!   `GET_LOCK` on a dedicated connection and recorded in `<table>_schema`.
+//! - With per-stream order, claims of one table take turns: each claim
+//!   first locks the first row of `<table>_schema` (`FOR UPDATE`, released
+//!   at commit), so the stream gate never sees an entry another relay is
+//!   claiming as due. A transactional lock, unlike `GET_LOCK`, cannot
+//!   outlive a claim that is cancelled half-way.
+
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::types::uuid::fmt::Hyphenated;
+use sqlx::{Acquire, Executor, MySql, MySqlConnection, MySqlPool, Row};
+use uuid::Uuid;
+
+use super::private::Store;
+use super::{
+    ClaimedRow, DeadLetter, NameStats, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
+    age, count, render,
+};
+use crate::error::Result;
+
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    include_str!("../../migrations/mysql/0001_create_outbox.up.sql"),
+)];
+
+/// Rows per INSERT statement (7 parameters each, far below MySQL's 65,535).
+const INSERT_CHUNK_ROWS: usize = 500;
+
+/// Bytes of payload and headers per INSERT statement, well under the
+/// default `max_allowed_packet` (16 MiB on MariaDB, 64 MiB on MySQL).
+const INSERT_CHUNK_BYTES: usize = 4 << 20;
+
+/// Longest delay or lease written (100 years), so the date arithmetic can
+/// never leave `DATETIME`'s range.
+const MAX_DELAY_MICROS: i64 = 100 * 365 * 24 * 3600 * 1_000_000;
+
+/// Seconds one `GET_LOCK` call waits before it is retried.
+const LOCK_WAIT_SECS: i64 = 10;
+
+const COLUMNS: &str = "o.id, o.event_id, o.name, o.payload, o.stream_key, o.headers, o.correlation_id, \
+     o.causation_id, o.created_at, o.attempts";
+
+/// The SQL for one table.
+pub struct Sql {
+    table: TableName,
+    insert_prefix: String,
+    /// Per-stream order: claims lock `serialize` first.
+    ordered: bool,
+    serialize: String,
+    candidates: String,
+    lock: String,
+    lease: String,
+    /// Deletes published entries, or with `keep_published` marks them.
+    publish: String,
+    update: String,
+    stats: String,
+    cleanup: String,
+    /// The next three end in `WHERE status = 'dead'`; `filter` adds the rest.
+    dead_letters: String,
+    requeue: String,
+    purge: String,
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros())
+        .unwrap_or(i64::MAX)
+        .min(MAX_DELAY_MICROS)
+}
+
+fn limit_param(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// A JSON array of ids, for `JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$'))`.
+fn id_list(ids: impl IntoIterator<Item = i64>) -> String {
+    serde_json::Value::from_iter(ids).to_string()
+}
+
+fn uuid_opt(value: Option<Hyphenated>) -> Option<Uuid> {
+    value.map(Uuid::from)
+}
+
+/// Bytes a row adds to an INSERT packet, roughly.
+fn row_bytes(row: &NewRow) -> usize {
+    row.payload.len()
+        + row.headers.len()
+        + row.name.len()
+        + row.stream_key.as_ref().map_or(0, String::len)
+        + 3 * 36
+}
+
+impl Store for MySql {
+    type Sql = Sql;
+    const SCHEMAS: bool = true;
+
+    fn sql(table: &TableName, options: SqlOptions) -> Sql {
+        let t = table.quoted('`', "");
+        let versions = table.quoted('`', "_schema");
+        // An entry of a stream waits while an earlier one of that stream is
+        // claimed, backing off, or dead. Checked when choosing candidates,
+        // which ordered claims do one at a time (`serialize`).
+        let stream_gate = if options.ordered {
+            format!(
+                " AND (c.stream_key IS NULL OR NOT EXISTS (SELECT 1 FROM {t} e \
+                 WHERE e.stream_key = c.stream_key AND e.id < c.id \
+                 AND (e.status = 'dead' OR (e.status = 'pending' AND e.available_at > UTC_TIMESTAMP(6)))))"
+            )
+        } else {
+            String::new()
+        };
+        // The list drives the join and each id is a primary-key lookup. Left
+        // to itself the optimizer scans a small outbox table instead, and the
+        // scan waits for rows that other relays hold locked.
+        let by_ids = format!(
+            "JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS p \
+             STRAIGHT_JOIN {t} AS o FORCE INDEX (PRIMARY) ON o.id = p.id"
+        );
+        let publish = if options.keep_published {
+            format!(
+                "UPDATE {by_ids} SET o.status = 'published', \
+                 o.published_at = UTC_TIMESTAMP(6), o.claim_token = NULL WHERE o.claim_token = ?"
+            )
+        } else {
+            format!("DELETE o FROM {by_ids} WHERE o.claim_token = ?")
+        };
+        Sql {
+            table: table.clone(),
+            ordered: options.ordered,
+            serialize: format!(
+                "SELECT version FROM {versions} ORDER BY version LIMIT 1 FOR UPDATE"
+            ),
+            insert_prefix: format!(
+                "INSERT INTO {t} (event_id, name, payload, stream_key, headers, correlation_id, causation_id, \
+                 created_at, available_at) VALUES "
+            ),
+            candidates: format!(
+                "SELECT c.id FROM {t} AS c WHERE c.status = 'pending' \
+                 AND c.available_at <= UTC_TIMESTAMP(6){stream_gate} ORDER BY c.id LIMIT ?"
+            ),
+            // No ORDER BY: the join reads the candidates in list (= id) order
+            // and stops at the limit, so it locks no row it does not return
+            // (a sort would lock every candidate first).
+            lock: format!(
+                "SELECT {COLUMNS} FROM {by_ids} \
+                 WHERE o.status = 'pending' AND o.available_at <= UTC_TIMESTAMP(6) \
+                 LIMIT ? FOR UPDATE SKIP LOCKED"
+            ),
+            lease: format!(
+                "UPDATE {by_ids} \
+                 SET o.claim_token = ?, o.available_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND"
+            ),
+            publish,
+            update: format!(
+                "UPDATE JSON_TABLE(?, '$[*]' COLUMNS (\
+                 id BIGINT PATH '$.id', status VARCHAR(16) PATH '$.status', attempts INT PATH '$.attempts', \
+                 error LONGTEXT CHARACTER SET utf8mb4 PATH '$.error', delay BIGINT PATH '$.delay')) AS u \
+                 STRAIGHT_JOIN {t} AS o FORCE INDEX (PRIMARY) ON o.id = u.id \
+                 SET o.status = u.status, o.attempts = u.attempts, o.last_error = COALESCE(u.error, o.last_error), \
+                 o.available_at = IF(u.status = 'dead', UTC_TIMESTAMP(6), \
+                 UTC_TIMESTAMP(6) + INTERVAL u.delay MICROSECOND), o.claim_token = NULL \
+                 WHERE o.claim_token = ?"
+            ),
+            stats: format!(
+                "SELECT name, \
+                 COUNT(CASE WHEN status = 'pending' THEN 1 END) AS pending, \
+                 COUNT(CASE WHEN status = 'pending' AND attempts > 0 THEN 1 END) AS retrying, \
+                 COUNT(CASE WHEN status = 'dead' THEN 1 END) AS dead, \
+                 COUNT(CASE WHEN status = 'published' THEN 1 END) AS published, \
+                 TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN status = 'pending' THEN created_at END), \
+                 UTC_TIMESTAMP(6)) / 1e6 AS oldest \
+                 FROM {t} GROUP BY name ORDER BY name"
+            ),
+            cleanup: format!(
+                "DELETE FROM {t} WHERE status = 'published' \
+                 AND published_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND LIMIT ?"
+            ),
+            dead_letters: format!(
+                "SELECT id, event_id, name, payload, attempts, COALESCE(last_error, '') AS last_error, \
+                 stream_key, created_at, available_at FROM {t} WHERE status = 'dead'"
+            ),
+            // A dead entry is never claimed, so `available_at` keeps the time it died.
+            requeue: format!(
+                "UPDATE {t} SET status = 'pending', attempts = 0, available_at = UTC_TIMESTAMP(6), \
+                 claim_token = NULL WHERE status = 'dead'"
+            ),
+            purge: format!("DELETE FROM {t} WHERE status = 'dead'"),
+        }
+    }
+
+    async fn migrate(pool: &MySqlPool, table: &TableName) -> Result<()> {
+        let mut conn = pool.acquire().await?;
+        // `GET_LOCK` belongs to the session: should this future be dropped
+        // half-way, closing the connection is what releases the lock.
+        conn.close_on_drop();
+        // Lock names are server-wide (and at most 64 characters on MySQL):
+        // hash the database-qualified table name.
+        let display = table.to_string();
+        let lock: String = sqlx::query_scalar(
+            "SELECT CONCAT('outbox:', SHA1(IF(?, ?, CONCAT(DATABASE(), '.', ?))))",
+        )
+        .bind(table.has_schema())
+        .bind(display.as_str())
+        .bind(display.as_str())
+        .fetch_one(&mut *conn)
+        .await?;
+        loop {
+            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+                .bind(lock.as_str())
+                .bind(LOCK_WAIT_SECS)
+                .fetch_one(&mut *conn)
+                .await?;
+            match got {
+                Some(1) => break,
+                Some(_) => {
+                    tracing::debug!(table = %table, "waiting for another migration of the table");
+                }
+                None => {
+                    return Err(sqlx::Error::Protocol(format!(
+                        "GET_LOCK for migrating outbox table {table} returned NULL"
+                    ))
+                    .into());
+                }
+            }
+        }
+        let outcome = apply(&mut conn, table).await;
+        // The connection is closed on drop anyway; releasing first lets a
+        // waiting migration go on at once.
+        let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
+            .bind(lock.as_str())
+            .execute(&mut *conn)
+            .await;
+        outcome
+    }
+
+    async fn insert(conn: &mut MySqlConnection, sql: &Sql, rows: &[NewRow]) -> Result<()> {
+        let mut start = 0;
+        while start < rows.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < rows.len() && end - start < INSERT_CHUNK_ROWS {
+                let size = row_bytes(&rows[end]);
+                if end > start && bytes + size > INSERT_CHUNK_BYTES {
+                    break;
+                }
+                bytes += size;
+                end += 1;
+            }
+            insert_chunk(conn, sql, &rows[start..end]).await?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    async fn claim(
+        pool: &MySqlPool,
+        sql: &Sql,
+        limit: usize,
+        lease: Duration,
+        token: Uuid,
+    ) -> Result<Vec<ClaimedRow>> {
+        let mut conn = pool.acquire().await?;
+        // For the next transaction only: no gap locks while scanning for due rows.
+        conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .await?;
+        let mut tx = conn.begin().await?;
+        if sql.ordered {
+            sqlx::query(&sql.serialize).execute(&mut *tx).await?;
+        }
+        // Twice as many candidates as wanted, so a relay that races another
+        // one for the same first entries still fills its batch.
+        let candidates: Vec<i64> = sqlx::query_scalar(&sql.candidates)
+            .bind(limit_param(limit.saturating_mul(2)))
+            .fetch_all(&mut *tx)
+            .await?;
+        if candidates.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&sql.lock)
+            .bind(id_list(candidates))
+            .bind(limit_param(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| {
+                Ok(ClaimedRow {
+                    id: row.try_get("id")?,
+                    event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
+                    name: row.try_get("name")?,
+                    payload: row.try_get("payload")?,
+                    stream_key: row.try_get("stream_key")?,
+                    headers: row.try_get("headers")?,
+                    correlation_id: uuid_opt(row.try_get("correlation_id")?),
+                    causation_id: uuid_opt(row.try_get("causation_id")?),
+                    created_at: row.try_get("created_at")?,
+                    attempts: row.try_get("attempts")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        claimed.sort_unstable_by_key(|row| row.id);
+        if !claimed.is_empty() {
+            let ids = id_list(claimed.iter().map(|row| row.id));
+            sqlx::query(&sql.lease)
+                .bind(ids)
+                .bind(token.hyphenated())
+                .bind(micros(lease))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn settle(
+        pool: &MySqlPool,
+        sql: &Sql,
+        token: Uuid,
+        settlement: &Settlement,
+    ) -> Result<()> {
+        let published = (!settlement.published.is_empty()).then(|| {
+            sqlx::query(&sql.publish)
+                .bind(id_list(settlement.published.iter().copied()))
+                .bind(token.hyphenated())
+        });
+        let updated = (!settlement.updates.is_empty()).then(|| {
+            let updates: serde_json::Value = settlement
+                .updates
+                .iter()
+                .map(|u| {
+                    let mut entry = serde_json::json!({
+                        "id": u.id,
+                        "status": if u.dead { "dead" } else { "pending" },
+                        "attempts": u.attempts,
+                        "delay": micros(u.delay),
+                    });
+                    // A missing key reads as NULL, which keeps the stored error.
+                    if let Some(error) = &u.error {
+                        entry["error"] = serde_json::Value::from(error.as_str());
+                    }
+                    entry
+                })
+                .collect();
+            sqlx::query(&sql.update)
+                .bind(updates.to_string())
+                .bind(token.hyphenated())
+        });
+        match (published, updated) {
+            (Some(published), Some(updated)) => {
+                let mut tx = pool.begin().await?;
+                published.execute(&mut *tx).await?;
+                updated.execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+            // A single statement is its own short transaction.
+            (Some(only), None) | (None, Some(only)) => {
+                only.execute(pool).await?;
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(
+        pool: &MySqlPool,
+        sql: &Sql,
+        which: Which,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        let text = format!(
+            "{} AND {} ORDER BY id LIMIT ?",
+            sql.dead_letters,
+            filter(&which)
+        );
+        let rows = bind(sqlx::query(&text), &which)
+            .bind(limit_param(limit))
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadLetter {
+                    position: row.try_get("id")?,
+                    event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
+                    name: row.try_get("name")?,
+                    payload: row.try_get("payload")?,
+                    attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+                    reason: row.try_get("last_error")?,
+                    stream_key: row.try_get("stream_key")?,
+                    created_at: row.try_get("created_at")?,
+                    dead_since: row.try_get("available_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn requeue(pool: &MySqlPool, sql: &Sql, which: Which) -> Result<u64> {
+        let text = format!("{} AND {}", sql.requeue, filter(&which));
+        let done = bind(sqlx::query(&text), &which).execute(pool).await?;
+        tracing::info!(table = %sql.table, requeued = done.rows_affected(), "dead letters requeued");
+        Ok(done.rows_affected())
+    }
+
+    async fn stats(pool: &MySqlPool, sql: &Sql) -> Result<Stats> {
+        let rows = sqlx::query(&sql.stats).fetch_all(pool).await?;
+        let by_name = rows
+            .iter()
+            .map(|row| {
+                Ok(NameStats {
+                    name: row.try_get("name")?,
+                    pending: count(row.try_get("pending")?),
+                    retrying: count(row.try_get("retrying")?),
+                    dead: count(row.try_get("dead")?),
+                    published: count(row.try_get("published")?),
+                    oldest_pending_age: age(row.try_get("oldest")?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Stats::from_names(by_name))
+    }
+
+    async fn cleanup(
+        pool: &MySqlPool,
+        sql: &Sql,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<u64> {
+        let mut conn = pool.acquire().await?;
+        // No gap locks: under REPEATABLE READ the scan of the published range
+        // would lock the gap where new pending entries are inserted.
+        conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .await?;
+        let mut tx = conn.begin().await?;
+        let done = sqlx::query(&sql.cleanup)
+            .bind(micros(older_than))
+            .bind(limit_param(limit))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn purge(pool: &MySqlPool, sql: &Sql, which: Which) -> Result<u64> {
+        let text = format!("{} AND {}", sql.purge, filter(&which));
+        let done = bind(sqlx::query(&text), &which).execute(pool).await?;
+        tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
+        Ok(done.rows_affected())
+    }
+}
+
+/// The condition selecting `which` dead letters, with at most one parameter.
+fn filter(which: &Which) -> &'static str {
+    match which {
+        Which::One(_) => "event_id = ?",
+        Which::All => "TRUE",
+        Which::Name(_) => "name = ?",
+        Which::DeadFor(_) => "available_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND",
+    }
+}
+
+/// Binds the parameter of [`filter`], if any.
+fn bind<'q>(
+    query: sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments>,
+    which: &'q Which,
+) -> sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments> {
+    match which {
+        Which::One(id) => query.bind(id.hyphenated()),
+        Which::All => query,
+        Which::Name(name) => query.bind(name.as_str()),
+        Which::DeadFor(age) => query.bind(micros(*age)),
+    }
+}
+
+/// Applies the migrations not yet recorded in `<table>_schema`; the caller
+/// holds the migration lock.
+async fn apply(conn: &mut PoolConnection<MySql>, table: &TableName) -> Result<()> {
+    let versions = table.quoted('`', "_schema");
+    let create = format!(
+        "CREATE TABLE IF NOT EXISTS {versions} (version INT NOT NULL PRIMARY KEY, \
+         applied_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6))) ENGINE = InnoDB"
+    );
+    conn.execute(create.as_str()).await?;
+    let select = format!("SELECT version FROM {versions}");
+    let applied: Vec<i32> = sqlx::query_scalar(&select).fetch_all(&mut **conn).await?;
+    for (version, up) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        let up = render(up, table, '`');
+        conn.execute(up.as_str()).await?;
+        let insert =
+            format!("INSERT INTO {versions} (version, applied_at) VALUES (?, UTC_TIMESTAMP(6))");
+        sqlx::query(&insert)
+            .bind(version)
+            .execute(&mut **conn)
+            .await?;
+        tracing::info!(table = %table, version, "outbox migration applied");
+    }
+    Ok(())
+}
+
+/// One multi-row INSERT.
+async fn insert_chunk(conn: &mut MySqlConnection, sql: &Sql, chunk: &[NewRow]) -> Result<()> {
+    const ROW: &str = "(?,?,?,?,?,?,?,UTC_TIMESTAMP(6),UTC_TIMESTAMP(6))";
+    let mut text = String::with_capacity(sql.insert_prefix.len() + chunk.len() * (ROW.len() + 1));
+    text.push_str(&sql.insert_prefix);
+    for i in 0..chunk.len() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(ROW);
+    }
+    let mut query = sqlx::query(&text);
+    for row in chunk {
+        query = query
+            .bind(row.event_id.hyphenated())
+            .bind(row.name)
+            .bind(row.payload.as_str())
+            .bind(row.stream_key.as_deref())
+            .bind(row.headers.as_str())
+            .bind(row.correlation_id.map(Uuid::hyphenated))
+            .bind(row.causation_id.map(Uuid::hyphenated));
+    }
+    query.execute(&mut *conn).await?;
+    Ok(())
+}
