@@ -52,6 +52,17 @@ pub enum Error {
         max: usize,
     },
 
+    /// A ready publisher was configured wrongly (a URL that does not parse,
+    /// a header that is not valid HTTP, ...). Messages never contain
+    /// credentials: URLs in them are redacted.
+    #[error("invalid {publisher} publisher configuration: {reason}")]
+    PublisherConfig {
+        /// Which publisher (`"redis"`, `"webhook"`, ...).
+        publisher: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// The database reported an error (connection lost, constraint, ...).
     #[error("outbox database error: {0}")]
     Database(#[from] sqlx::Error),

@@ -118,7 +118,7 @@ mod entry;
 mod error;
 mod event;
 mod handle;
-mod publisher;
+pub mod publisher;
 mod registry;
 mod relay;
 mod store;

@@ -1,0 +1,875 @@
+//! HTTP webhook publisher: one `POST` per event, carrying the stored payload.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use outbox::publisher::http::WebhookPublisher;
+//! use outbox::{Outbox, Publishers};
+//! # #[derive(serde::Serialize, serde::Deserialize, outbox::Event)]
+//! # #[outbox(name = "billing.invoice_paid")]
+//! # struct InvoicePaid { invoice_id: i64 }
+//!
+//! # async fn relay<DB: outbox::Backend>(outbox: Outbox<DB>) -> Result<(), outbox::Error> {
+//! let webhook = WebhookPublisher::builder()
+//!     .url("https://hooks.example.com/events") // every event ...
+//!     .route("billing.invoice_paid", "https://billing.example.com/hooks/paid") // ... but this one
+//!     .header("Authorization", "Bearer s3cr3t")
+//!     .signing_secret("shared-secret") // X-Outbox-Signature: sha256=<hex>
+//!     .timeout(Duration::from_secs(5))
+//!     .build()?;
+//! let publishers = Publishers::builder()
+//!     .publisher::<InvoicePaid, _>(webhook.clone()) // typed
+//!     .fallback(webhook) // and every other event, raw
+//!     .build()?;
+//! outbox.relay(publishers).run(async { /* shutdown signal */ }).await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The request
+//!
+//! `POST <url>`; the body is [`Entry::payload_json`], the stored JSON text
+//! byte for byte (never re-serialized). Headers:
+//!
+//! | header | value |
+//! |---|---|
+//! | `Content-Type` | `application/json` |
+//! | `Idempotency-Key` | the event id (hyphenated UUID): the receiver's dedup key |
+//! | `X-Event-Id` | the event id again, for receivers that log it |
+//! | `X-Event-Name` | the event name |
+//! | `X-Outbox-Stream-Key` | the stream key, when the entry has one |
+//! | `X-Outbox-Correlation-Id`, `X-Outbox-Causation-Id` | when set |
+//! | `X-Outbox-Headers` | the entry's headers as one JSON object, when there are any |
+//! | `X-Outbox-Timestamp` | Unix seconds, with [`signature_timestamp`](WebhookPublisherBuilder::signature_timestamp) |
+//! | `X-Outbox-Signature` | `sha256=<hex>`, with a [signing secret](WebhookPublisherBuilder::signing_secret) |
+//!
+//! Entry headers travel as one JSON header rather than one HTTP header each
+//! because their names are case-sensitive and may hold any character, and
+//! HTTP header names are neither. The JSON is pure ASCII (other characters
+//! are `\uXXXX` escapes), so any JSON parser reads it back exactly.
+//! `X-Event-Name` and `X-Outbox-Stream-Key` carry printable ASCII as is; any
+//! other byte of their UTF-8, and `%`, is percent-encoded.
+//! [Static headers](WebhookPublisherBuilder::header) go out with every
+//! request; they cannot replace the headers above.
+//!
+//! # Signature
+//!
+//! With a signing secret, `X-Outbox-Signature: sha256=<hex>` is the
+//! HMAC-SHA256 of the exact body. With
+//! [`signature_timestamp(true)`](WebhookPublisherBuilder::signature_timestamp)
+//! the request also carries `X-Outbox-Timestamp: <unix seconds>` and the
+//! HMAC covers `<timestamp>.<body>`, so a receiver can refuse replays of old
+//! requests. Receivers check with [`verify_signature`] or
+//! [`verify_timestamped_signature`] (constant-time comparisons).
+//!
+//! # Outcomes
+//!
+//! | response | outcome |
+//! |---|---|
+//! | 2xx | published |
+//! | 408, 429, 5xx, timeout, connection refused or lost | [`PublishError::unavailable`]: no attempt counted |
+//! | any other status (4xx, or 3xx: redirects are not followed) | [`PublishError::rejected`], with the status and the start of the response body |
+//!
+//! # Order and concurrency
+//!
+//! By default (`concurrency(1)`) a batch is sent one request at a time, in
+//! record order, and stops at the first outage. With
+//! [`concurrency(n)`](WebhookPublisherBuilder::concurrency), up to `n`
+//! requests of a batch are in flight at once: faster, but events (even of one
+//! stream key) may then arrive in any order within a batch.
+//!
+//! URLs may hold credentials (userinfo is sent as basic auth) or secret path
+//! segments: `Debug` output and error messages show only the scheme, host
+//! and port.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use hmac::{Hmac, Mac};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{StatusCode, Url};
+use sha2::Sha256;
+
+use super::redact::redact_url;
+use super::{PublishError, PublishResult, Publisher, RawPublisher};
+use crate::entry::{Entry, Recorded};
+use crate::error::{Error, Result};
+use crate::event::Event;
+
+/// `Idempotency-Key`: the event id.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
+/// `X-Event-Id`: the event id.
+pub const EVENT_ID_HEADER: &str = "X-Event-Id";
+/// `X-Event-Name`: the event name (percent-encoded outside printable ASCII).
+pub const EVENT_NAME_HEADER: &str = "X-Event-Name";
+/// `X-Outbox-Stream-Key`: the stream key (percent-encoded outside printable ASCII).
+pub const STREAM_KEY_HEADER: &str = "X-Outbox-Stream-Key";
+/// `X-Outbox-Correlation-Id`: the correlation id.
+pub const CORRELATION_ID_HEADER: &str = "X-Outbox-Correlation-Id";
+/// `X-Outbox-Causation-Id`: the causation id.
+pub const CAUSATION_ID_HEADER: &str = "X-Outbox-Causation-Id";
+/// `X-Outbox-Headers`: the entry's headers as an ASCII JSON object.
+pub const HEADERS_HEADER: &str = "X-Outbox-Headers";
+/// `X-Outbox-Timestamp`: Unix seconds, covered by a timestamped signature.
+pub const TIMESTAMP_HEADER: &str = "X-Outbox-Timestamp";
+/// `X-Outbox-Signature`: `sha256=<hex HMAC-SHA256>`.
+pub const SIGNATURE_HEADER: &str = "X-Outbox-Signature";
+
+/// How many bytes of an error response's body the error message quotes.
+const EXCERPT_BYTES: usize = 200;
+/// How much of a 2xx body is read (so the connection can be reused).
+const DRAIN_BYTES: usize = 64 * 1024;
+
+type UrlFn = dyn Fn(&Entry) -> String + Send + Sync;
+type HmacSha256 = Hmac<Sha256>;
+
+/// A parsed endpoint and its redacted form.
+#[derive(Clone)]
+struct Target {
+    url: Url,
+    shown: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> std::result::Result<Self, String> {
+        let shown = redact_url(url);
+        let parsed = Url::parse(url).map_err(|err| format!("{shown}: {err}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("{shown}: not an http(s) URL"));
+        }
+        Ok(Self { url: parsed, shown })
+    }
+}
+
+enum Routes {
+    Table {
+        default: Option<Target>,
+        by_name: HashMap<String, Target>,
+    },
+    Mapped(Arc<UrlFn>),
+}
+
+impl Routes {
+    fn target(&self, entry: &Entry) -> std::result::Result<Target, PublishError> {
+        match self {
+            Self::Table { default, by_name } => by_name
+                .get(entry.name())
+                .or(default.as_ref())
+                .cloned()
+                .ok_or_else(|| {
+                    PublishError::rejected(format!(
+                        "no webhook URL for event `{}` (no route and no default URL)",
+                        entry.name()
+                    ))
+                }),
+            Self::Mapped(f) => Target::parse(&f(entry))
+                .map_err(|err| PublishError::rejected(format!("bad webhook URL: {err}"))),
+        }
+    }
+}
+
+impl fmt::Debug for Routes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Table { default, by_name } => {
+                let mut names: Vec<_> = by_name.iter().collect();
+                names.sort_by_key(|(name, _)| *name);
+                f.debug_struct("Routes")
+                    .field("default", &default.as_ref().map(|t| &t.shown))
+                    .field(
+                        "by_name",
+                        &names
+                            .iter()
+                            .map(|(name, t)| (name, &t.shown))
+                            .collect::<Vec<_>>(),
+                    )
+                    .finish()
+            }
+            Self::Mapped(_) => f.write_str("<url_fn>"),
+        }
+    }
+}
+
+/// Posts each entry to a webhook; see the [module docs](self).
+///
+/// Cheap to clone (one shared connection pool), so one publisher can be
+/// registered for several event types and as the catch-all.
+#[derive(Clone)]
+pub struct WebhookPublisher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: reqwest::Client,
+    routes: Routes,
+    headers: HeaderMap,
+    signer: Option<HmacSha256>,
+    timestamped: bool,
+    timeout: Duration,
+    concurrency: usize,
+}
+
+impl fmt::Debug for WebhookPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("WebhookPublisher")
+            .field("routes", &inner.routes)
+            .field("headers", &inner.headers.keys().collect::<Vec<_>>())
+            .field("signed", &inner.signer.is_some())
+            .field("timestamped", &inner.timestamped)
+            .field("timeout", &inner.timeout)
+            .field("concurrency", &inner.concurrency)
+            .finish()
+    }
+}
+
+/// Configures a [`WebhookPublisher`]; start with [`WebhookPublisher::builder`].
+#[must_use]
+pub struct WebhookPublisherBuilder {
+    default_url: Option<String>,
+    routes: Vec<(String, String)>,
+    url_fn: Option<Arc<UrlFn>>,
+    headers: Vec<(String, String)>,
+    secret: Option<Vec<u8>>,
+    timestamped: bool,
+    timeout: Duration,
+    concurrency: usize,
+}
+
+impl fmt::Debug for WebhookPublisherBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookPublisherBuilder")
+            .field("default_url", &self.default_url.as_deref().map(redact_url))
+            .field(
+                "routes",
+                &self
+                    .routes
+                    .iter()
+                    .map(|(name, url)| (name, redact_url(url)))
+                    .collect::<Vec<_>>(),
+            )
+            .field("url_fn", &self.url_fn.is_some())
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("signed", &self.secret.is_some())
+            .field("timestamped", &self.timestamped)
+            .field("timeout", &self.timeout)
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
+}
+
+impl WebhookPublisher {
+    /// Starts configuring a webhook publisher.
+    pub fn builder() -> WebhookPublisherBuilder {
+        WebhookPublisherBuilder {
+            default_url: None,
+            routes: Vec::new(),
+            url_fn: None,
+            headers: Vec::new(),
+            secret: None,
+            timestamped: false,
+            timeout: Duration::from_secs(10),
+            concurrency: 1,
+        }
+    }
+
+    /// The headers of one request (static ones first; ours win).
+    fn headers_for(&self, entry: &Entry) -> std::result::Result<HeaderMap, PublishError> {
+        let inner = &self.inner;
+        let mut headers = inner.headers.clone();
+        let id = HeaderValue::from_str(&entry.event_id().hyphenated().to_string())
+            .map_err(PublishError::rejected)?;
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(IDEMPOTENCY_KEY_HEADER, id.clone());
+        headers.insert(EVENT_ID_HEADER, id);
+        headers.insert(
+            EVENT_NAME_HEADER,
+            ascii_value(&percent_encode(entry.name()))?,
+        );
+        if let Some(key) = entry.stream_key() {
+            headers.insert(STREAM_KEY_HEADER, ascii_value(&percent_encode(key))?);
+        }
+        if let Some(id) = entry.correlation_id() {
+            headers.insert(
+                CORRELATION_ID_HEADER,
+                ascii_value(&id.hyphenated().to_string())?,
+            );
+        }
+        if let Some(id) = entry.causation_id() {
+            headers.insert(
+                CAUSATION_ID_HEADER,
+                ascii_value(&id.hyphenated().to_string())?,
+            );
+        }
+        if !entry.headers().is_empty() {
+            let json = serde_json::to_string(entry.headers())
+                .map_err(|err| PublishError::rejected(format!("headers do not encode: {err}")))?;
+            headers.insert(HEADERS_HEADER, ascii_value(&ascii_json(&json))?);
+        }
+        if let Some(mac) = &inner.signer {
+            let body = entry.payload_json().as_bytes();
+            let signature = if inner.timestamped {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+                    .to_string();
+                let signature = sign(mac.clone(), Some(&now), body);
+                headers.insert(TIMESTAMP_HEADER, ascii_value(&now)?);
+                signature
+            } else {
+                sign(mac.clone(), None, body)
+            };
+            headers.insert(SIGNATURE_HEADER, ascii_value(&signature)?);
+        }
+        Ok(headers)
+    }
+
+    /// Posts one entry and classifies the outcome.
+    async fn send(&self, entry: &Entry) -> PublishResult {
+        let inner = &self.inner;
+        let target = inner.routes.target(entry)?;
+        let headers = self.headers_for(entry)?;
+        let response = inner
+            .client
+            .post(target.url.clone())
+            .headers(headers)
+            .body(entry.payload_json().to_owned())
+            .send()
+            .await;
+        match response {
+            Ok(response) => judge(&target, response).await,
+            Err(err) => Err(transport_error(&target, inner.timeout, &err)),
+        }
+    }
+
+    /// Sends `entries` with up to `concurrency` requests in flight; results
+    /// in entry order. After the first outage no new request starts; the
+    /// ones in flight are awaited and reported.
+    async fn send_all(&self, entries: &[&Entry]) -> Vec<PublishResult> {
+        let limit = self.inner.concurrency;
+        let mut results = Vec::with_capacity(entries.len());
+        let mut waiting = entries.iter();
+        let mut in_flight = FuturesOrdered::new();
+        let mut stopped = false;
+        loop {
+            while !stopped && in_flight.len() < limit {
+                match waiting.next() {
+                    Some(entry) => in_flight.push_back(self.send(entry)),
+                    None => break,
+                }
+            }
+            let Some(result) = in_flight.next().await else {
+                break;
+            };
+            stopped |= result.as_ref().is_err_and(PublishError::is_unavailable);
+            results.push(result);
+        }
+        results
+    }
+}
+
+impl WebhookPublisherBuilder {
+    /// The default URL: where events without a [`route`](Self::route) go.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.default_url = Some(url.into());
+        self
+    }
+
+    /// Sends events named `name` to `url` instead of the default URL.
+    pub fn route(mut self, name: impl Into<String>, url: impl Into<String>) -> Self {
+        self.routes.push((name.into(), url.into()));
+        self
+    }
+
+    /// Chooses each entry's URL with a function instead of
+    /// [`url`](Self::url)/[`route`](Self::route) (not both). A URL it returns
+    /// that does not parse is a rejection of that event.
+    pub fn url_fn(mut self, f: impl Fn(&Entry) -> String + Send + Sync + 'static) -> Self {
+        self.url_fn = Some(Arc::new(f));
+        self
+    }
+
+    /// Adds a header sent with every request, e.g. `Authorization` (values
+    /// are marked sensitive and never shown in `Debug`).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Signs every request: `X-Outbox-Signature: sha256=<hex>`, the
+    /// HMAC-SHA256 of the body under `secret`.
+    pub fn signing_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
+        self.secret = Some(secret.into());
+        self
+    }
+
+    /// With `true`, sends `X-Outbox-Timestamp` and signs `<timestamp>.<body>`
+    /// instead of the body alone (default `false`). Needs a signing secret.
+    pub fn signature_timestamp(mut self, on: bool) -> Self {
+        self.timestamped = on;
+        self
+    }
+
+    /// The longest one request may take, from connecting to the end of the
+    /// response (default 10 s); a timeout is an outage.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How many requests of one batch may be in flight at once (default 1:
+    /// strictly in order). Above 1, order within a batch is not kept.
+    pub fn concurrency(mut self, requests: usize) -> Self {
+        self.concurrency = requests;
+        self
+    }
+
+    /// Checks the configuration and finishes.
+    ///
+    /// Fails with [`Error::PublisherConfig`] for a URL that does not parse
+    /// or is not http(s), no URL at all, both a `url_fn` and URLs, an
+    /// invalid header, a timestamp without a secret, or a concurrency of 0.
+    pub fn build(self) -> Result<WebhookPublisher> {
+        let config_error = |reason: String| Error::PublisherConfig {
+            publisher: "webhook",
+            reason,
+        };
+        let routes = match self.url_fn {
+            Some(_) if self.default_url.is_some() || !self.routes.is_empty() => {
+                return Err(config_error(
+                    "both `url_fn` and `url`/`route` were given".to_owned(),
+                ));
+            }
+            Some(f) => Routes::Mapped(f),
+            None => {
+                if self.default_url.is_none() && self.routes.is_empty() {
+                    return Err(config_error(
+                        "no URL: call `.url(..)`, `.route(..)` or `.url_fn(..)`".to_owned(),
+                    ));
+                }
+                let default = self
+                    .default_url
+                    .as_deref()
+                    .map(Target::parse)
+                    .transpose()
+                    .map_err(config_error)?;
+                let mut by_name = HashMap::new();
+                for (name, url) in &self.routes {
+                    by_name.insert(name.clone(), Target::parse(url).map_err(config_error)?);
+                }
+                Routes::Table { default, by_name }
+            }
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in &self.headers {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| config_error(format!("`{name}` is not a valid header name")))?;
+            let mut value = HeaderValue::from_str(value)
+                .map_err(|_| config_error(format!("the value of header `{name}` is not valid")))?;
+            value.set_sensitive(true);
+            headers.append(header, value);
+        }
+        if self.timestamped && self.secret.is_none() {
+            return Err(config_error(
+                "`signature_timestamp(true)` needs a `signing_secret`".to_owned(),
+            ));
+        }
+        let signer = self
+            .secret
+            .map(|secret| HmacSha256::new_from_slice(&secret))
+            .transpose()
+            .map_err(|err| config_error(format!("signing secret: {err}")))?;
+        if self.concurrency == 0 {
+            return Err(config_error("concurrency must be at least 1".to_owned()));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("outbox/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|err| config_error(format!("HTTP client: {err}")))?;
+        Ok(WebhookPublisher {
+            inner: Arc::new(Inner {
+                client,
+                routes,
+                headers,
+                signer,
+                timestamped: self.timestamped,
+                timeout: self.timeout,
+                concurrency: self.concurrency,
+            }),
+        })
+    }
+}
+
+/// Turns a response into the outcome; reads at most a little of the body.
+async fn judge(target: &Target, mut response: reqwest::Response) -> PublishResult {
+    let status = response.status();
+    if status.is_success() {
+        // Read a small body to the end so the connection goes back to the pool.
+        let mut read = 0;
+        while read < DRAIN_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        return Ok(());
+    }
+    let mut body = Vec::new();
+    while body.len() < EXCERPT_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let excerpt = excerpt(&body);
+    let message = if excerpt.is_empty() {
+        format!("webhook {} answered {status}", target.shown)
+    } else {
+        format!("webhook {} answered {status}: {excerpt}", target.shown)
+    };
+    if is_transient(status) {
+        Err(PublishError::unavailable(message))
+    } else {
+        Err(PublishError::rejected(message))
+    }
+}
+
+/// 408, 429 and 5xx mean "not now".
+fn is_transient(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+}
+
+/// No response at all: always an outage (the endpoint may or may not have
+/// the event; the idempotency key makes sending it again safe).
+fn transport_error(target: &Target, timeout: Duration, err: &reqwest::Error) -> PublishError {
+    if err.is_timeout() {
+        return PublishError::unavailable(format!(
+            "webhook {} timed out after {timeout:?}",
+            target.shown
+        ));
+    }
+    let what = if err.is_connect() {
+        "unreachable"
+    } else {
+        "failed"
+    };
+    // The error's own text without the URL, then its causes.
+    let mut text = err_without_url(err);
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let text = text.replace(target.url.as_str(), &target.shown);
+    PublishError::unavailable(format!("webhook {} {what}: {text}", target.shown))
+}
+
+fn err_without_url(err: &reqwest::Error) -> String {
+    // `reqwest::Error` is not `Clone`; its `Display` appends " for url (...)"
+    // when it holds one, which is cut off here.
+    let text = err.to_string();
+    match text.find(" for url (") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
+}
+
+/// The start of a response body, on one line.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(EXCERPT_BYTES)]);
+    let mut out = String::with_capacity(text.len());
+    for word in text.split(|c: char| c.is_whitespace() || c.is_control()) {
+        if word.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    if body.len() > EXCERPT_BYTES {
+        out.push_str(" ...");
+    }
+    out
+}
+
+fn ascii_value(text: &str) -> std::result::Result<HeaderValue, PublishError> {
+    HeaderValue::from_str(text)
+        .map_err(|_| PublishError::rejected(format!("not a valid header value: {text:?}")))
+}
+
+/// Printable ASCII other than `%` as is; every other byte as `%XX`.
+fn percent_encode(text: &str) -> String {
+    use fmt::Write as _;
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x21..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+/// `serde_json` output with every non-ASCII character (and DEL) escaped as
+/// `\uXXXX`: still the same JSON, now a valid header value.
+fn ascii_json(json: &str) -> String {
+    use fmt::Write as _;
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() && c != '\u{7f}' {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        }
+    }
+    out
+}
+
+/// `sha256=<hex>` of `[timestamp "."] body`.
+fn sign(mut mac: HmacSha256, timestamp: Option<&str>, body: &[u8]) -> String {
+    use fmt::Write as _;
+    if let Some(timestamp) = timestamp {
+        mac.update(timestamp.as_bytes());
+        mac.update(b".");
+    }
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(7 + 2 * digest.len());
+    out.push_str("sha256=");
+    for byte in digest {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    hex.as_bytes()
+        .chunks_exact(2)
+        .map(|pair| Some((nibble(pair[0])? << 4) | nibble(pair[1])?))
+        .collect()
+}
+
+fn verify(secret: &[u8], timestamp: Option<&str>, body: &[u8], header_value: &str) -> bool {
+    let Some(expected) = header_value
+        .trim()
+        .strip_prefix("sha256=")
+        .and_then(decode_hex)
+    else {
+        return false;
+    };
+    let Ok(mut mac) = HmacSha256::new_from_slice(secret) else {
+        return false;
+    };
+    if let Some(timestamp) = timestamp {
+        mac.update(timestamp.as_bytes());
+        mac.update(b".");
+    }
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+/// For receivers: `true` if `header_value` (the `X-Outbox-Signature`
+/// header, `sha256=<hex>`) is the HMAC-SHA256 of `body` under `secret`.
+///
+/// Pass the raw request body, before any JSON parsing. The comparison is
+/// constant-time.
+///
+/// ```
+/// use outbox::publisher::http::verify_signature;
+/// let body = br#"{"invoice_id":7}"#;
+/// assert!(!verify_signature("secret", body, "sha256=00"));
+/// ```
+#[must_use]
+pub fn verify_signature(secret: impl AsRef<[u8]>, body: &[u8], header_value: &str) -> bool {
+    verify(secret.as_ref(), None, body, header_value)
+}
+
+/// For receivers of [timestamped](WebhookPublisherBuilder::signature_timestamp)
+/// signatures: `true` if `header_value` is the HMAC-SHA256 of
+/// `<timestamp>.<body>` under `secret` and `timestamp` (the
+/// `X-Outbox-Timestamp` header, Unix seconds) is at most `max_age` away from
+/// this machine's clock, so old requests cannot be replayed.
+#[must_use]
+pub fn verify_timestamped_signature(
+    secret: impl AsRef<[u8]>,
+    timestamp: &str,
+    body: &[u8],
+    header_value: &str,
+    max_age: Duration,
+) -> bool {
+    let Ok(sent) = timestamp.trim().parse::<u64>() else {
+        return false;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if now.abs_diff(sent) > max_age.as_secs() {
+        return false;
+    }
+    verify(secret.as_ref(), Some(timestamp.trim()), body, header_value)
+}
+
+impl RawPublisher for WebhookPublisher {
+    async fn publish_raw(&self, entry: &Entry) -> PublishResult {
+        self.send(entry).await
+    }
+
+    async fn publish_raw_batch(&self, entries: &[Entry]) -> Vec<PublishResult> {
+        let entries: Vec<&Entry> = entries.iter().collect();
+        self.send_all(&entries).await
+    }
+}
+
+impl<E: Event> Publisher<E> for WebhookPublisher {
+    async fn publish(&self, event: &Recorded<E>) -> PublishResult {
+        self.send(event.entry()).await
+    }
+
+    async fn publish_batch(&self, events: &[Recorded<E>]) -> Vec<PublishResult> {
+        let entries: Vec<&Entry> = events.iter().map(Recorded::entry).collect();
+        self.send_all(&entries).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_round_trip_and_fail_when_tampered() {
+        let mac = HmacSha256::new_from_slice(b"k").unwrap();
+        let sig = sign(mac.clone(), None, b"{\"a\":1}");
+        assert!(sig.starts_with("sha256=") && sig.len() == 7 + 64, "{sig}");
+        assert!(verify_signature("k", b"{\"a\":1}", &sig));
+        assert!(verify_signature(
+            "k",
+            b"{\"a\":1}",
+            &sig.to_uppercase().replace("SHA256=", "sha256=")
+        ));
+        assert!(!verify_signature("k", b"{\"a\":2}", &sig));
+        assert!(!verify_signature("other", b"{\"a\":1}", &sig));
+        assert!(!verify_signature("k", b"{\"a\":1}", &sig[7..]));
+        assert!(!verify_signature("k", b"{\"a\":1}", "sha256=zz"));
+        assert!(!verify_signature("k", b"{\"a\":1}", &sig[..sig.len() - 2]));
+
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string();
+        let sig = sign(mac, Some(&now), b"body");
+        let day = Duration::from_secs(86_400);
+        assert!(verify_timestamped_signature("k", &now, b"body", &sig, day));
+        assert!(!verify_signature("k", b"body", &sig));
+        assert!(!verify_timestamped_signature("k", "12", b"body", &sig, day));
+        let old = sign(
+            HmacSha256::new_from_slice(b"k").unwrap(),
+            Some("12"),
+            b"body",
+        );
+        assert!(!verify_timestamped_signature("k", "12", b"body", &old, day));
+    }
+
+    #[test]
+    fn header_encodings() {
+        assert_eq!(percent_encode("order:42/a"), "order:42/a");
+        assert_eq!(percent_encode("a b%ä"), "a%20b%25%C3%A4");
+        let json = serde_json::to_string(&crate::Headers::from([
+            ("Tenant".to_owned(), "ä😀\u{7f}".to_owned()),
+            ("x\"y".to_owned(), "\n".to_owned()),
+        ]))
+        .unwrap();
+        let ascii = ascii_json(&json);
+        assert!(ascii.is_ascii() && !ascii.contains('\u{7f}'), "{ascii}");
+        assert!(HeaderValue::from_str(&ascii).is_ok());
+        let back: crate::Headers = serde_json::from_str(&ascii).unwrap();
+        assert_eq!(back["Tenant"], "ä😀\u{7f}");
+        assert_eq!(back["x\"y"], "\n");
+    }
+
+    #[test]
+    fn statuses_and_excerpts() {
+        for code in [408, 429, 500, 502, 503] {
+            assert!(is_transient(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+        for code in [301, 400, 401, 404, 409, 422] {
+            assert!(!is_transient(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+        assert_eq!(
+            excerpt(b"  {\"error\":\n  \"bad\"}\r\n"),
+            "{\"error\": \"bad\"}"
+        );
+        let long = "x".repeat(500);
+        let e = excerpt(long.as_bytes());
+        assert!(e.ends_with(" ...") && e.len() == EXCERPT_BYTES + 4, "{e}");
+    }
+
+    #[test]
+    fn build_checks_and_redacts() {
+        let err = WebhookPublisher::builder().build().unwrap_err();
+        assert!(err.to_string().contains("no URL"), "{err}");
+        let err = WebhookPublisher::builder()
+            .url("ftp://u:hunter2@x/y")
+            .build()
+            .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = WebhookPublisher::builder()
+            .url("https://x")
+            .url_fn(|_| String::new())
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("both"), "{err}");
+        let err = WebhookPublisher::builder()
+            .url("https://x")
+            .header("bad name", "v")
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("bad name"), "{err}");
+        let err = WebhookPublisher::builder()
+            .url("https://x")
+            .signature_timestamp(true)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("signing_secret"), "{err}");
+        let p = WebhookPublisher::builder()
+            .url("https://user:hunter2@hooks.example/T0/B0/topsecret")
+            .route("a", "https://b.example/tok/xyzzy")
+            .header("Authorization", "Bearer hunter3")
+            .signing_secret("hunter4")
+            .build()
+            .unwrap();
+        let debug = format!("{p:?}");
+        for secret in ["hunter2", "topsecret", "xyzzy", "hunter3", "hunter4"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(debug.contains("https://***@hooks.example/***"), "{debug}");
+    }
+}
