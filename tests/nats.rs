@@ -1,0 +1,300 @@
+//! The NATS JetStream publisher against the local server (`NATS_URL`,
+//! default `nats://127.0.0.1:4222`). Each test creates its own uniquely
+//! named stream and deletes it at the end.
+
+mod broker_support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use broker_support::{
+    OrderPlaced, OrderShipped, Received, check_exactly, record, sqlite_outbox, unique,
+};
+use futures_util::StreamExt;
+use outbox::publisher::nats::{
+    CORRELATION_ID_HEADER, EVENT_NAME_HEADER, NatsPublisher, STREAM_KEY_HEADER,
+};
+use outbox::{Entry, PublishResult, Publisher, Publishers, RawPublisher, Recorded};
+
+fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A JetStream context of the test's own, and a fresh stream capturing
+/// `<prefix>.>`.
+async fn stream(prefix: &str) -> (jetstream::Context, String) {
+    let client = async_nats::connect(nats_url())
+        .await
+        .expect("NATS at NATS_URL");
+    let js = jetstream::new(client);
+    let name = unique("outbox-test").replace('-', "_");
+    js.create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        storage: stream::StorageType::Memory,
+        ..stream::Config::default()
+    })
+    .await
+    .unwrap();
+    (js, name)
+}
+
+async fn stored(js: &jetstream::Context, name: &str) -> u64 {
+    let mut stream = js.get_stream(name).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+/// Reads `n` messages from the stream with an ephemeral pull consumer.
+async fn consume(js: &jetstream::Context, name: &str, n: usize) -> Vec<Received> {
+    let stream = js.get_stream(name).await.unwrap();
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            ack_policy: consumer::AckPolicy::None,
+            ..consumer::pull::Config::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut received = Vec::with_capacity(n);
+    while received.len() < n {
+        let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} messages arrived", received.len()))
+            .expect("consumer open")
+            .unwrap();
+        let headers: BTreeMap<String, String> = message
+            .headers
+            .as_ref()
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| (k.to_string(), v[0].as_str().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        received.push(Received {
+            event_id: headers["Nats-Msg-Id"].parse().unwrap(),
+            name: headers[EVENT_NAME_HEADER].clone(),
+            payload: String::from_utf8(message.payload.to_vec()).unwrap(),
+            headers,
+        });
+    }
+    received
+}
+
+/// 200 events of two types (typed publisher and raw catch-all) over five
+/// streams go through the relay loop into JetStream and come back from a
+/// consumer unchanged and in order, under the prefixed subjects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_delivers_every_event_to_jetstream() {
+    let prefix = unique("outbox-test");
+    let (js, name) = stream(&prefix).await;
+    let nats = NatsPublisher::builder(nats_url())
+        .subject_prefix(format!("{prefix}."))
+        .build()
+        .unwrap();
+    nats.connect().await.unwrap();
+
+    let (outbox, pool) = sqlite_outbox(|b| b).await;
+    let expected = record(&outbox, &pool, 0, 200).await;
+    let publishers = Publishers::builder()
+        .publisher::<OrderPlaced, _>(nats.clone())
+        .fallback(nats)
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(
+        outbox
+            .relay(publishers)
+            .poll_interval(Duration::from_millis(20))
+            .run(async {
+                let _ = stopped.await;
+            }),
+    );
+    let received = consume(&js, &name, expected.len()).await;
+    stop.send(()).unwrap();
+    let report = relay.await.unwrap();
+
+    check_exactly(
+        &expected,
+        &received,
+        STREAM_KEY_HEADER,
+        CORRELATION_ID_HEADER,
+    );
+    assert_eq!(report.published, 200, "{report:?}");
+    assert_eq!(
+        report.dead + report.retried + report.unavailable,
+        0,
+        "{report:?}"
+    );
+    assert_eq!(stored(&js, &name).await, 200);
+
+    // Subjects are prefix + event name.
+    let stream = js.get_stream(&name).await.unwrap();
+    let first = stream.get_raw_message(1).await.unwrap();
+    assert_eq!(
+        first.subject.as_str(),
+        format!("{prefix}.{}", expected[0].name)
+    );
+
+    js.delete_stream(&name).await.unwrap();
+}
+
+/// Publishes through `inner`, then "crashes" before the relay records the
+/// outcome: every entry stays pending and is published again next run.
+struct CrashBeforeCommit(NatsPublisher);
+
+impl Publisher<OrderPlaced> for CrashBeforeCommit {
+    async fn publish(&self, event: &Recorded<OrderPlaced>) -> PublishResult {
+        Publisher::<OrderPlaced>::publish(&self.0, event).await?;
+        Err(outbox::PublishError::unavailable("simulated crash"))
+    }
+
+    async fn publish_batch(&self, events: &[Recorded<OrderPlaced>]) -> Vec<PublishResult> {
+        let results = Publisher::<OrderPlaced>::publish_batch(&self.0, events).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        Vec::new() // nothing recorded: as if the process died here
+    }
+}
+
+impl RawPublisher for CrashBeforeCommit {
+    async fn publish_raw(&self, entry: &Entry) -> PublishResult {
+        self.0.publish_raw(entry).await?;
+        Err(outbox::PublishError::unavailable("simulated crash"))
+    }
+
+    async fn publish_raw_batch(&self, entries: &[Entry]) -> Vec<PublishResult> {
+        let results = self.0.publish_raw_batch(entries).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        Vec::new()
+    }
+}
+
+/// The same events published twice (a crash between publishing and
+/// recording the outcome) are stored once: `Nats-Msg-Id` = event id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_published_twice_is_stored_once() {
+    let prefix = unique("outbox-test");
+    let (js, name) = stream(&prefix).await;
+    let nats = NatsPublisher::builder(nats_url())
+        .subject_prefix(format!("{prefix}."))
+        .build()
+        .unwrap();
+    let (outbox, pool) = sqlite_outbox(|b| b).await;
+    let expected = record(&outbox, &pool, 0, 40).await;
+
+    // Run 1 publishes everything but records nothing.
+    let crashing = Publishers::builder()
+        .publisher::<OrderPlaced, _>(CrashBeforeCommit(nats.clone()))
+        .fallback(CrashBeforeCommit(nats.clone()))
+        .build()
+        .unwrap();
+    let first = outbox.run(&crashing, 100).await.unwrap();
+    assert_eq!(first.unavailable, 40, "{first:?}");
+    assert_eq!(first.published, 0, "{first:?}");
+    assert_eq!(stored(&js, &name).await, 40);
+    assert_eq!(broker_support::pending(&pool).await, 40);
+
+    // Run 2 (the restarted relay) publishes all 40 again; JetStream keeps one of each.
+    let publishers = Publishers::builder()
+        .publisher::<OrderPlaced, _>(nats.clone())
+        .fallback(nats.clone())
+        .build()
+        .unwrap();
+    let mut total = outbox::Report::default();
+    while broker_support::pending(&pool).await > 0 {
+        total += outbox.run(&publishers, 100).await.unwrap();
+    }
+    assert_eq!(total.published, 40, "{total:?}");
+    assert_eq!(stored(&js, &name).await, 40);
+
+    // And calling the publisher directly with entries it already sent.
+    let again: Vec<Entry> = {
+        let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = captured.clone();
+        let (outbox2, pool2) = sqlite_outbox(|b| b).await;
+        record(&outbox2, &pool2, 100, 7).await;
+        let capture = Publishers::builder()
+            .fallback_fn(move |entry: Entry| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock().unwrap().push(entry);
+                    Ok(())
+                }
+            })
+            .build()
+            .unwrap();
+        outbox2.run(&capture, 100).await.unwrap();
+        captured.lock().unwrap().clone()
+    };
+    assert_eq!(again.len(), 7);
+    for _ in 0..2 {
+        let results = nats.publish_raw_batch(&again).await;
+        assert_eq!(results.len(), 7);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+    assert_eq!(stored(&js, &name).await, 47);
+
+    let received = consume(&js, &name, 47).await;
+    check_exactly(
+        &expected,
+        &received[..40],
+        STREAM_KEY_HEADER,
+        CORRELATION_ID_HEADER,
+    );
+    js.delete_stream(&name).await.unwrap();
+}
+
+/// No stream captures the subject: a rejection naming the subject; the
+/// entries become dead letters with that reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stream_for_the_subject_is_a_clear_rejection() {
+    let prefix = unique("outbox-nostream");
+    let nats = NatsPublisher::builder(nats_url())
+        .subject_prefix(format!("{prefix}."))
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let (outbox, pool) = sqlite_outbox(|b| b.max_attempts(1)).await;
+    record(&outbox, &pool, 0, 5).await;
+    let publishers = Publishers::builder()
+        .publisher::<OrderShipped, _>(nats.clone())
+        .fallback(nats)
+        .build()
+        .unwrap();
+    let report = outbox.run(&publishers, 100).await.unwrap();
+    assert_eq!(report.dead, 5, "{report:?}");
+    for letter in outbox.dead_letters(10).await.unwrap() {
+        eprintln!("dead letter reason: {}", letter.reason);
+        let subject = format!("{prefix}.{}", letter.name);
+        assert!(
+            letter
+                .reason
+                .contains(&format!("no JetStream stream matches subject `{subject}`")),
+            "{}",
+            letter.reason
+        );
+    }
+}
+
+/// No server at the address: unavailable, no attempt counted.
+#[tokio::test]
+async fn unreachable_server_is_unavailable_and_costs_nothing() {
+    let nats = NatsPublisher::builder("nats://user:s3cret@127.0.0.1:1")
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let err = nats.connect().await.unwrap_err();
+    eprintln!("connect error: {err}");
+    assert!(err.is_unavailable(), "{err}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+
+    let (outbox, pool) = sqlite_outbox(|b| b.max_attempts(1)).await;
+    record(&outbox, &pool, 0, 5).await;
+    let report = outbox
+        .run(&Publishers::builder().fallback(nats).build().unwrap(), 100)
+        .await
+        .unwrap();
+    assert_eq!(report.unavailable, 5, "{report:?}");
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+}
