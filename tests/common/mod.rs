@@ -1529,13 +1529,21 @@ pub enum Answer {
 #[derive(Debug, Clone)]
 pub enum Op {
     /// Record `count` events in one transaction, committed or rolled back.
-    Record { count: i64, commit: bool },
+    Record {
+        count: i64,
+        commit: bool,
+    },
     /// `run(limit)` with a publisher answering `pattern[k % len]` to its k-th call.
-    Run { limit: usize, pattern: Vec<Answer> },
+    Run {
+        limit: usize,
+        pattern: Vec<Answer>,
+    },
     RequeueAll,
     /// A relay claims up to `limit` entries, publishes them all, and dies
     /// before recording any outcome.
-    Crash { limit: usize },
+    Crash {
+        limit: usize,
+    },
 }
 
 pub fn op_strategy() -> impl proptest::strategy::Strategy<Value = Op> {
@@ -1564,7 +1572,12 @@ struct Model {
 
 impl Model {
     fn due(&self, limit: usize) -> Vec<i64> {
-        self.entries.iter().filter(|(_, (_, dead))| !dead).map(|(id, _)| *id).take(limit).collect()
+        self.entries
+            .iter()
+            .filter(|(_, (_, dead))| !dead)
+            .map(|(id, _)| *id)
+            .take(limit)
+            .collect()
     }
 
     fn run(&mut self, limit: usize, pattern: &[Answer]) {
@@ -1607,7 +1620,10 @@ impl Publisher<InvoicePaid> for Scripted {
         };
         match answer {
             Answer::Ok => {
-                self.delivered.lock().unwrap().push(event.event().invoice_id);
+                self.delivered
+                    .lock()
+                    .unwrap()
+                    .push(event.event().invoice_id);
                 Ok(())
             }
             Answer::Reject => Err(PublishError::rejected("scripted rejection")),
@@ -1625,32 +1641,56 @@ impl Publisher<InvoicePaid> for DiesAfterPublishing {
         unreachable!("publish_batch is overridden")
     }
 
-    async fn publish_batch(&self, events: &[Recorded<InvoicePaid>]) -> Vec<Result<(), PublishError>> {
-        self.0.lock().unwrap().extend(events.iter().map(|e| e.event().invoice_id));
+    async fn publish_batch(
+        &self,
+        events: &[Recorded<InvoicePaid>],
+    ) -> Vec<Result<(), PublishError>> {
+        self.0
+            .lock()
+            .unwrap()
+            .extend(events.iter().map(|e| e.event().invoice_id));
         std::future::pending().await
     }
 }
 
 const CRASH_LEASE: Duration = Duration::from_millis(300);
 
-async fn check_model<H: Harness>(ctx: &Ctx<H>, model: &Model, ids: &std::collections::HashMap<Uuid, i64>, delivered: &[i64]) {
+async fn check_model<H: Harness>(
+    ctx: &Ctx<H>,
+    model: &Model,
+    ids: &std::collections::HashMap<Uuid, i64>,
+    delivered: &[i64],
+) {
     let rows = ctx.rows().await;
     let actual: Vec<(i64, i64, bool)> = rows
         .iter()
         .map(|r| (ids[&r.event_id], r.attempts, r.status == "dead"))
         .collect();
-    let expected: Vec<(i64, i64, bool)> = model.entries.iter().map(|(id, (a, d))| (*id, *a, *d)).collect();
+    let expected: Vec<(i64, i64, bool)> = model
+        .entries
+        .iter()
+        .map(|(id, (a, d))| (*id, *a, *d))
+        .collect();
     assert_eq!(actual, expected, "table rows match the model");
     let mut counts = std::collections::BTreeMap::<i64, usize>::new();
     for id in delivered {
         *counts.entry(*id).or_default() += 1;
     }
     for (id, n) in &counts {
-        assert!(model.committed.contains(id), "invoice {id} was rolled back but delivered");
-        assert!(*n <= model.allowed.get(id).copied().unwrap_or(0), "invoice {id} delivered {n} times: more than allowed");
+        assert!(
+            model.committed.contains(id),
+            "invoice {id} was rolled back but delivered"
+        );
+        assert!(
+            *n <= model.allowed.get(id).copied().unwrap_or(0),
+            "invoice {id} delivered {n} times: more than allowed"
+        );
     }
     for id in &model.published {
-        assert!(counts.contains_key(id), "invoice {id} settled as published but never delivered");
+        assert!(
+            counts.contains_key(id),
+            "invoice {id} settled as published but never delivered"
+        );
     }
 }
 
@@ -1659,7 +1699,10 @@ async fn model_case<H: Harness>(ops: Vec<Op>) {
     let outbox = ctx.builder().max_attempts(3).build().await.unwrap();
     let crasher = ctx.builder().lease(CRASH_LEASE).build().await.unwrap();
     let scripted = Scripted::default();
-    let publishers = Publishers::builder().publisher(scripted.clone()).build().unwrap();
+    let publishers = Publishers::builder()
+        .publisher(scripted.clone())
+        .build()
+        .unwrap();
     let crash_publishers = Publishers::builder()
         .publisher(DiesAfterPublishing(scripted.delivered.clone()))
         .build()
@@ -1701,9 +1744,17 @@ async fn model_case<H: Harness>(ops: Vec<Op>) {
                 }
             }
             Op::Crash { limit } => {
-                let died = tokio::time::timeout(Duration::from_millis(100), crasher.run(&crash_publishers, limit)).await;
+                let died = tokio::time::timeout(
+                    Duration::from_millis(100),
+                    crasher.run(&crash_publishers, limit),
+                )
+                .await;
                 let caught = model.due(limit);
-                assert_eq!(died.is_err(), !caught.is_empty(), "a relay that claimed something never settles");
+                assert_eq!(
+                    died.is_err(),
+                    !caught.is_empty(),
+                    "a relay that claimed something never settles"
+                );
                 for id in caught {
                     *model.allowed.entry(id).or_default() += 1;
                 }
@@ -1718,8 +1769,12 @@ async fn model_case<H: Harness>(ops: Vec<Op>) {
     outbox.requeue_all().await.unwrap();
     *scripted.pattern.lock().unwrap() = vec![Answer::Ok];
     while outbox.run(&publishers, 100).await.unwrap().claimed > 0 {}
-    let delivered: std::collections::BTreeSet<i64> = scripted.delivered.lock().unwrap().iter().copied().collect();
-    assert_eq!(delivered, model.committed, "exactly the committed events are delivered");
+    let delivered: std::collections::BTreeSet<i64> =
+        scripted.delivered.lock().unwrap().iter().copied().collect();
+    assert_eq!(
+        delivered, model.committed,
+        "exactly the committed events are delivered"
+    );
     assert!(ctx.rows().await.is_empty());
     ctx.done().await;
 }
@@ -1729,7 +1784,10 @@ async fn model_case<H: Harness>(ops: Vec<Op>) {
 /// promised semantics.
 pub async fn model_based_sequences_match_the_model<H: Harness>() {
     use proptest::strategy::{Strategy, ValueTree};
-    let cases: u32 = std::env::var("OUTBOX_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+    let cases: u32 = std::env::var("OUTBOX_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24);
     let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
         cases,
         ..proptest::test_runner::Config::default()
