@@ -15,7 +15,8 @@ struct InvoicePaid {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned());
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned());
     let pool = sqlx::PgPool::connect(&url).await?;
     let table = format!("outbox_example_{}", std::process::id());
     sqlx::query("CREATE TABLE IF NOT EXISTS example_invoices (id BIGINT PRIMARY KEY)")
@@ -35,14 +36,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .execute(&mut *tx)
             .await?;
         let recording = outbox
-            .record(&mut *tx, &InvoicePaid { invoice_id, amount_cents: 100 })
+            .record(
+                &mut *tx,
+                &InvoicePaid {
+                    invoice_id,
+                    amount_cents: 100,
+                },
+            )
             .await?;
         println!("recorded invoice {invoice_id}: {recording:?}");
         tx.commit().await?;
     }
     let mut tx = pool.begin().await?;
     let doomed = outbox
-        .record(&mut *tx, &InvoicePaid { invoice_id: -1, amount_cents: 0 })
+        .record(
+            &mut *tx,
+            &InvoicePaid {
+                invoice_id: -1,
+                amount_cents: 0,
+            },
+        )
         .await?;
     tx.rollback().await?;
     println!("rolled back {doomed:?}: never published");

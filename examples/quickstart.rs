@@ -49,7 +49,9 @@ impl Publisher<InvoicePaid> for Printer {
         };
         if refuse {
             println!("  refused   invoice {invoice} (attempt {})", paid.attempt());
-            return Err(PublishError::rejected(format!("broker refused invoice {invoice}")));
+            return Err(PublishError::rejected(format!(
+                "broker refused invoice {invoice}"
+            )));
         }
         println!(
             "  published {} #{} {} id={} attempt={} stream={:?} payload={}",
@@ -71,11 +73,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("app.db");
     let pool = SqlitePoolOptions::new()
-        .connect_with(SqliteConnectOptions::new().filename(&file).create_if_missing(true))
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(&file)
+                .create_if_missing(true),
+        )
         .await?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS invoices (id INTEGER PRIMARY KEY, paid INTEGER NOT NULL)")
-        .execute(&pool)
-        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS invoices (id INTEGER PRIMARY KEY, paid INTEGER NOT NULL)",
+    )
+    .execute(&pool)
+    .await?;
 
     let outbox = Outbox::builder(pool.clone())
         .filter(|name| name.starts_with("billing."))
@@ -96,7 +104,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .stream_key(format!("invoice-{invoice_id}"))
             .header("tenant", "acme");
         let recording = outbox
-            .record_with(&mut *tx, &InvoicePaid { invoice_id, amount_cents: 1250 * invoice_id }, meta)
+            .record_with(
+                &mut *tx,
+                &InvoicePaid {
+                    invoice_id,
+                    amount_cents: 1250 * invoice_id,
+                },
+                meta,
+            )
             .await?;
         tx.commit().await?;
         println!("recorded invoice {invoice_id}: {recording:?}");
@@ -108,7 +123,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .execute(&mut *tx)
         .await?;
     let doomed = outbox
-        .record(&mut *tx, &InvoicePaid { invoice_id: 99, amount_cents: 1 })
+        .record(
+            &mut *tx,
+            &InvoicePaid {
+                invoice_id: 99,
+                amount_cents: 1,
+            },
+        )
         .await?;
     tx.rollback().await?;
     println!("invoice 99 ({doomed:?}) rolled back: it will never be published");
@@ -116,7 +137,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 3. Filtered: `publish_if` says no for internal voids; nothing is written.
     let mut tx = pool.begin().await?;
     let internal = outbox
-        .record(&mut *tx, &InvoiceVoided { invoice_id: 2, internal: true })
+        .record(
+            &mut *tx,
+            &InvoiceVoided {
+                invoice_id: 2,
+                internal: true,
+            },
+        )
         .await?;
     tx.commit().await?;
     println!("internal void: {internal:?}");
@@ -147,16 +174,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 6. The relay loop, stopped by a shutdown signal after its batch.
     let stop = Arc::new(tokio::sync::Notify::new());
     let relay = outbox
-        .relay(Publishers::builder().on(|r: Recorded<InvoicePaid>| async move {
-            println!("  loop published invoice {}", r.event().invoice_id);
-            Ok(())
-        }).build()?)
+        .relay(
+            Publishers::builder()
+                .on(|r: Recorded<InvoicePaid>| async move {
+                    println!("  loop published invoice {}", r.event().invoice_id);
+                    Ok(())
+                })
+                .build()?,
+        )
         .poll_interval(Duration::from_millis(50));
     let signal = stop.clone();
     let handle = tokio::spawn(relay.run(async move { signal.notified().await }));
     let mut tx = pool.begin().await?;
     let late = outbox
-        .record(&mut *tx, &InvoicePaid { invoice_id: 5, amount_cents: 500 })
+        .record(
+            &mut *tx,
+            &InvoicePaid {
+                invoice_id: 5,
+                amount_cents: 500,
+            },
+        )
         .await?;
     tx.commit().await?;
     println!("recorded invoice 5 while the relay loop runs: {late:?}");

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 mod billing {
     #[derive(serde::Serialize, serde::Deserialize, outbox::Event)]
     #[outbox(name = "invoice.paid")]
-    pub struct InvoicePaid {
-        pub id: i64,
+    pub(crate) struct InvoicePaid {
+        pub(crate) id: i64,
     }
 }
 
@@ -21,10 +21,18 @@ struct LegacyInvoicePaid {
 
 #[tokio::test]
 async fn duplicate_event_names_fail_the_build() {
-    let _ = (billing::InvoicePaid { id: 1 }.id, LegacyInvoicePaid { id: 1 }.id);
+    let _ = (
+        billing::InvoicePaid { id: 1 }.id,
+        LegacyInvoicePaid { id: 1 }.id,
+    );
     let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
     let err = Outbox::builder(pool).build().await.unwrap_err();
-    let Error::DuplicateEventName { name, first, second } = &err else {
+    let Error::DuplicateEventName {
+        name,
+        first,
+        second,
+    } = &err
+    else {
         panic!("expected DuplicateEventName, got {err}");
     };
     assert_eq!(name, "invoice.paid");

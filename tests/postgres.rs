@@ -203,11 +203,7 @@ async fn killed_relay_process_loses_nothing() {
             .spawn()
             .unwrap()
     };
-    let lines = || {
-        std::fs::read_to_string(&log)
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    };
+    let lines = || std::fs::read_to_string(&log).map_or(0, |s| s.lines().count());
     let kills = 3;
     for k in 1..=kills {
         let mut child = spawn();

@@ -61,7 +61,6 @@ impl<DB: Backend> fmt::Debug for Outbox<DB> {
 
 /// What [`Outbox::record`] did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
 pub enum Recording {
     /// A row was written in the caller's transaction, with this event id.
     Stored {
@@ -417,10 +416,10 @@ impl<DB: Backend> Outbox<DB> {
         if E::SKIP {
             return Ok(Err(FilterReason::Skipped));
         }
-        if let Some(filter) = &self.inner.filter {
-            if !filter(E::NAME) {
-                return Ok(Err(FilterReason::NameFilter));
-            }
+        if let Some(filter) = &self.inner.filter
+            && !filter(E::NAME)
+        {
+            return Ok(Err(FilterReason::NameFilter));
         }
         if !event.publish_if() {
             return Ok(Err(FilterReason::PublishIf));
@@ -429,14 +428,14 @@ impl<DB: Backend> Outbox<DB> {
             name: E::NAME,
             source,
         })?;
-        if let Some(max) = self.inner.max_payload {
-            if payload.len() > max {
-                return Err(Error::PayloadTooLarge {
-                    name: E::NAME,
-                    size: payload.len(),
-                    max,
-                });
-            }
+        if let Some(max) = self.inner.max_payload
+            && payload.len() > max
+        {
+            return Err(Error::PayloadTooLarge {
+                name: E::NAME,
+                size: payload.len(),
+                max,
+            });
         }
         let headers = if meta.headers.is_empty() {
             "{}".to_owned()
@@ -517,12 +516,19 @@ impl<DB: Backend> Outbox<DB> {
 
     /// Up to `limit` dead letters named `name`, oldest first.
     pub async fn dead_letters_named(&self, name: &str, limit: usize) -> Result<Vec<DeadLetter>> {
-        DB::dead_letters(&self.inner.pool, &self.inner.sql, Which::Name(name.to_owned()), limit).await
+        DB::dead_letters(
+            &self.inner.pool,
+            &self.inner.sql,
+            Which::Name(name.to_owned()),
+            limit,
+        )
+        .await
     }
 
     /// The dead letter `event_id`, if there is one.
     pub async fn dead_letter(&self, event_id: Uuid) -> Result<Option<DeadLetter>> {
-        let mut found = DB::dead_letters(&self.inner.pool, &self.inner.sql, Which::One(event_id), 1).await?;
+        let mut found =
+            DB::dead_letters(&self.inner.pool, &self.inner.sql, Which::One(event_id), 1).await?;
         Ok(found.pop())
     }
 
@@ -539,7 +545,12 @@ impl<DB: Backend> Outbox<DB> {
 
     /// Makes every dead letter named `name` pending again; returns how many.
     pub async fn requeue_named(&self, name: &str) -> Result<u64> {
-        DB::requeue(&self.inner.pool, &self.inner.sql, Which::Name(name.to_owned())).await
+        DB::requeue(
+            &self.inner.pool,
+            &self.inner.sql,
+            Which::Name(name.to_owned()),
+        )
+        .await
     }
 
     /// Deletes the dead letter `event_id` for good; `false` if there is none.

@@ -155,7 +155,12 @@ impl<DB: Backend> Outbox<DB> {
     /// publisher may pipeline a group, so two entries of one stream in it
     /// could be confirmed out of order), and once an entry of a stream is
     /// not published, the rest of that stream in this batch is given back.
-    async fn dispatch(&self, publishers: &Publishers, rows: Vec<ClaimedRow>, report: &mut Report) -> Settlement {
+    async fn dispatch(
+        &self,
+        publishers: &Publishers,
+        rows: Vec<ClaimedRow>,
+        report: &mut Report,
+    ) -> Settlement {
         let inner = &self.inner;
         let ordered = inner.options.ordered;
         let mut settlement = Settlement {
@@ -172,7 +177,12 @@ impl<DB: Backend> Outbox<DB> {
             in_group.extend(first.stream_key.iter().filter(|_| ordered).cloned());
             let mut group = vec![first];
             while let Some(next) = rows.next_if(|row| {
-                row.name == name && !(ordered && row.stream_key.as_ref().is_some_and(|k| in_group.contains(k)))
+                row.name == name
+                    && !(ordered
+                        && row
+                            .stream_key
+                            .as_ref()
+                            .is_some_and(|k| in_group.contains(k)))
             }) {
                 if ordered {
                     in_group.extend(next.stream_key.iter().cloned());
@@ -182,7 +192,9 @@ impl<DB: Backend> Outbox<DB> {
             if ordered && !blocked.is_empty() {
                 group.retain(|row| match &row.stream_key {
                     Some(key) if blocked.contains(key) => {
-                        settlement.updates.push(release(row.id, row.attempts, Duration::ZERO));
+                        settlement
+                            .updates
+                            .push(release(row.id, row.attempts, Duration::ZERO));
                         false
                     }
                     _ => true,
@@ -191,7 +203,8 @@ impl<DB: Backend> Outbox<DB> {
             let Some(dispatcher) = publishers.route(&name) else {
                 tracing::debug!(name = %name, count = group.len(), "no publisher: unroutable");
                 report.unroutable += group.len();
-                metrics::counter!("outbox_unroutable_total", "event" => name.clone()).increment(group.len() as u64);
+                metrics::counter!("outbox_unroutable_total", "event" => name.clone())
+                    .increment(group.len() as u64);
                 for row in &group {
                     if ordered {
                         blocked.extend(row.stream_key.iter().cloned());
@@ -215,7 +228,11 @@ impl<DB: Backend> Outbox<DB> {
             let mut entries = Vec::with_capacity(group.len());
             for row in group {
                 let (id, attempts) = (row.id, row.attempts);
-                let stream = if ordered { row.stream_key.clone() } else { None };
+                let stream = if ordered {
+                    row.stream_key.clone()
+                } else {
+                    None
+                };
                 let event_id = row.event_id;
                 match to_entry(row) {
                     Ok(entry) => {
@@ -231,7 +248,11 @@ impl<DB: Backend> Outbox<DB> {
             }
             let before = *report;
             let deliveries = match inner.publish_timeout {
-                Some(limit) => PUBLISH_TIMEOUT.scope(limit, dispatcher.dispatch(entries)).await,
+                Some(limit) => {
+                    PUBLISH_TIMEOUT
+                        .scope(limit, dispatcher.dispatch(entries))
+                        .await
+                }
                 None => dispatcher.dispatch(entries).await,
             };
             for ((id, event_id, attempts, stream), delivery) in meta.into_iter().zip(deliveries) {
@@ -270,7 +291,9 @@ impl<DB: Backend> Outbox<DB> {
             }
             Delivery::NotAttempted => {
                 report.unavailable += 1;
-                settlement.updates.push(release(id, attempts, Duration::ZERO));
+                settlement
+                    .updates
+                    .push(release(id, attempts, Duration::ZERO));
             }
             Delivery::Undecodable(reason) => {
                 tracing::warn!(%reason, "dead letter: undecodable");
@@ -280,7 +303,9 @@ impl<DB: Backend> Outbox<DB> {
             Delivery::Failed(err) if err.is_unavailable() => {
                 tracing::warn!(error = %err, "publisher unavailable");
                 report.unavailable += 1;
-                settlement.updates.push(release(id, attempts, Duration::ZERO));
+                settlement
+                    .updates
+                    .push(release(id, attempts, Duration::ZERO));
                 return true;
             }
             Delivery::Failed(err) => {

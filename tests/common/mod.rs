@@ -636,7 +636,7 @@ pub async fn catch_all_takes_unclaimed_entries<H: Harness>() {
     let report = outbox.run(&p, 100).await.unwrap();
     assert_eq!((report.published, report.unroutable), (2, 0));
     assert_eq!(rec.ids(), [1]);
-    let raw = raw.lock().unwrap();
+    let raw = raw.lock().unwrap().clone();
     assert_eq!(raw.len(), 1);
     assert_eq!(raw[0].name(), "shipping.parcel_sent");
     assert_eq!(raw[0].payload_json(), r#"{"parcel":"p1"}"#);
@@ -1157,7 +1157,7 @@ pub async fn per_stream_order_holds_under_failures<H: Harness>() {
     drain_with::<H>(&outbox, publishers, 3, 50).await;
     let published = ledger.published.lock().unwrap().clone();
     assert_eq!(published.len(), 3_000);
-    let mut last: std::collections::HashMap<String, i64> = Default::default();
+    let mut last = std::collections::HashMap::<String, i64>::new();
     for (id, stream) in published {
         let stream = stream.unwrap();
         if let Some(prev) = last.insert(stream.clone(), id) {
@@ -1730,7 +1730,7 @@ async fn model_case<H: Harness>(ops: Vec<Op>) {
                 }
             }
             Op::Run { limit, pattern } => {
-                *scripted.pattern.lock().unwrap() = pattern.clone();
+                scripted.pattern.lock().unwrap().clone_from(&pattern);
                 scripted.calls.store(0, Ordering::SeqCst);
                 outbox.run(&publishers, limit).await.unwrap();
                 model.run(limit, &pattern);

@@ -308,13 +308,13 @@ enum Failure {
 }
 
 fn classify(err: &lapin::Error) -> Failure {
-    if let lapin::ErrorKind::ProtocolError(amqp) = err.kind() {
-        if let AMQPErrorKind::Soft(soft) = amqp.kind() {
-            return Failure::Refused {
-                reason: format!("RabbitMQ closed the channel: {amqp}"),
-                whole_batch: matches!(soft, AMQPSoftError::NOTFOUND | AMQPSoftError::ACCESSREFUSED),
-            };
-        }
+    if let lapin::ErrorKind::ProtocolError(amqp) = err.kind()
+        && let AMQPErrorKind::Soft(soft) = amqp.kind()
+    {
+        return Failure::Refused {
+            reason: format!("RabbitMQ closed the channel: {amqp}"),
+            whole_batch: matches!(soft, AMQPSoftError::NOTFOUND | AMQPSoftError::ACCESSREFUSED),
+        };
     }
     Failure::Unavailable(format!("RabbitMQ unavailable: {err}"))
 }

@@ -668,7 +668,7 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
             _ => None,
         }
     }
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     hex.as_bytes()

@@ -168,7 +168,11 @@ async fn timed(publish: impl Future<Output = PublishResult>) -> PublishResult {
     match PUBLISH_TIMEOUT.try_with(|limit| *limit) {
         Ok(limit) => tokio::time::timeout(limit, publish)
             .await
-            .unwrap_or_else(|_| Err(PublishError::unavailable(format!("publish timed out after {limit:?}")))),
+            .unwrap_or_else(|_| {
+                Err(PublishError::unavailable(format!(
+                    "publish timed out after {limit:?}"
+                )))
+            }),
         Err(_) => publish.await,
     }
 }

@@ -198,13 +198,12 @@ impl NatsPublisherBuilder {
         if self.timeout.is_zero() {
             return Err(config("timeout is zero".to_owned()));
         }
-        if let Subject::Prefix(prefix) = &self.subject {
-            if !prefix.is_empty() {
-                // The prefix must read as the start of a valid subject.
-                check_subject(&format!("{prefix}x")).map_err(|why| {
-                    config(format!("subject prefix {prefix:?} is not valid: {why}"))
-                })?;
-            }
+        // The prefix must read as the start of a valid subject.
+        if let Subject::Prefix(prefix) = &self.subject
+            && !prefix.is_empty()
+        {
+            check_subject(&format!("{prefix}x"))
+                .map_err(|why| config(format!("subject prefix {prefix:?} is not valid: {why}")))?;
         }
         Ok(NatsPublisher {
             inner: Arc::new(Inner {

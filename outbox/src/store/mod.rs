@@ -2,7 +2,10 @@
 
 // Reason: with no backend feature the crate still builds (traits and
 // derive only), and the shared helpers below have no caller.
-#![cfg_attr(not(any(feature = "postgres", feature = "sqlite", feature = "mysql")), allow(dead_code))]
+#![cfg_attr(
+    not(any(feature = "postgres", feature = "sqlite", feature = "mysql")),
+    allow(dead_code)
+)]
 
 #[cfg(feature = "mysql")]
 mod mysql;

@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use super::private::{Store, Wakeup};
 use super::{
-    ClaimedRow, DeadLetter, NameStats, NewRow, Settlement, SqlOptions, Stats, TableName, Which, age, count,
-    millis, render,
+    ClaimedRow, DeadLetter, NameStats, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
+    age, count, millis, render,
 };
 use crate::error::Result;
 
@@ -200,7 +200,10 @@ impl Store for Postgres {
         token: Uuid,
     ) -> Result<Vec<ClaimedRow>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let claim = sqlx::query(&sql.claim).bind(limit).bind(token).bind(millis(lease));
+        let claim = sqlx::query(&sql.claim)
+            .bind(limit)
+            .bind(token)
+            .bind(millis(lease));
         let rows = if sql.ordered {
             // Claims of one table run one at a time, so a relay never sees an
             // earlier entry of a stream as due while another relay is
@@ -283,8 +286,17 @@ impl Store for Postgres {
         Ok(())
     }
 
-    async fn dead_letters(pool: &PgPool, sql: &Sql, which: Which, limit: usize) -> Result<Vec<DeadLetter>> {
-        let text = format!("{} AND {} ORDER BY id LIMIT $2", sql.dead_letters, filter(&which));
+    async fn dead_letters(
+        pool: &PgPool,
+        sql: &Sql,
+        which: Which,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        let text = format!(
+            "{} AND {} ORDER BY id LIMIT $2",
+            sql.dead_letters,
+            filter(&which)
+        );
         let rows = bind(sqlx::query(&text), &which)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(pool)

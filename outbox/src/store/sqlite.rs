@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::private::Store;
 use super::{
-    ClaimedRow, DeadLetter, NameStats, NewRow, Settlement, SqlOptions, Stats, TableName, Which, age, count, millis,
-    render,
+    ClaimedRow, DeadLetter, NameStats, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
+    age, count, millis, render,
 };
 use crate::error::Result;
 
@@ -75,7 +75,9 @@ impl Store for Sqlite {
                  WHERE claim_token = ?1 AND id IN (SELECT value FROM json_each(?2))"
             )
         } else {
-            format!("DELETE FROM {t} WHERE claim_token = ?1 AND id IN (SELECT value FROM json_each(?2))")
+            format!(
+                "DELETE FROM {t} WHERE claim_token = ?1 AND id IN (SELECT value FROM json_each(?2))"
+            )
         };
         Sql {
             table: table.clone(),
@@ -207,11 +209,17 @@ impl Store for Sqlite {
             .collect()
     }
 
-    async fn settle(pool: &SqlitePool, sql: &Sql, token: Uuid, settlement: &Settlement) -> Result<()> {
+    async fn settle(
+        pool: &SqlitePool,
+        sql: &Sql,
+        token: Uuid,
+        settlement: &Settlement,
+    ) -> Result<()> {
         let now = now_millis();
         let mut tx = pool.begin().await?;
         if !settlement.published.is_empty() {
-            let ids = serde_json::to_string(&settlement.published).unwrap_or_else(|_| "[]".to_owned());
+            let ids =
+                serde_json::to_string(&settlement.published).unwrap_or_else(|_| "[]".to_owned());
             let mut query = sqlx::query(&sql.delete).bind(token.hyphenated()).bind(ids);
             if sql.keep_published {
                 query = query.bind(now);
@@ -233,8 +241,17 @@ impl Store for Sqlite {
         Ok(())
     }
 
-    async fn dead_letters(pool: &SqlitePool, sql: &Sql, which: Which, limit: usize) -> Result<Vec<DeadLetter>> {
-        let text = format!("{} AND {} ORDER BY id LIMIT ?2", sql.dead_letters, filter(&which));
+    async fn dead_letters(
+        pool: &SqlitePool,
+        sql: &Sql,
+        which: Which,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        let text = format!(
+            "{} AND {} ORDER BY id LIMIT ?2",
+            sql.dead_letters,
+            filter(&which)
+        );
         let rows = bind(sqlx::query(&text), &which)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(pool)
@@ -267,7 +284,10 @@ impl Store for Sqlite {
     }
 
     async fn stats(pool: &SqlitePool, sql: &Sql) -> Result<Stats> {
-        let rows = sqlx::query(&sql.stats).bind(now_millis()).fetch_all(pool).await?;
+        let rows = sqlx::query(&sql.stats)
+            .bind(now_millis())
+            .fetch_all(pool)
+            .await?;
         let by_name = rows
             .iter()
             .map(|row| {
@@ -284,7 +304,12 @@ impl Store for Sqlite {
         Ok(Stats::from_names(by_name))
     }
 
-    async fn cleanup(pool: &SqlitePool, sql: &Sql, older_than: Duration, limit: usize) -> Result<u64> {
+    async fn cleanup(
+        pool: &SqlitePool,
+        sql: &Sql,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<u64> {
         let done = sqlx::query(&sql.cleanup)
             .bind(now_millis().saturating_sub(millis(older_than)))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
