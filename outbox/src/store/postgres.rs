@@ -222,19 +222,20 @@ impl Store for Postgres {
         } else {
             claim.fetch_all(pool).await?
         };
+        // By position, in RETURNING order: no column-name lookups on the hot path.
         rows.iter()
             .map(|row| {
                 Ok(ClaimedRow {
-                    id: row.try_get("id")?,
-                    event_id: row.try_get("event_id")?,
-                    name: row.try_get("name")?,
-                    payload: row.try_get("payload")?,
-                    stream_key: row.try_get("stream_key")?,
-                    headers: row.try_get("headers")?,
-                    correlation_id: row.try_get("correlation_id")?,
-                    causation_id: row.try_get("causation_id")?,
-                    created_at: row.try_get("created_at")?,
-                    attempts: row.try_get("attempts")?,
+                    id: row.try_get(0)?,
+                    event_id: row.try_get(1)?,
+                    name: row.try_get(2)?,
+                    payload: row.try_get(3)?,
+                    stream_key: row.try_get(4)?,
+                    headers: row.try_get(5)?,
+                    correlation_id: row.try_get(6)?,
+                    causation_id: row.try_get(7)?,
+                    created_at: row.try_get(8)?,
+                    attempts: row.try_get(9)?,
                 })
             })
             .collect()
