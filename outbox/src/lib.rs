@@ -131,7 +131,7 @@ pub use publisher::{
     ErrorKind, PublishError, PublishResult, Publisher, Publishers, PublishersBuilder, RawPublisher,
 };
 pub use relay::{Backoff, Relay, Report};
-pub use store::{Backend, DeadLetter, TableName};
+pub use store::{Backend, DeadLetter, NameStats, Stats, TableName};
 
 /// `#[derive(Event)]`: see the attribute reference in the crate docs.
 #[cfg(feature = "derive")]

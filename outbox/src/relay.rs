@@ -173,22 +173,7 @@ impl<DB: Backend> Outbox<DB> {
         let mut rows = rows.into_iter().peekable();
         while let Some(first) = rows.next() {
             let name = first.name.clone();
-            in_group.clear();
-            in_group.extend(first.stream_key.iter().filter(|_| ordered).cloned());
-            let mut group = vec![first];
-            while let Some(next) = rows.next_if(|row| {
-                row.name == name
-                    && !(ordered
-                        && row
-                            .stream_key
-                            .as_ref()
-                            .is_some_and(|k| in_group.contains(k)))
-            }) {
-                if ordered {
-                    in_group.extend(next.stream_key.iter().cloned());
-                }
-                group.push(next);
-            }
+            let mut group = next_group(first, &mut rows, ordered, &mut in_group);
             if ordered && !blocked.is_empty() {
                 group.retain(|row| match &row.stream_key {
                     Some(key) if blocked.contains(key) => {
@@ -344,6 +329,35 @@ impl<DB: Backend> Outbox<DB> {
             cleanup_interval: Duration::from_secs(60),
         }
     }
+}
+
+/// The entries dispatched together with `first`: the consecutive ones with
+/// its name and, with per-stream order, no two of one stream.
+fn next_group(
+    first: ClaimedRow,
+    rows: &mut std::iter::Peekable<std::vec::IntoIter<ClaimedRow>>,
+    ordered: bool,
+    in_group: &mut HashSet<String>,
+) -> Vec<ClaimedRow> {
+    in_group.clear();
+    if ordered {
+        in_group.extend(first.stream_key.iter().cloned());
+    }
+    let mut group = vec![first];
+    while let Some(next) = rows.next_if(|row| {
+        row.name == group[0].name
+            && !(ordered
+                && row
+                    .stream_key
+                    .as_ref()
+                    .is_some_and(|k| in_group.contains(k)))
+    }) {
+        if ordered {
+            in_group.extend(next.stream_key.iter().cloned());
+        }
+        group.push(next);
+    }
+    group
 }
 
 /// Adds one group's outcomes to the `metrics` counters, labelled by event name.

@@ -1,0 +1,493 @@
+//! `migrate`, `status` and `dead ...`: one-shot commands over the library's
+//! administrative calls.
+
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::Ctx;
+use crate::db::{self, Db};
+use crate::duration::human;
+use crate::error::Failure;
+use crate::out::{self, clip, confirm, plural, table};
+
+/// `outbox migrate`: creates or upgrades the table.
+pub(crate) async fn migrate<DB: Db>(ctx: &Ctx<DB>) -> Result<(), Failure> {
+    let existed = DB::table_exists(&ctx.pool, &ctx.table).await?;
+    let before = DB::schema_version(&ctx.pool, &ctx.table).await?;
+    outbox::migrate(&ctx.pool, &ctx.table.name).await?;
+    let after = DB::schema_version(&ctx.pool, &ctx.table).await?;
+    let version = after.unwrap_or_default();
+    if ctx.json {
+        return out::json(
+            &json!({
+                "table": ctx.table.name,
+                "database": DB::LABEL,
+                "created": !existed,
+                "upgraded": existed && before != after,
+                "schema_version": version,
+            }),
+            true,
+        );
+    }
+    let what = if !existed {
+        "created"
+    } else if before == after {
+        "already up to date"
+    } else {
+        "upgraded"
+    };
+    out::line(format!(
+        "table \"{}\" {what} (schema version {version}) in {}",
+        ctx.table.name, ctx.url.shown
+    ))
+}
+
+fn secs(d: Option<Duration>) -> Value {
+    d.map_or(Value::Null, |d| json!(d.as_secs_f64()))
+}
+
+/// The numbers of `outbox::Outbox::stats`, in types this crate can name
+/// (the library does not re-export its `Stats` and `NameStats`).
+struct Stats {
+    pending: u64,
+    retrying: u64,
+    dead: u64,
+    published: u64,
+    oldest_pending_age: Option<Duration>,
+    by_name: Vec<NameStats>,
+}
+
+struct NameStats {
+    name: String,
+    pending: u64,
+    retrying: u64,
+    dead: u64,
+    published: u64,
+    oldest_pending_age: Option<Duration>,
+}
+
+/// Copies the library's stats field by field (its type is not nameable here).
+macro_rules! copy_stats {
+    ($stats:expr) => {{
+        let s = $stats;
+        Stats {
+            pending: s.pending,
+            retrying: s.retrying,
+            dead: s.dead,
+            published: s.published,
+            oldest_pending_age: s.oldest_pending_age,
+            by_name: s
+                .by_name
+                .into_iter()
+                .map(|n| NameStats {
+                    name: n.name,
+                    pending: n.pending,
+                    retrying: n.retrying,
+                    dead: n.dead,
+                    published: n.published,
+                    oldest_pending_age: n.oldest_pending_age,
+                })
+                .collect(),
+        }
+    }};
+}
+
+/// `outbox status [--max-age D]`.
+pub(crate) async fn status<DB: Db>(
+    ctx: &Ctx<DB>,
+    max_age: Option<Duration>,
+) -> Result<(), Failure> {
+    let outbox = ctx.outbox().await?;
+    let stats = copy_stats!(outbox.stats().await?);
+    let oldest = stats.oldest_pending_age;
+    let healthy = match (max_age, oldest) {
+        (Some(max), Some(age)) => age <= max,
+        _ => true,
+    };
+    if ctx.json {
+        status_json(ctx, &stats, max_age, healthy)?;
+    } else {
+        status_human(ctx, &stats, max_age, healthy)?;
+    }
+    match (healthy, max_age, oldest) {
+        (false, Some(max), Some(age)) => Err(Failure::unhealthy(format!(
+            "unhealthy: the oldest pending entry of \"{}\" is {} old, over --max-age {}",
+            ctx.table.name,
+            human(age),
+            human(max)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn status_json<DB: Db>(
+    ctx: &Ctx<DB>,
+    stats: &Stats,
+    max_age: Option<Duration>,
+    healthy: bool,
+) -> Result<(), Failure> {
+    let by_name: Vec<Value> = stats
+        .by_name
+        .iter()
+        .map(|n| {
+            json!({
+                "name": n.name,
+                "pending": n.pending,
+                "retrying": n.retrying,
+                "dead": n.dead,
+                "published": n.published,
+                "oldest_pending_age_seconds": secs(n.oldest_pending_age),
+            })
+        })
+        .collect();
+    out::json(
+        &json!({
+            "table": ctx.table.name,
+            "pending": stats.pending,
+            "retrying": stats.retrying,
+            "dead": stats.dead,
+            "published": stats.published,
+            "oldest_pending_age_seconds": secs(stats.oldest_pending_age),
+            "max_age_seconds": secs(max_age),
+            "healthy": healthy,
+            "by_name": by_name,
+        }),
+        true,
+    )
+}
+
+fn status_human<DB: Db>(
+    ctx: &Ctx<DB>,
+    stats: &Stats,
+    max_age: Option<Duration>,
+    healthy: bool,
+) -> Result<(), Failure> {
+    let oldest = stats.oldest_pending_age;
+    let mut text = vec![format!(
+        "outbox \"{}\" at {}",
+        ctx.table.name, ctx.url.shown
+    )];
+    let oldest_text = oldest.map_or_else(String::new, |age| format!(", oldest {}", human(age)));
+    text.push(format!(
+        "  pending    {} ({} retrying){oldest_text}",
+        stats.pending, stats.retrying
+    ));
+    text.push(format!("  dead       {}", stats.dead));
+    if stats.published > 0 {
+        text.push(format!("  published  {} (kept)", stats.published));
+    }
+    if let Some(max) = max_age {
+        let verdict = match (healthy, oldest) {
+            (_, None) => "ok: nothing pending".to_owned(),
+            (true, Some(age)) => format!("ok: oldest pending {} <= {}", human(age), human(max)),
+            (false, Some(age)) => {
+                format!("FAILING: oldest pending {} > {}", human(age), human(max))
+            }
+        };
+        text.push(format!("  health     {verdict}"));
+    }
+    if !stats.by_name.is_empty() {
+        let kept = stats.published > 0;
+        let mut headers = vec!["NAME", "PENDING", "RETRYING", "DEAD"];
+        if kept {
+            headers.push("PUBLISHED");
+        }
+        headers.push("OLDEST PENDING");
+        let rows: Vec<Vec<String>> = stats
+            .by_name
+            .iter()
+            .map(|n| {
+                let mut row = vec![
+                    n.name.clone(),
+                    n.pending.to_string(),
+                    n.retrying.to_string(),
+                    n.dead.to_string(),
+                ];
+                if kept {
+                    row.push(n.published.to_string());
+                }
+                row.push(n.oldest_pending_age.map_or_else(|| "-".to_owned(), human));
+                row
+            })
+            .collect();
+        let right: Vec<usize> = (1..headers.len()).collect();
+        text.push(String::new());
+        text.push(table(&headers, &rows, &right));
+    }
+    out::line(text.join("\n"))
+}
+
+fn parse_id(id: &str) -> Result<Uuid, Failure> {
+    Uuid::parse_str(id.trim()).map_err(|_| {
+        Failure::new(format!(
+            "invalid event id {id:?}: not a UUID (e.g. 0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d)"
+        ))
+    })
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn ago(t: DateTime<Utc>) -> String {
+    (Utc::now() - t)
+        .to_std()
+        .map_or_else(|_| "just now".to_owned(), human)
+}
+
+fn payload_value(payload: &str) -> Value {
+    serde_json::from_str(payload).unwrap_or_else(|_| Value::String(payload.to_owned()))
+}
+
+fn dead_json(d: &outbox::DeadLetter) -> Value {
+    json!({
+        "position": d.position,
+        "event_id": d.event_id.to_string(),
+        "name": d.name,
+        "stream_key": d.stream_key,
+        "attempts": d.attempts,
+        "reason": d.reason,
+        "created_at": time(d.created_at),
+        "dead_since": time(d.dead_since),
+        "payload": payload_value(&d.payload),
+    })
+}
+
+/// `outbox dead list [--name N] [--limit N]`.
+pub(crate) async fn dead_list<DB: Db>(
+    ctx: &Ctx<DB>,
+    name: Option<&str>,
+    limit: usize,
+) -> Result<(), Failure> {
+    let outbox = ctx.outbox().await?;
+    let dead = match name {
+        Some(name) => outbox.dead_letters_named(name, limit).await?,
+        None => outbox.dead_letters(limit).await?,
+    };
+    if ctx.json {
+        return out::json(&Value::Array(dead.iter().map(dead_json).collect()), true);
+    }
+    let named = name.map_or_else(String::new, |n| format!(" named \"{n}\""));
+    if dead.is_empty() {
+        return out::line(format!("no dead letters{named} in \"{}\"", ctx.table.name));
+    }
+    let rows: Vec<Vec<String>> = dead
+        .iter()
+        .map(|d| {
+            vec![
+                d.position.to_string(),
+                d.event_id.to_string(),
+                d.name.clone(),
+                d.attempts.to_string(),
+                ago(d.dead_since),
+                clip(&d.reason, 60),
+            ]
+        })
+        .collect();
+    let text = table(
+        &[
+            "POSITION", "EVENT ID", "NAME", "ATTEMPTS", "DEAD FOR", "REASON",
+        ],
+        &rows,
+        &[0, 3],
+    );
+    let count = plural(dead.len() as u64, "dead letter", "dead letters");
+    let more = if dead.len() >= limit {
+        format!(" (the first {limit}: --limit N for more)")
+    } else {
+        String::new()
+    };
+    out::line(format!("{text}\n{count}{named}{more}"))
+}
+
+async fn find<DB: Db>(
+    outbox: &outbox::Outbox<DB>,
+    ctx: &Ctx<DB>,
+    id: Uuid,
+) -> Result<outbox::DeadLetter, Failure> {
+    outbox.dead_letter(id).await?.ok_or_else(|| {
+        Failure::new(format!(
+            "no dead letter with event id {id} in \"{}\"",
+            ctx.table.name
+        ))
+    })
+}
+
+/// `outbox dead show ID`.
+pub(crate) async fn dead_show<DB: Db>(ctx: &Ctx<DB>, id: &str) -> Result<(), Failure> {
+    let id = parse_id(id)?;
+    let outbox = ctx.outbox().await?;
+    let d = find(&outbox, ctx, id).await?;
+    if ctx.json {
+        return out::json(&dead_json(&d), true);
+    }
+    let payload = serde_json::from_str::<Value>(&d.payload)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_else(|_| d.payload.clone());
+    let text = [
+        format!("event id    {}", d.event_id),
+        format!("position    {}", d.position),
+        format!("name        {}", d.name),
+        format!("stream key  {}", d.stream_key.as_deref().unwrap_or("-")),
+        format!("attempts    {}", d.attempts),
+        format!(
+            "created at  {} ({} ago)",
+            time(d.created_at),
+            ago(d.created_at)
+        ),
+        format!(
+            "dead since  {} ({} ago)",
+            time(d.dead_since),
+            ago(d.dead_since)
+        ),
+        format!("reason      {}", d.reason),
+        "payload".to_owned(),
+        payload,
+    ];
+    out::line(text.join("\n"))
+}
+
+/// Which dead letters `requeue` acts on.
+pub(crate) enum Which {
+    One(String),
+    All,
+    Name(String),
+}
+
+/// Which dead letters `purge` deletes.
+pub(crate) enum Purge {
+    One(String),
+    OlderThan(Duration),
+}
+
+fn done(ctx_json: bool, key: &str, n: u64, text: String) -> Result<(), Failure> {
+    if ctx_json {
+        out::json(&json!({ key: n }), true)
+    } else {
+        out::line(text)
+    }
+}
+
+/// `outbox dead requeue (ID | --all | --name NAME) [--yes]`.
+pub(crate) async fn dead_requeue<DB: Db>(
+    ctx: &Ctx<DB>,
+    which: Which,
+    yes: bool,
+) -> Result<(), Failure> {
+    let t = &ctx.table.name;
+    let n = match which {
+        Which::One(id) => {
+            let id = parse_id(&id)?;
+            let outbox = ctx.outbox().await?;
+            if !outbox.requeue(id).await? {
+                return Err(Failure::new(format!(
+                    "no dead letter with event id {id} in \"{t}\""
+                )));
+            }
+            1
+        }
+        Which::All => {
+            let outbox = ctx.outbox().await?;
+            let dead = outbox.stats().await?.dead;
+            if dead == 0 {
+                return done(
+                    ctx.json,
+                    "requeued",
+                    0,
+                    format!("no dead letters in \"{t}\""),
+                );
+            }
+            confirm(
+                &format!(
+                    "requeue {} of \"{t}\"",
+                    plural(dead, "dead letter", "dead letters")
+                ),
+                yes,
+            )?;
+            outbox.requeue_all().await?
+        }
+        Which::Name(name) => {
+            let outbox = ctx.outbox().await?;
+            let dead = outbox
+                .stats()
+                .await?
+                .by_name
+                .iter()
+                .find(|n| n.name == name)
+                .map_or(0, |n| n.dead);
+            if dead == 0 {
+                return done(
+                    ctx.json,
+                    "requeued",
+                    0,
+                    format!("no dead letters named \"{name}\" in \"{t}\""),
+                );
+            }
+            let what = plural(dead, "dead letter", "dead letters");
+            confirm(&format!("requeue {what} named \"{name}\" of \"{t}\""), yes)?;
+            outbox.requeue_named(&name).await?
+        }
+    };
+    done(
+        ctx.json,
+        "requeued",
+        n,
+        format!(
+            "requeued {} (pending again, attempts reset)",
+            plural(n, "dead letter", "dead letters")
+        ),
+    )
+}
+
+/// `outbox dead purge (ID | --older-than D) [--yes]`.
+pub(crate) async fn dead_purge<DB: Db>(
+    ctx: &Ctx<DB>,
+    which: Purge,
+    yes: bool,
+) -> Result<(), Failure> {
+    let t = &ctx.table.name;
+    let n = match which {
+        Purge::One(id) => {
+            let id = parse_id(&id)?;
+            let outbox = ctx.outbox().await?;
+            let d = find(&outbox, ctx, id).await?;
+            confirm(
+                &format!("delete dead letter {id} ({}) of \"{t}\" for good", d.name),
+                yes,
+            )?;
+            if !outbox.purge(id).await? {
+                return Err(Failure::new(format!(
+                    "no dead letter with event id {id} in \"{t}\""
+                )));
+            }
+            1
+        }
+        Purge::OlderThan(age) => {
+            let outbox = ctx.outbox().await?;
+            let what = if age.is_zero() {
+                format!("delete every dead letter of \"{t}\" for good")
+            } else {
+                format!(
+                    "delete the dead letters of \"{t}\" that died more than {} ago, for good",
+                    human(age)
+                )
+            };
+            confirm(&what, yes)?;
+            outbox.purge_dead_for(age).await?
+        }
+    };
+    done(
+        ctx.json,
+        "purged",
+        n,
+        format!("purged {}", plural(n, "dead letter", "dead letters")),
+    )
+}
+
+/// Shared by `tail` and `relay`: the table must exist first.
+pub(crate) async fn require<DB: Db>(ctx: &Ctx<DB>) -> Result<(), Failure> {
+    db::require_table(&ctx.pool, &ctx.table).await
+}
