@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use outbox::Stats;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -49,59 +50,13 @@ fn secs(d: Option<Duration>) -> Value {
     d.map_or(Value::Null, |d| json!(d.as_secs_f64()))
 }
 
-/// The numbers of `outbox::Outbox::stats`, in types this crate can name
-/// (the library does not re-export its `Stats` and `NameStats`).
-struct Stats {
-    pending: u64,
-    retrying: u64,
-    dead: u64,
-    published: u64,
-    oldest_pending_age: Option<Duration>,
-    by_name: Vec<NameStats>,
-}
-
-struct NameStats {
-    name: String,
-    pending: u64,
-    retrying: u64,
-    dead: u64,
-    published: u64,
-    oldest_pending_age: Option<Duration>,
-}
-
-/// Copies the library's stats field by field (its type is not nameable here).
-macro_rules! copy_stats {
-    ($stats:expr) => {{
-        let s = $stats;
-        Stats {
-            pending: s.pending,
-            retrying: s.retrying,
-            dead: s.dead,
-            published: s.published,
-            oldest_pending_age: s.oldest_pending_age,
-            by_name: s
-                .by_name
-                .into_iter()
-                .map(|n| NameStats {
-                    name: n.name,
-                    pending: n.pending,
-                    retrying: n.retrying,
-                    dead: n.dead,
-                    published: n.published,
-                    oldest_pending_age: n.oldest_pending_age,
-                })
-                .collect(),
-        }
-    }};
-}
-
 /// `outbox status [--max-age D]`.
 pub(crate) async fn status<DB: Db>(
     ctx: &Ctx<DB>,
     max_age: Option<Duration>,
 ) -> Result<(), Failure> {
     let outbox = ctx.outbox().await?;
-    let stats = copy_stats!(outbox.stats().await?);
+    let stats = outbox.stats().await?;
     let oldest = stats.oldest_pending_age;
     let healthy = match (max_age, oldest) {
         (Some(max), Some(age)) => age <= max,
