@@ -55,7 +55,7 @@ impl Backoff {
     /// The delay after `attempts` failed attempts (1 = the first failure).
     #[must_use]
     pub fn delay(&self, attempts: u32) -> Duration {
-        let doublings = attempts.saturating_sub(1).min(32);
+        let doublings = attempts.saturating_sub(1).min(31);
         self.base
             .checked_mul(1 << doublings)
             .map_or(self.max, |d| d.min(self.max))
@@ -170,6 +170,18 @@ impl<DB: Backend> Outbox<DB> {
         let mut stopped = false;
         let mut blocked: HashSet<String> = HashSet::new();
         let mut in_group: HashSet<String> = HashSet::new();
+        let mut rows = rows;
+        if rows.iter().any(|row| row.poison.is_some()) {
+            rows.retain_mut(|row| match row.poison.take() {
+                Some(reason) => {
+                    tracing::warn!(position = row.id, %reason, "dead letter: stored row does not decode");
+                    report.dead += 1;
+                    settlement.updates.push(dead(row.id, row.attempts, reason));
+                    false
+                }
+                None => true,
+            });
+        }
         let mut rows = rows.into_iter().peekable();
         while let Some(first) = rows.next() {
             let name = first.name.clone();

@@ -3,7 +3,8 @@
 
 /// Renders `url` without anything that may be a secret: userinfo becomes
 /// `***@`, and a path, query or fragment becomes `/***`. A path that is only
-/// a database number (`redis://host:6379/2`) is kept.
+/// a database number (`redis://host:6379/2`) is kept. When the userinfo
+/// itself holds `@`, `/`, `?` or `#` unescaped, only the scheme is shown.
 ///
 /// ```text
 /// redis://:hunter2@cache:6379/0          -> redis://***@cache:6379/0
@@ -13,6 +14,14 @@ pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<unparsed url>".to_owned();
     };
+    // A password may hold an unescaped `/`, `?`, `#` or `@`, and then where
+    // the userinfo ends is anyone's guess: show nothing past the scheme.
+    let ats = rest.matches('@').count();
+    let first_at = rest.find('@');
+    let first_delim = rest.find(['/', '?', '#']);
+    if ats > 1 || matches!((first_at, first_delim), (Some(at), Some(delim)) if delim < at) {
+        return format!("{scheme}://***");
+    }
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     let host = match authority.rfind('@') {
@@ -39,6 +48,9 @@ mod tests {
             ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/"),
             ("redis://:hunter2@cache:6379/3", "redis://***@cache:6379/3"),
             ("redis://user:p%40ss@cache/0", "redis://***@cache/0"),
+            ("amqp://user:pa/ss@host/%2f", "amqp://***"),
+            ("amqp://user:p?a#s@s@host:5672", "amqp://***"),
+            ("https://u:a@b@hooks.example/a@b?token=a@b", "https://***"),
             ("redis://cache:6379/0?password=x", "redis://cache:6379/***"),
             ("unix:///run/redis.sock?pass=x", "unix:///***"),
             (

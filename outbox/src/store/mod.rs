@@ -215,6 +215,24 @@ pub(crate) fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// Decodes one claimed row with `decode`; a row that does not decode (or
+/// whose decoding panics, as a date out of chrono's range does inside sqlx)
+/// becomes a poison row instead of failing the whole claim.
+pub(crate) fn decode_claimed<R>(
+    id: i64,
+    row: &R,
+    decode: impl FnOnce(&R) -> std::result::Result<ClaimedRow, sqlx::Error>,
+) -> ClaimedRow {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(row))) {
+        Ok(Ok(claimed)) => claimed,
+        Ok(Err(err)) => ClaimedRow::poison(id, format!("stored row does not decode: {err}")),
+        Err(_) => ClaimedRow::poison(
+            id,
+            "stored row does not decode: a value is out of range".to_owned(),
+        ),
+    }
+}
+
 #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))] // Reason: MySQL binds microseconds.
 pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -254,6 +272,28 @@ pub(crate) mod private {
         pub causation_id: Option<Uuid>,
         pub created_at: DateTime<Utc>,
         pub attempts: i32,
+        /// Why the stored row could not be read (written by hand against
+        /// the table contract, say): it becomes a dead letter at once.
+        pub poison: Option<String>,
+    }
+
+    impl ClaimedRow {
+        /// A claimed row whose columns do not decode.
+        pub fn poison(id: i64, reason: String) -> Self {
+            Self {
+                id,
+                event_id: Uuid::nil(),
+                name: String::new(),
+                payload: String::new(),
+                stream_key: None,
+                headers: String::new(),
+                correlation_id: None,
+                causation_id: None,
+                created_at: DateTime::<Utc>::UNIX_EPOCH,
+                attempts: 0,
+                poison: Some(reason),
+            }
+        }
     }
 
     /// The outcomes of one batch, written in one short transaction.

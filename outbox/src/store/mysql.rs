@@ -51,7 +51,7 @@ use uuid::Uuid;
 use super::private::Store;
 use super::{
     ClaimedRow, DeadLetter, NameStats, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
-    age, count, render,
+    age, count, decode_claimed, render,
 };
 use crate::error::Result;
 
@@ -321,18 +321,22 @@ impl Store for MySql {
         let mut claimed = rows
             .iter()
             .map(|row| {
-                Ok(ClaimedRow {
-                    id: row.try_get("id")?,
-                    event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
-                    name: row.try_get("name")?,
-                    payload: row.try_get("payload")?,
-                    stream_key: row.try_get("stream_key")?,
-                    headers: row.try_get("headers")?,
-                    correlation_id: uuid_opt(row.try_get("correlation_id")?),
-                    causation_id: uuid_opt(row.try_get("causation_id")?),
-                    created_at: row.try_get("created_at")?,
-                    attempts: row.try_get("attempts")?,
-                })
+                let id = row.try_get("id")?;
+                Ok(decode_claimed(id, row, |row| {
+                    Ok(ClaimedRow {
+                        id,
+                        event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
+                        name: row.try_get("name")?,
+                        payload: row.try_get("payload")?,
+                        stream_key: row.try_get("stream_key")?,
+                        headers: row.try_get("headers")?,
+                        correlation_id: uuid_opt(row.try_get("correlation_id")?),
+                        causation_id: uuid_opt(row.try_get("causation_id")?),
+                        created_at: row.try_get("created_at")?,
+                        attempts: row.try_get("attempts")?,
+                        poison: None,
+                    })
+                }))
             })
             .collect::<Result<Vec<_>>>()?;
         claimed.sort_unstable_by_key(|row| row.id);

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::private::{Store, Wakeup};
 use super::{
     ClaimedRow, DeadLetter, NameStats, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
-    age, count, millis, render,
+    age, count, decode_claimed, millis, render,
 };
 use crate::error::Result;
 
@@ -37,8 +37,12 @@ pub struct Sql {
     purge: String,
 }
 
+/// Returned by claims. A `created_at` chrono cannot hold (`infinity`, year
+/// 294276) comes back NULL: the entry is then a dead letter, not a crash.
 const RETURNING: &str = "o.id, o.event_id, o.name, o.payload::text AS payload, o.stream_key, \
-     o.headers::text AS headers, o.correlation_id, o.causation_id, o.created_at, o.attempts";
+     o.headers::text AS headers, o.correlation_id, o.causation_id, \
+     CASE WHEN o.created_at BETWEEN '0001-01-01' AND '9999-12-31' THEN o.created_at END AS created_at, \
+     o.attempts";
 
 impl Store for Postgres {
     type Sql = Sql;
@@ -121,7 +125,9 @@ impl Store for Postgres {
             ),
             dead_letters: format!(
                 "SELECT id, event_id, name, payload::text AS payload, attempts, \
-                 COALESCE(last_error, '') AS last_error, stream_key, created_at, available_at \
+                 COALESCE(last_error, '') AS last_error, stream_key, \
+                 COALESCE(CASE WHEN created_at BETWEEN '0001-01-01' AND '9999-12-31' THEN created_at END, \
+                 'epoch') AS created_at, available_at \
                  FROM {t} WHERE status = 'dead'"
             ),
             // A dead entry is never claimed, so `available_at` keeps the time it died.
@@ -225,18 +231,24 @@ impl Store for Postgres {
         // By position, in RETURNING order: no column-name lookups on the hot path.
         rows.iter()
             .map(|row| {
-                Ok(ClaimedRow {
-                    id: row.try_get(0)?,
-                    event_id: row.try_get(1)?,
-                    name: row.try_get(2)?,
-                    payload: row.try_get(3)?,
-                    stream_key: row.try_get(4)?,
-                    headers: row.try_get(5)?,
-                    correlation_id: row.try_get(6)?,
-                    causation_id: row.try_get(7)?,
-                    created_at: row.try_get(8)?,
-                    attempts: row.try_get(9)?,
-                })
+                let id = row.try_get(0)?;
+                Ok(decode_claimed(id, row, |row| {
+                    Ok(ClaimedRow {
+                        id,
+                        event_id: row.try_get(1)?,
+                        name: row.try_get(2)?,
+                        payload: row.try_get(3)?,
+                        stream_key: row.try_get(4)?,
+                        headers: row.try_get(5)?,
+                        correlation_id: row.try_get(6)?,
+                        causation_id: row.try_get(7)?,
+                        created_at: row
+                            .try_get::<Option<_>, _>(8)?
+                            .ok_or_else(|| decode_error("created_at is out of range"))?,
+                        attempts: row.try_get(9)?,
+                        poison: None,
+                    })
+                }))
             })
             .collect()
     }
@@ -407,4 +419,8 @@ impl Wakeup for Listener {
             }
         }
     }
+}
+
+fn decode_error(what: &str) -> sqlx::Error {
+    sqlx::Error::Decode(what.into())
 }

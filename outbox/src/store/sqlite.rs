@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::private::Store;
 use super::{
     ClaimedRow, DeadLetter, NameStats, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
-    age, count, millis, render,
+    age, count, decode_claimed, millis, render,
 };
 use crate::error::Result;
 
@@ -114,7 +114,7 @@ impl Store for Sqlite {
             ),
             dead_letters: format!(
                 "SELECT id, event_id, name, payload, attempts, COALESCE(last_error, '') AS last_error, \
-                 stream_key, created_at, available_at FROM {t} WHERE status = 'dead'"
+                 stream_key, CAST(created_at AS INTEGER) AS created_at, available_at FROM {t} WHERE status = 'dead'"
             ),
             // A dead entry is never claimed, so `available_at` keeps the time it died.
             requeue: format!(
@@ -194,18 +194,22 @@ impl Store for Sqlite {
         // By position, in RETURNING order: no column-name lookups on the hot path.
         rows.iter()
             .map(|row| {
-                Ok(ClaimedRow {
-                    id: row.try_get(0)?,
-                    event_id: row.try_get::<Hyphenated, _>(1)?.into(),
-                    name: row.try_get(2)?,
-                    payload: row.try_get(3)?,
-                    stream_key: row.try_get(4)?,
-                    headers: row.try_get(5)?,
-                    correlation_id: uuid_opt(row.try_get(6)?),
-                    causation_id: uuid_opt(row.try_get(7)?),
-                    created_at: time(row.try_get(8)?),
-                    attempts: row.try_get(9)?,
-                })
+                let id = row.try_get(0)?;
+                Ok(decode_claimed(id, row, |row| {
+                    Ok(ClaimedRow {
+                        id,
+                        event_id: row.try_get::<Hyphenated, _>(1)?.into(),
+                        name: row.try_get(2)?,
+                        payload: row.try_get(3)?,
+                        stream_key: row.try_get(4)?,
+                        headers: row.try_get(5)?,
+                        correlation_id: uuid_opt(row.try_get(6)?),
+                        causation_id: uuid_opt(row.try_get(7)?),
+                        created_at: time(row.try_get(8)?),
+                        attempts: row.try_get(9)?,
+                        poison: None,
+                    })
+                }))
             })
             .collect()
     }
