@@ -171,17 +171,7 @@ impl<DB: Backend> Outbox<DB> {
         let mut blocked: HashSet<String> = HashSet::new();
         let mut in_group: HashSet<String> = HashSet::new();
         let mut rows = rows;
-        if rows.iter().any(|row| row.poison.is_some()) {
-            rows.retain_mut(|row| match row.poison.take() {
-                Some(reason) => {
-                    tracing::warn!(position = row.id, %reason, "dead letter: stored row does not decode");
-                    report.dead += 1;
-                    settlement.updates.push(dead(row.id, row.attempts, reason));
-                    false
-                }
-                None => true,
-            });
-        }
+        bury_poison(&mut rows, report, &mut settlement);
         let mut rows = rows.into_iter().peekable();
         while let Some(first) = rows.next() {
             let name = first.name.clone();
@@ -341,6 +331,22 @@ impl<DB: Backend> Outbox<DB> {
             cleanup_interval: Duration::from_secs(60),
         }
     }
+}
+
+/// Makes the claimed rows that do not decode dead letters at once.
+fn bury_poison(rows: &mut Vec<ClaimedRow>, report: &mut Report, settlement: &mut Settlement) {
+    if rows.iter().all(|row| row.poison.is_none()) {
+        return;
+    }
+    rows.retain_mut(|row| match row.poison.take() {
+        Some(reason) => {
+            tracing::warn!(position = row.id, %reason, "dead letter: stored row does not decode");
+            report.dead += 1;
+            settlement.updates.push(dead(row.id, row.attempts, reason));
+            false
+        }
+        None => true,
+    });
 }
 
 /// The entries dispatched together with `first`: the consecutive ones with
