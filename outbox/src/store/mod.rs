@@ -205,6 +205,26 @@ impl Stats {
     }
 }
 
+/// Decodes one row of a backend's per-name stats query (columns `name`,
+/// `pending`, `retrying`, `dead`, `published`, `oldest` in seconds).
+pub(crate) fn name_stats<'r, R>(row: &'r R) -> std::result::Result<NameStats, sqlx::Error>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(NameStats {
+        name: row.try_get("name")?,
+        pending: count(row.try_get("pending")?),
+        retrying: count(row.try_get("retrying")?),
+        dead: count(row.try_get("dead")?),
+        published: count(row.try_get("published")?),
+        oldest_pending_age: age(row.try_get("oldest")?),
+    })
+}
+
 /// Seconds (possibly fractional, possibly slightly negative from clock
 /// jitter) as a duration.
 pub(crate) fn age(seconds: Option<f64>) -> Option<Duration> {

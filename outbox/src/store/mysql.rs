@@ -50,8 +50,8 @@ use uuid::Uuid;
 
 use super::private::Store;
 use super::{
-    ClaimedRow, DeadLetter, NameStats, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
-    age, count, decode_claimed, render,
+    ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
+    decode_claimed, name_stats, render,
 };
 use crate::error::Result;
 
@@ -445,17 +445,8 @@ impl Store for MySql {
         let rows = sqlx::query(&sql.stats).fetch_all(pool).await?;
         let by_name = rows
             .iter()
-            .map(|row| {
-                Ok(NameStats {
-                    name: row.try_get("name")?,
-                    pending: count(row.try_get("pending")?),
-                    retrying: count(row.try_get("retrying")?),
-                    dead: count(row.try_get("dead")?),
-                    published: count(row.try_get("published")?),
-                    oldest_pending_age: age(row.try_get("oldest")?),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .map(name_stats)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(Stats::from_names(by_name))
     }
 

@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::private::Store;
 use super::{
-    ClaimedRow, DeadLetter, NameStats, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
-    age, count, decode_claimed, millis, render,
+    ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
+    decode_claimed, millis, name_stats, render,
 };
 use crate::error::Result;
 
@@ -295,17 +295,8 @@ impl Store for Sqlite {
             .await?;
         let by_name = rows
             .iter()
-            .map(|row| {
-                Ok(NameStats {
-                    name: row.try_get("name")?,
-                    pending: count(row.try_get("pending")?),
-                    retrying: count(row.try_get("retrying")?),
-                    dead: count(row.try_get("dead")?),
-                    published: count(row.try_get("published")?),
-                    oldest_pending_age: age(row.try_get("oldest")?),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .map(name_stats)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(Stats::from_names(by_name))
     }
 
