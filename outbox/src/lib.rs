@@ -142,7 +142,7 @@ pub use outbox_derive::Event;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::registry::Registration;
-    pub use core::{concat, module_path, stringify};
+    pub use core::{concat, module_path};
     pub use inventory;
     // The fallback impl for a generic type states `Event`'s supertraits as a
     // where clause: `Self: Serialize + DeserializeOwned + Send + Sync + 'static`.
