@@ -461,20 +461,7 @@ impl Db for Postgres {
             "SELECT id, event_id::text, name, stream_key FROM {t} WHERE id > $1 ORDER BY id LIMIT $2"
         );
         let pending = format!("SELECT count(*) FROM {t} WHERE status = 'pending'");
-        let mut snapshot = Snapshot::default();
-        let mut last = after;
-        for _ in 0..TAIL_PAGES {
-            let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(&page)
-                .bind(last)
-                .bind(TAIL_PAGE)
-                .fetch_all(&mut *tx)
-                .await?;
-            snapshot.complete = !push_rows(&mut snapshot.entries, &mut last, rows);
-            if snapshot.complete {
-                break;
-            }
-        }
-        snapshot.pending = count(sqlx::query_scalar(&pending).fetch_one(&mut *tx).await?);
+        let snapshot = read_snapshot::<Self>(&mut tx, &page, &pending, after).await?;
         tx.commit().await?;
         Ok(snapshot)
     }
@@ -487,6 +474,41 @@ impl Db for Postgres {
 }
 
 /// Appends a page of rows; `true` if the page was full (more may follow).
+/// Reads up to `TAIL_PAGES` pages of entries after `after` with `page`
+/// (parameters: last id, page size), then the pending count with
+/// `pending`, on the caller's read transaction, so both come from one
+/// snapshot.
+async fn read_snapshot<DB>(
+    conn: &mut DB::Connection,
+    page: &str,
+    pending: &str,
+    after: i64,
+) -> sqlx::Result<Snapshot>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    (i64, String, String, Option<String>): for<'r> sqlx::FromRow<'r, DB::Row>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let mut snapshot = Snapshot::default();
+    let mut last = after;
+    for _ in 0..TAIL_PAGES {
+        let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(page)
+            .bind(last)
+            .bind(TAIL_PAGE)
+            .fetch_all(&mut *conn)
+            .await?;
+        snapshot.complete = !push_rows(&mut snapshot.entries, &mut last, rows);
+        if snapshot.complete {
+            break;
+        }
+    }
+    snapshot.pending = count(sqlx::query_scalar(pending).fetch_one(&mut *conn).await?);
+    Ok(snapshot)
+}
+
 fn push_rows(
     out: &mut Vec<NewEntry>,
     last: &mut i64,
@@ -556,20 +578,7 @@ impl Db for MySql {
             "SELECT id, event_id, name, stream_key FROM {t} WHERE id > ? ORDER BY id LIMIT ?"
         );
         let pending = format!("SELECT COUNT(*) FROM {t} WHERE status = 'pending'");
-        let mut snapshot = Snapshot::default();
-        let mut last = after;
-        for _ in 0..TAIL_PAGES {
-            let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(&page)
-                .bind(last)
-                .bind(TAIL_PAGE)
-                .fetch_all(&mut *tx)
-                .await?;
-            snapshot.complete = !push_rows(&mut snapshot.entries, &mut last, rows);
-            if snapshot.complete {
-                break;
-            }
-        }
-        snapshot.pending = count(sqlx::query_scalar(&pending).fetch_one(&mut *tx).await?);
+        let snapshot = read_snapshot::<Self>(&mut tx, &page, &pending, after).await?;
         tx.commit().await?;
         Ok(snapshot)
     }
@@ -632,20 +641,7 @@ impl Db for Sqlite {
             "SELECT id, event_id, name, stream_key FROM {t} WHERE id > ?1 ORDER BY id LIMIT ?2"
         );
         let pending = format!("SELECT COUNT(*) FROM {t} WHERE status = 'pending'");
-        let mut snapshot = Snapshot::default();
-        let mut last = after;
-        for _ in 0..TAIL_PAGES {
-            let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(&page)
-                .bind(last)
-                .bind(TAIL_PAGE)
-                .fetch_all(&mut *tx)
-                .await?;
-            snapshot.complete = !push_rows(&mut snapshot.entries, &mut last, rows);
-            if snapshot.complete {
-                break;
-            }
-        }
-        snapshot.pending = count(sqlx::query_scalar(&pending).fetch_one(&mut *tx).await?);
+        let snapshot = read_snapshot::<Self>(&mut tx, &page, &pending, after).await?;
         tx.commit().await?;
         Ok(snapshot)
     }
