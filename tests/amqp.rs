@@ -10,8 +10,8 @@ use std::time::Duration;
 use broker_support::{OrderPlaced, Received, check_exactly, record, sqlite_outbox, unique};
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicCancelOptions, BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind as LapinKind};
@@ -125,6 +125,13 @@ async fn consume(channel: &Channel, queue: &str, n: usize, within: Duration) -> 
             headers,
         });
     }
+    // Cancel now rather than on drop (lapin cancels a dropped consumer in
+    // the background), so the next consumer on this channel may reuse the tag
+    // and no later message goes to a consumer nobody reads.
+    channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await
+        .unwrap();
     received
 }
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicCancelOptions, BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
@@ -764,6 +764,13 @@ async fn consume(channel: &lapin::Channel, queue: &str, n: usize) -> Vec<Message
             tenant,
         });
     }
+    // Cancel now rather than on drop (lapin cancels a dropped consumer in
+    // the background), so the next consumer on this channel may reuse the tag
+    // and no later message goes to a consumer nobody reads.
+    channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await
+        .unwrap();
     received
 }
 
