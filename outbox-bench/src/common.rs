@@ -306,7 +306,9 @@ pub(crate) async fn fill_pg(pool: &PgPool, table: &str, n: usize, status: &str) 
 }
 
 /// The raw loop's SQL: the same statements a careful hand-written relay
-/// would use (and the library uses).
+/// would use (and the library uses). The claim takes entries past `$4` only,
+/// so a loop draining a backlog can skip the index entries of the rows it
+/// already drained.
 #[derive(Debug, Clone)]
 pub(crate) struct RawSql {
     pub(crate) claim: Arc<str>,
@@ -330,8 +332,8 @@ impl RawSql {
             // The lease is not worth a disk flush: commit it asynchronously.
             claim: format!(
                 "WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true)), \
-                 due AS (SELECT c.id FROM {t} c WHERE c.status = 'pending' AND c.available_at <= now() \
-                 ORDER BY c.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 due AS (SELECT c.id FROM {t} c WHERE c.status = 'pending' AND c.id > $4 \
+                 AND c.available_at <= now() ORDER BY c.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
                  UPDATE {t} AS o SET claim_token = $2, available_at = now() + $3 * interval '1 millisecond' \
                  FROM due, cfg WHERE o.id = due.id \
                  RETURNING o.id, o.event_id, o.name, o.payload::text, o.stream_key, o.headers::text, \
@@ -394,11 +396,13 @@ pub(crate) async fn raw_claim(
     conn: &mut PoolConnection<Postgres>,
     sql: &RawSql,
     token: Uuid,
+    after: i64,
 ) -> Res<Vec<RawRow>> {
     let rows = sqlx::query(&sql.claim)
         .bind(i64::try_from(BATCH).unwrap_or(i64::MAX))
         .bind(token)
         .bind(LEASE_MS)
+        .bind(after)
         .fetch_all(&mut **conn)
         .await
         .context("raw claim")?;
@@ -651,18 +655,30 @@ pub(crate) async fn drain_raw(
 }
 
 /// The raw relay: claim a batch (lease, no flush), publish it, delete it.
+/// After a full batch the next claim starts past it, as the library's relay
+/// loop does; an empty bounded claim looks once more from the start.
 pub(crate) async fn raw_worker(
     mut conn: PoolConnection<Postgres>,
     sql: RawSql,
     mut sink: Sink,
     counter: Counter,
 ) -> Res<()> {
+    let mut after = 0;
     while !counter.is_stopped() {
         let token = Uuid::new_v4();
-        let rows = raw_claim(&mut conn, &sql, token).await?;
+        let rows = raw_claim(&mut conn, &sql, token, after).await?;
         if rows.is_empty() {
-            break;
+            if after == 0 {
+                break;
+            }
+            after = 0;
+            continue;
         }
+        after = if rows.len() >= BATCH {
+            rows.last().map_or(0, |row| row.id)
+        } else {
+            0
+        };
         counter.begin();
         sink.publish(&rows).await?;
         let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();

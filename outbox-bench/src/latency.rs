@@ -312,7 +312,7 @@ async fn raw_relay(
     let counter = probe.counter.clone();
     while !counter.is_stopped() {
         let token = Uuid::new_v4();
-        let rows = raw_claim(&mut conn, &sql, token).await?;
+        let rows = raw_claim(&mut conn, &sql, token, 0).await?;
         for row in &rows {
             let event: OrderPlaced = serde_json::from_str(&row.payload).context("decoding")?;
             probe.hit(event.seq);
@@ -428,7 +428,7 @@ async fn empty_polls(
                 let claimed = if mode == 0 {
                     lib(outbox.run(publishers, BATCH).await, "outbox.run")?.claimed
                 } else {
-                    raw_claim(conn, sql, Uuid::new_v4()).await?.len()
+                    raw_claim(conn, sql, Uuid::new_v4(), 0).await?.len()
                 };
                 let took = ms(start.elapsed());
                 if claimed != 0 {

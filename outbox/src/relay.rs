@@ -126,23 +126,41 @@ impl<DB: Backend> Outbox<DB> {
     /// Returns what happened; an `Err` means the database failed (nothing
     /// is lost: claimed entries become due again when their lease expires).
     pub async fn run(&self, publishers: &Publishers, limit: usize) -> Result<Report> {
+        Ok(self.run_after(publishers, limit, 0).await?.0)
+    }
+
+    /// [`run`](Self::run) over the entries past position `after` only (an
+    /// earlier pending entry of a stream still holds back the later ones);
+    /// also returns the highest position claimed (0 if none).
+    ///
+    /// The relay loop uses it to skip, while a backlog drains, the index
+    /// entries of rows it already drained: PostgreSQL keeps those until
+    /// VACUUM, and a claim that starts from the beginning walks them all.
+    async fn run_after(
+        &self,
+        publishers: &Publishers,
+        limit: usize,
+        after: i64,
+    ) -> Result<(Report, i64)> {
         let token = Uuid::new_v4();
         let span = tracing::debug_span!("outbox.run", table = %self.inner.table, claimed = tracing::field::Empty);
         async move {
             let inner = &self.inner;
-            let mut rows = DB::claim(&inner.pool, &inner.sql, limit, inner.lease, token).await?;
+            let mut rows =
+                DB::claim(&inner.pool, &inner.sql, limit, inner.lease, token, after).await?;
             tracing::Span::current().record("claimed", rows.len());
             let mut report = Report {
                 claimed: rows.len(),
                 ..Report::default()
             };
             if rows.is_empty() {
-                return Ok(report);
+                return Ok((report, 0));
             }
             rows.sort_unstable_by_key(|row| row.id);
+            let last = rows.last().map_or(0, |row| row.id);
             let settlement = self.dispatch(publishers, rows, &mut report).await;
             DB::settle(&inner.pool, &inner.sql, token, &settlement).await?;
-            Ok(report)
+            Ok((report, last))
         }
         .instrument(span)
         .await
@@ -416,7 +434,11 @@ fn dead(id: i64, attempts: i32, reason: String) -> Update {
 /// A long-running relay: repeats [`Outbox::run`] with the outbox's batch
 /// limit.
 ///
-/// - After a full batch it runs again at once.
+/// - After a full batch it runs again at once, claiming past the last entry
+///   it claimed (so a large backlog drains in linear time); it looks again
+///   from the first entry after a batch that was not full, after an
+///   unavailable broker, and at least once per poll interval, so an entry
+///   due for a retry waits at most that long behind a backlog.
 /// - Otherwise it waits: 10 ms after activity, doubling while the outbox
 ///   stays empty, up to the poll interval, so an idle relay costs the
 ///   database one cheap query per poll interval. On PostgreSQL (with
@@ -498,8 +520,18 @@ impl<DB: Backend> Relay<DB> {
         let mut idle = self.min_poll_interval;
         let mut next_stats = Instant::now();
         let mut next_cleanup = Instant::now();
+        // Claims start past `after` while a backlog drains; `rescan_at` bounds
+        // how long entries behind it (retries, expired leases) can wait.
+        let mut after = 0;
+        let mut rescan_at = Instant::now() + self.poll_interval;
         loop {
             let now = Instant::now();
+            if now >= rescan_at {
+                after = 0;
+            }
+            if after == 0 {
+                rescan_at = now + self.poll_interval;
+            }
             if let Some(interval) = self.stats_interval.filter(|_| now >= next_stats) {
                 next_stats = now + interval;
                 if let Err(err) = outbox.stats().await {
@@ -512,9 +544,10 @@ impl<DB: Backend> Relay<DB> {
                     tracing::warn!(error = %err, "outbox cleanup failed");
                 }
             }
-            let wait = match outbox.run(&self.publishers, limit).await {
-                Ok(report) => {
+            let wait = match outbox.run_after(&self.publishers, limit, after).await {
+                Ok((report, last)) => {
                     totals += report;
+                    after = 0;
                     if report.unavailable > 0 {
                         trouble = next_backoff(trouble, self.max_backoff);
                         trouble
@@ -522,6 +555,7 @@ impl<DB: Backend> Relay<DB> {
                         trouble = Duration::ZERO;
                         if report.claimed >= limit {
                             idle = self.min_poll_interval;
+                            after = last;
                             Duration::ZERO
                         } else if report.claimed > 0 {
                             idle = self.min_poll_interval;
@@ -534,6 +568,7 @@ impl<DB: Backend> Relay<DB> {
                     }
                 }
                 Err(err) => {
+                    after = 0;
                     trouble = next_backoff(trouble, self.max_backoff);
                     tracing::warn!(error = %err, retry_in = ?trouble, "outbox run failed");
                     trouble

@@ -1170,6 +1170,87 @@ pub async fn per_stream_order_holds_under_failures<H: Harness>() {
     ctx.done().await;
 }
 
+/// Runs `relays` relay loops (`Outbox::relay`, small poll interval) until
+/// `ledger` has seen `n` publications, then stops them.
+pub async fn drain_with_relay_loops<H: Harness>(
+    outbox: &Outbox<H::DB>,
+    ledger: &Ledger,
+    relays: usize,
+    n: usize,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for _ in 0..relays {
+        let publishers = Publishers::builder()
+            .publisher(ledger.clone())
+            .build()
+            .unwrap();
+        let mut stop = stop_rx.clone();
+        let relay = outbox
+            .relay(publishers)
+            .poll_interval(Duration::from_millis(100));
+        tasks.push(tokio::spawn(relay.run(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while ledger.published.lock().unwrap().len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {n} published",
+            ledger.published.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_tx.send(true).unwrap();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// The relay loop claims past its last full batch while a backlog drains
+/// (skipping what it already drained); entries behind it (retries, given
+/// back with per-stream order) are still published, each stream in order.
+pub async fn relay_loops_past_a_backlog_keep_order_and_retries<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    for ordered in [false, true] {
+        let outbox = ctx
+            .builder()
+            .ordered_streams(ordered)
+            .batch_limit(25)
+            .max_attempts(1000)
+            .backoff(Backoff::fixed(Duration::from_millis(5)))
+            .build()
+            .await
+            .unwrap();
+        record_many(&ctx, &outbox, 2_000, 7).await;
+        let ledger = Ledger {
+            fail_percent: 15,
+            ..Ledger::default()
+        };
+        drain_with_relay_loops::<H>(&outbox, &ledger, 3, 2_000).await;
+        let published = ledger.published.lock().unwrap().clone();
+        let mut ids: Vec<i64> = published.iter().map(|p| p.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids, (1..=2_000).collect::<Vec<_>>(), "each once, none lost");
+        assert_eq!(published.len(), 2_000, "no duplicates");
+        if ordered {
+            let mut last = std::collections::HashMap::<String, i64>::new();
+            for (id, stream) in published {
+                let stream = stream.unwrap();
+                if let Some(prev) = last.insert(stream.clone(), id) {
+                    assert!(prev < id, "stream {stream}: {id} published after {prev}");
+                }
+            }
+        }
+        let calls = ledger.calls.load(Ordering::Relaxed);
+        assert!(calls > 2_000, "failures were injected: {calls} calls");
+        assert!(ctx.rows().await.is_empty());
+    }
+    ctx.done().await;
+}
+
 /// With per-stream order, a dead letter holds back the rest of its stream
 /// (never silently reordered) while other streams go on; requeueing it
 /// releases the stream in order.
@@ -1838,6 +1919,7 @@ macro_rules! backend_suite {
             four_relays_publish_each_entry_exactly_once,
             four_relays_with_failures_lose_nothing,
             per_stream_order_holds_under_failures,
+            relay_loops_past_a_backlog_keep_order_and_retries,
             dead_letter_holds_back_its_stream,
             retention_keeps_published_then_cleans_up,
             relay_loop_cleans_up_expired_entries,

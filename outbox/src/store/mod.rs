@@ -368,12 +368,16 @@ pub(crate) mod private {
             rows: &[NewRow],
         ) -> impl Future<Output = Result<()>> + Send;
 
+        /// Claims up to `limit` due entries past position `after`, in
+        /// position order. A pending entry at or before `after` still holds
+        /// back the later entries of its stream (per-stream order).
         fn claim(
             pool: &sqlx::Pool<Self>,
             sql: &Self::Sql,
             limit: usize,
             lease: Duration,
             token: Uuid,
+            after: i64,
         ) -> impl Future<Output = Result<Vec<ClaimedRow>>> + Send;
 
         fn settle(

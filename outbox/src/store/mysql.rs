@@ -140,7 +140,8 @@ impl Store for MySql {
             format!(
                 " AND (c.stream_key IS NULL OR NOT EXISTS (SELECT 1 FROM {t} e \
                  WHERE e.stream_key = c.stream_key AND e.id < c.id \
-                 AND (e.status = 'dead' OR (e.status = 'pending' AND e.available_at > UTC_TIMESTAMP(6)))))"
+                 AND (e.status = 'dead' OR (e.status = 'pending' \
+                 AND (e.available_at > UTC_TIMESTAMP(6) OR e.id <= ?)))))"
             )
         } else {
             String::new()
@@ -171,7 +172,7 @@ impl Store for MySql {
                  created_at, available_at) VALUES "
             ),
             candidates: format!(
-                "SELECT c.id FROM {t} AS c WHERE c.status = 'pending' \
+                "SELECT c.id FROM {t} AS c WHERE c.status = 'pending' AND c.id > ? \
                  AND c.available_at <= UTC_TIMESTAMP(6){stream_gate} ORDER BY c.id LIMIT ?"
             ),
             // No ORDER BY: the join reads the candidates in list (= id) order
@@ -294,6 +295,7 @@ impl Store for MySql {
         limit: usize,
         lease: Duration,
         token: Uuid,
+        after: i64,
     ) -> Result<Vec<ClaimedRow>> {
         let mut conn = pool.acquire().await?;
         // For the next transaction only: no gap locks while scanning for due rows.
@@ -305,7 +307,12 @@ impl Store for MySql {
         }
         // Twice as many candidates as wanted, so a relay that races another
         // one for the same first entries still fills its batch.
-        let candidates: Vec<i64> = sqlx::query_scalar(&sql.candidates)
+        let mut candidates = sqlx::query_scalar(&sql.candidates).bind(after);
+        if sql.ordered {
+            // The stream gate's own `e.id <= ?`.
+            candidates = candidates.bind(after);
+        }
+        let candidates: Vec<i64> = candidates
             .bind(limit_param(limit.saturating_mul(2)))
             .fetch_all(&mut *tx)
             .await?;

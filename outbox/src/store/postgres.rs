@@ -70,7 +70,7 @@ impl Store for Postgres {
             format!(
                 " AND (c.stream_key IS NULL OR NOT EXISTS (SELECT 1 FROM {t} e \
                  WHERE e.stream_key = c.stream_key AND e.id < c.id \
-                 AND (e.status = 'dead' OR (e.status = 'pending' AND e.available_at > now()))))"
+                 AND (e.status = 'dead' OR (e.status = 'pending' AND (e.available_at > now() OR e.id <= $4)))))"
             )
         } else {
             String::new()
@@ -98,7 +98,7 @@ impl Store for Postgres {
             insert,
             claim: format!(
                 "WITH {no_flush}due AS (SELECT c.id FROM {t} c WHERE c.status = 'pending' \
-                 AND c.available_at <= now(){stream_gate} ORDER BY c.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 AND c.id > $4 AND c.available_at <= now(){stream_gate} ORDER BY c.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
                  UPDATE {t} AS o SET claim_token = $2, available_at = now() + $3 * interval '1 millisecond' \
                  FROM due{from_cfg} WHERE o.id = due.id RETURNING {RETURNING}"
             ),
@@ -204,12 +204,14 @@ impl Store for Postgres {
         limit: usize,
         lease: Duration,
         token: Uuid,
+        after: i64,
     ) -> Result<Vec<ClaimedRow>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let claim = sqlx::query(&sql.claim)
             .bind(limit)
             .bind(token)
-            .bind(millis(lease));
+            .bind(millis(lease))
+            .bind(after);
         let rows = if sql.ordered {
             // Claims of one table run one at a time, so a relay never sees an
             // earlier entry of a stream as due while another relay is

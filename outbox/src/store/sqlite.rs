@@ -64,7 +64,7 @@ impl Store for Sqlite {
             format!(
                 " AND (c.stream_key IS NULL OR NOT EXISTS (SELECT 1 FROM {t} e \
                  WHERE e.stream_key = c.stream_key AND e.id < c.id \
-                 AND (e.status = 'dead' OR (e.status = 'pending' AND e.available_at > ?2))))"
+                 AND (e.status = 'dead' OR (e.status = 'pending' AND (e.available_at > ?2 OR e.id <= ?5)))))"
             )
         } else {
             String::new()
@@ -87,7 +87,7 @@ impl Store for Sqlite {
             ),
             claim: format!(
                 "UPDATE {t} SET claim_token = ?1, available_at = ?2 + ?3 WHERE id IN \
-                 (SELECT c.id FROM {t} c WHERE c.status = 'pending' AND c.available_at <= ?2{stream_gate} \
+                 (SELECT c.id FROM {t} c WHERE c.status = 'pending' AND c.id > ?5 AND c.available_at <= ?2{stream_gate} \
                  ORDER BY c.id LIMIT ?4) \
                  RETURNING id, event_id, name, payload, stream_key, headers, correlation_id, causation_id, \
                  created_at, attempts"
@@ -183,12 +183,14 @@ impl Store for Sqlite {
         limit: usize,
         lease: Duration,
         token: Uuid,
+        after: i64,
     ) -> Result<Vec<ClaimedRow>> {
         let rows = sqlx::query(&sql.claim)
             .bind(token.hyphenated())
             .bind(now_millis())
             .bind(millis(lease))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(after)
             .fetch_all(pool)
             .await?;
         // By position, in RETURNING order: no column-name lookups on the hot path.
