@@ -178,10 +178,12 @@ pub(crate) async fn memory_and_scale(b: &Bench, show_memory: bool, show_scale: b
     let mut sizes = Vec::new();
     for &n in b.plan.scale_sizes {
         // Small drains are short and noisy: repeat them to steady the median.
-        let reps = match n {
-            ..=10_000 => 7,
-            ..=100_000 => 3,
-            _ => 1,
+        let reps = if n <= 10_000 {
+            7
+        } else if n <= 100_000 {
+            3
+        } else {
+            1
         };
         let mut size = Size {
             n,

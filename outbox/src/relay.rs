@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use futures_util::FutureExt;
+use sqlx::pool::PoolConnection;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -125,29 +126,41 @@ impl<DB: Backend> Outbox<DB> {
     ///
     /// Returns what happened; an `Err` means the database failed (nothing
     /// is lost: claimed entries become due again when their lease expires).
+    ///
+    /// A run holds one connection of the pool from the claim to the
+    /// recorded outcomes (publishers that use the same pool need it to have
+    /// more than one connection).
     pub async fn run(&self, publishers: &Publishers, limit: usize) -> Result<Report> {
-        Ok(self.run_after(publishers, limit, 0).await?.0)
+        let mut conn = None;
+        Ok(self.run_after(publishers, limit, 0, &mut conn).await?.0)
     }
 
     /// [`run`](Self::run) over the entries past position `after` only (an
     /// earlier pending entry of a stream still holds back the later ones);
-    /// also returns the highest position claimed (0 if none).
+    /// also returns the highest position claimed (0 if none). Claims and
+    /// outcomes go through `conn`, acquired from the pool if `None`.
     ///
     /// The relay loop uses it to skip, while a backlog drains, the index
     /// entries of rows it already drained: PostgreSQL keeps those until
-    /// VACUUM, and a claim that starts from the beginning walks them all.
+    /// VACUUM, and a claim that starts from the beginning walks them all;
+    /// and to keep one connection through a drain (each acquire from a sqlx
+    /// pool costs a round trip to check the connection).
     async fn run_after(
         &self,
         publishers: &Publishers,
         limit: usize,
         after: i64,
+        conn: &mut Option<PoolConnection<DB>>,
     ) -> Result<(Report, i64)> {
         let token = Uuid::new_v4();
         let span = tracing::debug_span!("outbox.run", table = %self.inner.table, claimed = tracing::field::Empty);
         async move {
             let inner = &self.inner;
-            let mut rows =
-                DB::claim(&inner.pool, &inner.sql, limit, inner.lease, token, after).await?;
+            let conn = match conn {
+                Some(conn) => conn,
+                None => conn.insert(inner.pool.acquire().await?),
+            };
+            let mut rows = DB::claim(conn, &inner.sql, limit, inner.lease, token, after).await?;
             tracing::Span::current().record("claimed", rows.len());
             let mut report = Report {
                 claimed: rows.len(),
@@ -159,7 +172,7 @@ impl<DB: Backend> Outbox<DB> {
             rows.sort_unstable_by_key(|row| row.id);
             let last = rows.last().map_or(0, |row| row.id);
             let settlement = self.dispatch(publishers, rows, &mut report).await;
-            DB::settle(&inner.pool, &inner.sql, token, &settlement).await?;
+            DB::settle(conn, &inner.sql, token, &settlement).await?;
             Ok((report, last))
         }
         .instrument(span)
@@ -449,6 +462,10 @@ fn dead(id: i64, attempts: i32, reason: String) -> Update {
 /// - It refreshes the `metrics` gauges ([`Outbox::stats`]) every 15 s and,
 ///   with [`keep_published`](crate::OutboxBuilder::keep_published), deletes
 ///   expired published entries every minute.
+/// - It keeps one connection of the pool from one batch to the next while
+///   they come back full, and gives it back whenever it waits; on
+///   PostgreSQL its LISTEN takes one more. Size the pool for that plus what
+///   the application and any publisher that uses the same pool need.
 /// - When the shutdown future completes it finishes the batch in flight,
 ///   commits its outcomes, and returns the totals.
 #[must_use]
@@ -524,6 +541,8 @@ impl<DB: Backend> Relay<DB> {
         // how long entries behind it (retries, expired leases) can wait.
         let mut after = 0;
         let mut rescan_at = Instant::now() + self.poll_interval;
+        // Held from one batch to the next while they come back full.
+        let mut conn = None;
         loop {
             let now = Instant::now();
             if now >= rescan_at {
@@ -534,17 +553,23 @@ impl<DB: Backend> Relay<DB> {
             }
             if let Some(interval) = self.stats_interval.filter(|_| now >= next_stats) {
                 next_stats = now + interval;
+                // Never wait for a second connection while holding one.
+                conn = None;
                 if let Err(err) = outbox.stats().await {
                     tracing::warn!(error = %err, "outbox stats failed");
                 }
             }
             if inner.retention.is_some() && now >= next_cleanup {
                 next_cleanup = now + self.cleanup_interval;
+                conn = None;
                 if let Err(err) = outbox.cleanup(1000).await {
                     tracing::warn!(error = %err, "outbox cleanup failed");
                 }
             }
-            let wait = match outbox.run_after(&self.publishers, limit, after).await {
+            let wait = match outbox
+                .run_after(&self.publishers, limit, after, &mut conn)
+                .await
+            {
                 Ok((report, last)) => {
                     totals += report;
                     after = 0;
@@ -574,6 +599,11 @@ impl<DB: Backend> Relay<DB> {
                     trouble
                 }
             };
+            if !wait.is_zero() {
+                // Idle or in trouble: give the connection back (a broken one
+                // is not reused).
+                conn = None;
+            }
             if wait.is_zero() {
                 if shutdown.as_mut().now_or_never().is_some() {
                     break;

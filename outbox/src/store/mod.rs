@@ -372,7 +372,7 @@ pub(crate) mod private {
         /// position order. A pending entry at or before `after` still holds
         /// back the later entries of its stream (per-stream order).
         fn claim(
-            pool: &sqlx::Pool<Self>,
+            conn: &mut Self::Connection,
             sql: &Self::Sql,
             limit: usize,
             lease: Duration,
@@ -381,7 +381,7 @@ pub(crate) mod private {
         ) -> impl Future<Output = Result<Vec<ClaimedRow>>> + Send;
 
         fn settle(
-            pool: &sqlx::Pool<Self>,
+            conn: &mut Self::Connection,
             sql: &Self::Sql,
             token: Uuid,
             settlement: &Settlement,

@@ -290,16 +290,16 @@ impl Store for MySql {
     }
 
     async fn claim(
-        pool: &MySqlPool,
+        conn: &mut MySqlConnection,
         sql: &Sql,
         limit: usize,
         lease: Duration,
         token: Uuid,
         after: i64,
     ) -> Result<Vec<ClaimedRow>> {
-        let mut conn = pool.acquire().await?;
         // For the next transaction only: no gap locks while scanning for due rows.
-        conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        (&mut *conn)
+            .execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
             .await?;
         let mut tx = conn.begin().await?;
         if sql.ordered {
@@ -361,7 +361,7 @@ impl Store for MySql {
     }
 
     async fn settle(
-        pool: &MySqlPool,
+        conn: &mut MySqlConnection,
         sql: &Sql,
         token: Uuid,
         settlement: &Settlement,
@@ -395,14 +395,14 @@ impl Store for MySql {
         });
         match (published, updated) {
             (Some(published), Some(updated)) => {
-                let mut tx = pool.begin().await?;
+                let mut tx = conn.begin().await?;
                 published.execute(&mut *tx).await?;
                 updated.execute(&mut *tx).await?;
                 tx.commit().await?;
             }
             // A single statement is its own short transaction.
             (Some(only), None) | (None, Some(only)) => {
-                only.execute(pool).await?;
+                only.execute(&mut *conn).await?;
             }
             (None, None) => {}
         }
@@ -466,7 +466,8 @@ impl Store for MySql {
         let mut conn = pool.acquire().await?;
         // No gap locks: under REPEATABLE READ the scan of the published range
         // would lock the gap where new pending entries are inserted.
-        conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        (&mut *conn)
+            .execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
             .await?;
         let mut tx = conn.begin().await?;
         let done = sqlx::query(&sql.cleanup)

@@ -199,7 +199,7 @@ impl Store for Postgres {
     }
 
     async fn claim(
-        pool: &PgPool,
+        conn: &mut PgConnection,
         sql: &Sql,
         limit: usize,
         lease: Duration,
@@ -216,7 +216,6 @@ impl Store for Postgres {
             // Claims of one table run one at a time, so a relay never sees an
             // earlier entry of a stream as due while another relay is
             // claiming it.
-            let mut conn = pool.acquire().await?;
             let mut tx = conn.begin().await?;
             sqlx::query(
                 "SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock(hashtext($1))",
@@ -228,7 +227,7 @@ impl Store for Postgres {
             tx.commit().await?;
             rows
         } else {
-            claim.fetch_all(pool).await?
+            claim.fetch_all(&mut *conn).await?
         };
         // By position, in RETURNING order: no column-name lookups on the hot path.
         rows.iter()
@@ -255,7 +254,12 @@ impl Store for Postgres {
             .collect()
     }
 
-    async fn settle(pool: &PgPool, sql: &Sql, token: Uuid, settlement: &Settlement) -> Result<()> {
+    async fn settle(
+        conn: &mut PgConnection,
+        sql: &Sql,
+        token: Uuid,
+        settlement: &Settlement,
+    ) -> Result<()> {
         let published = (!settlement.published.is_empty()).then(|| {
             sqlx::query(&sql.delete)
                 .bind(&settlement.published)
@@ -287,14 +291,14 @@ impl Store for Postgres {
         });
         match (published, updated) {
             (Some(published), Some(updated)) => {
-                let mut tx = pool.begin().await?;
+                let mut tx = conn.begin().await?;
                 published.execute(&mut *tx).await?;
                 updated.execute(&mut *tx).await?;
                 tx.commit().await?;
             }
             // A single statement is its own short transaction.
             (Some(only), None) | (None, Some(only)) => {
-                only.execute(pool).await?;
+                only.execute(&mut *conn).await?;
             }
             (None, None) => {}
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::types::uuid::fmt::Hyphenated;
-use sqlx::{Executor, Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{Acquire, Executor, Row, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::private::Store;
@@ -178,7 +178,7 @@ impl Store for Sqlite {
     }
 
     async fn claim(
-        pool: &SqlitePool,
+        conn: &mut SqliteConnection,
         sql: &Sql,
         limit: usize,
         lease: Duration,
@@ -191,7 +191,7 @@ impl Store for Sqlite {
             .bind(millis(lease))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(after)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
         // By position, in RETURNING order: no column-name lookups on the hot path.
         rows.iter()
@@ -217,13 +217,13 @@ impl Store for Sqlite {
     }
 
     async fn settle(
-        pool: &SqlitePool,
+        conn: &mut SqliteConnection,
         sql: &Sql,
         token: Uuid,
         settlement: &Settlement,
     ) -> Result<()> {
         let now = now_millis();
-        let mut tx = pool.begin().await?;
+        let mut tx = conn.begin().await?;
         if !settlement.published.is_empty() {
             let ids =
                 serde_json::to_string(&settlement.published).unwrap_or_else(|_| "[]".to_owned());
