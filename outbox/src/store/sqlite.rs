@@ -223,15 +223,26 @@ impl Store for Sqlite {
         settlement: &Settlement,
     ) -> Result<()> {
         let now = now_millis();
-        let mut tx = conn.begin().await?;
-        if !settlement.published.is_empty() {
+        let published = (!settlement.published.is_empty()).then(|| {
             let ids =
                 serde_json::to_string(&settlement.published).unwrap_or_else(|_| "[]".to_owned());
-            let mut query = sqlx::query(&sql.delete).bind(token.hyphenated()).bind(ids);
+            let query = sqlx::query(&sql.delete).bind(token.hyphenated()).bind(ids);
             if sql.keep_published {
-                query = query.bind(now);
+                query.bind(now)
+            } else {
+                query
             }
-            query.execute(&mut *tx).await?;
+        });
+        if settlement.updates.is_empty() {
+            // A single statement is its own short transaction.
+            if let Some(published) = published {
+                published.execute(&mut *conn).await?;
+            }
+            return Ok(());
+        }
+        let mut tx = conn.begin().await?;
+        if let Some(published) = published {
+            published.execute(&mut *tx).await?;
         }
         for u in &settlement.updates {
             sqlx::query(&sql.update)
