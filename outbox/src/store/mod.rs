@@ -279,6 +279,17 @@ pub(crate) mod private {
         pub causation_id: Option<Uuid>,
     }
 
+    impl NewRow {
+        /// No stream key, headers or ids besides its own: the table's
+        /// defaults (NULL, `{}`) fill the other columns.
+        pub fn is_plain(&self) -> bool {
+            self.stream_key.is_none()
+                && self.headers == "{}"
+                && self.correlation_id.is_none()
+                && self.causation_id.is_none()
+        }
+    }
+
     /// One claimed row, as read back.
     #[derive(Debug)]
     pub struct ClaimedRow {

@@ -27,6 +27,8 @@ pub struct Sql {
     /// Per-stream order: claims take a table-wide advisory lock first.
     ordered: bool,
     insert: String,
+    /// For rows with no metadata: three columns, the rest from defaults.
+    insert_plain: String,
     claim: String,
     delete: String,
     stats: String,
@@ -54,16 +56,23 @@ impl Store for Postgres {
         let rows = "SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]::json[], $4::text[], \
                     $5::text[]::json[], $6::uuid[], $7::uuid[])";
         let columns = "event_id, name, payload, stream_key, headers, correlation_id, causation_id";
-        let insert = if channel.is_some() {
-            // One round trip: the notification is queued with the insert and
-            // delivered when (and only if) the caller's transaction commits.
-            format!(
-                "WITH ins AS (INSERT INTO {t} ({columns}) {rows} RETURNING 1) \
-                 SELECT pg_notify($8, '') WHERE EXISTS (SELECT 1 FROM ins)"
-            )
-        } else {
-            format!("INSERT INTO {t} ({columns}) {rows}")
+        let plain_rows = "SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]::json[])";
+        let insert = |columns: &str, rows: &str, channel_param: u8| {
+            if channel.is_some() {
+                // One round trip: the notification is queued with the insert and
+                // delivered when (and only if) the caller's transaction commits.
+                format!(
+                    "WITH ins AS (INSERT INTO {t} ({columns}) {rows} RETURNING 1) \
+                     SELECT pg_notify(${channel_param}, '') WHERE EXISTS (SELECT 1 FROM ins)"
+                )
+            } else {
+                format!("INSERT INTO {t} ({columns}) {rows}")
+            }
         };
+        let (insert, insert_plain) = (
+            insert(columns, rows, 8),
+            insert("event_id, name, payload", plain_rows, 4),
+        );
         // An entry of a stream waits while an earlier one of that stream is
         // claimed, backing off, or dead.
         let stream_gate = if options.ordered {
@@ -96,6 +105,7 @@ impl Store for Postgres {
             channel,
             ordered: options.ordered,
             insert,
+            insert_plain,
             claim: format!(
                 "WITH {no_flush}due AS (SELECT c.id FROM {t} c WHERE c.status = 'pending' \
                  AND c.id > $4 AND c.available_at <= now(){stream_gate} ORDER BY c.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
@@ -167,6 +177,21 @@ impl Store for Postgres {
     }
 
     async fn insert(conn: &mut PgConnection, sql: &Sql, rows: &[NewRow]) -> Result<()> {
+        if rows.iter().all(NewRow::is_plain) {
+            let mut query = sqlx::query(&sql.insert_plain)
+                .bind(rows.iter().map(|row| row.event_id).collect::<Vec<_>>())
+                .bind(rows.iter().map(|row| row.name).collect::<Vec<_>>())
+                .bind(
+                    rows.iter()
+                        .map(|row| row.payload.as_str())
+                        .collect::<Vec<_>>(),
+                );
+            if let Some(channel) = &sql.channel {
+                query = query.bind(channel);
+            }
+            query.execute(conn).await?;
+            return Ok(());
+        }
         let mut ids = Vec::with_capacity(rows.len());
         let mut names = Vec::with_capacity(rows.len());
         let mut payloads = Vec::with_capacity(rows.len());
