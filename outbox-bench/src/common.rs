@@ -98,7 +98,7 @@ impl Plan {
                 quick,
                 drain_reps: 5,
                 broker_reps: 3,
-                record_slices: 12,
+                record_slices: 24,
                 record_slice: Duration::from_millis(250),
                 drain_n: 100_000,
                 broker_n: 50_000,
