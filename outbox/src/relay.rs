@@ -566,13 +566,14 @@ impl<DB: Backend> Relay<DB> {
                     tracing::warn!(error = %err, "outbox cleanup failed");
                 }
             }
+            // The bound holds for one run: only a full batch sets it again.
+            let bound = std::mem::take(&mut after);
             let wait = match outbox
-                .run_after(&self.publishers, limit, after, &mut conn)
+                .run_after(&self.publishers, limit, bound, &mut conn)
                 .await
             {
                 Ok((report, last)) => {
                     totals += report;
-                    after = 0;
                     if report.unavailable > 0 {
                         trouble = next_backoff(trouble, self.max_backoff);
                         trouble
@@ -593,23 +594,20 @@ impl<DB: Backend> Relay<DB> {
                     }
                 }
                 Err(err) => {
-                    after = 0;
                     trouble = next_backoff(trouble, self.max_backoff);
                     tracing::warn!(error = %err, retry_in = ?trouble, "outbox run failed");
                     trouble
                 }
             };
-            if !wait.is_zero() {
-                // Idle or in trouble: give the connection back (a broken one
-                // is not reused).
-                conn = None;
-            }
             if wait.is_zero() {
                 if shutdown.as_mut().now_or_never().is_some() {
                     break;
                 }
                 continue;
             }
+            // Idle or in trouble: give the connection back (a broken one is
+            // not reused).
+            conn = None;
             let woken = async {
                 match wakeup.as_mut() {
                     Some(wakeup) if trouble.is_zero() => wakeup.wait().await,
