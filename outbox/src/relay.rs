@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::entry::{Entry, Headers};
 use crate::error::Result;
 use crate::handle::Outbox;
-use crate::publisher::{Delivery, PUBLISH_TIMEOUT, Publishers};
+use crate::publisher::{Delivery, Judgement, PUBLISH_TIMEOUT, Publishers, Route};
 use crate::store::{Backend, ClaimedRow, Settlement, Update};
 
 /// The delay before a rejected entry is tried again, by attempts made.
@@ -77,9 +77,16 @@ pub struct Report {
     pub dead: usize,
     /// Entries whose name has no publisher: left pending, no attempt counted.
     pub unroutable: usize,
-    /// Entries not published because the broker was unavailable (the one
-    /// that reported it and the rest of the batch): no attempt counted.
+    /// Entries not published because their destination was unavailable or
+    /// their publisher blocked (see "Failure scopes" in
+    /// [`publisher`](crate::publisher)): no attempt counted.
     pub unavailable: usize,
+    /// Entries whose claim was lost before their outcome was recorded
+    /// (their lease expired and another relay claimed them): nothing was
+    /// recorded for them (one the publisher delivered is not counted in
+    /// `published`). Each is logged with its event id; a delivered one may
+    /// be delivered again by the relay that holds it now.
+    pub lost: usize,
 }
 
 impl std::ops::AddAssign for Report {
@@ -90,6 +97,7 @@ impl std::ops::AddAssign for Report {
         self.dead += other.dead;
         self.unroutable += other.unroutable;
         self.unavailable += other.unavailable;
+        self.lost += other.lost;
     }
 }
 
@@ -171,12 +179,99 @@ impl<DB: Backend> Outbox<DB> {
             }
             rows.sort_unstable_by_key(|row| row.id);
             let last = rows.last().map_or(0, |row| row.id);
-            let settlement = self.dispatch(publishers, rows, &mut report).await;
-            DB::settle(conn, &inner.sql, token, &settlement).await?;
+            let claimed: Vec<(i64, Uuid, String)> = rows
+                .iter()
+                .map(|row| (row.id, row.event_id, row.name.clone()))
+                .collect();
+            let ids: Vec<i64> = claimed.iter().map(|(id, ..)| *id).collect();
+            let dispatch = self.dispatch(publishers, rows, &mut report);
+            let settlement = self.renewing(conn, token, &ids, dispatch).await;
+            let settled = DB::settle(conn, &inner.sql, token, &settlement).await?;
+            if settled.len() < claimed.len() {
+                self.count_lost(&claimed, &settled, &settlement, &mut report);
+            }
+            let changes = publishers.take_changes();
+            if !changes.is_empty() {
+                DB::save_blocked(conn, &inner.sql, &changes).await?;
+            }
             Ok((report, last))
         }
         .instrument(span)
         .await
+    }
+
+    /// Runs `dispatch` while renewing the lease of the claimed rows every
+    /// third of the lease, on the run's connection (idle meanwhile), so a
+    /// slow batch never outlives its claim. A renewal in flight when the
+    /// dispatch ends is finished first, so the connection stays usable.
+    async fn renewing<F: Future<Output = Settlement>>(
+        &self,
+        conn: &mut DB::Connection,
+        token: Uuid,
+        ids: &[i64],
+        dispatch: F,
+    ) -> Settlement {
+        let inner = &self.inner;
+        let every = inner.lease / 3;
+        let done = tokio::sync::Notify::new();
+        let renew = async {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = done.notified() => return,
+                }
+                match DB::renew(conn, &inner.sql, token, ids, inner.lease).await {
+                    Ok(held) if held < ids.len() as u64 => tracing::warn!(
+                        claimed = ids.len(),
+                        held,
+                        "lease renewal: some claims were already lost"
+                    ),
+                    Ok(_) => tracing::trace!("lease renewed"),
+                    Err(err) => tracing::warn!(error = %err, "lease renewal failed"),
+                }
+            }
+        };
+        let dispatch = async {
+            let settlement = dispatch.await;
+            done.notify_one();
+            settlement
+        };
+        tokio::join!(dispatch, renew).0
+    }
+
+    /// Reports the claimed entries whose outcome found their claim gone.
+    fn count_lost(
+        &self,
+        claimed: &[(i64, Uuid, String)],
+        settled: &[i64],
+        settlement: &Settlement,
+        report: &mut Report,
+    ) {
+        let settled: HashSet<i64> = settled.iter().copied().collect();
+        let published: HashSet<i64> = settlement.published.iter().copied().collect();
+        let mut lost = 0;
+        for (id, event_id, name) in claimed {
+            if settled.contains(id) {
+                continue;
+            }
+            lost += 1;
+            let was_published = published.contains(id);
+            if was_published {
+                // Counted as published by the dispatch; nothing was recorded.
+                report.published -= 1;
+            }
+            tracing::warn!(
+                table = %self.inner.table,
+                position = id,
+                %event_id,
+                name = %name,
+                published = was_published,
+                "claim lost before its outcome was recorded: the lease expired and another relay took the entry"
+            );
+        }
+        report.lost += lost;
+        metrics::counter!("outbox_lost_claims_total", "table" => self.inner.table.to_string())
+            .increment(lost as u64);
     }
 
     /// Hands consecutive entries of one name to their publisher, in order,
@@ -198,18 +293,18 @@ impl<DB: Backend> Outbox<DB> {
             published: Vec::with_capacity(rows.len()),
             updates: Vec::new(),
         };
-        let mut stopped = false;
-        let mut blocked: HashSet<String> = HashSet::new();
+        // Streams with an entry not published in this batch (ordered mode).
+        let mut held: HashSet<String> = HashSet::new();
         let mut in_group: HashSet<String> = HashSet::new();
         let mut rows = rows;
-        bury_poison(&mut rows, report, &mut settlement);
+        bury_poison(&mut rows, ordered, &mut held, report, &mut settlement);
         let mut rows = rows.into_iter().peekable();
         while let Some(first) = rows.next() {
             let name = first.name.clone();
             let mut group = next_group(first, &mut rows, ordered, &mut in_group);
-            if ordered && !blocked.is_empty() {
+            if ordered && !held.is_empty() {
                 group.retain(|row| match &row.stream_key {
-                    Some(key) if blocked.contains(key) => {
+                    Some(key) if held.contains(key) => {
                         settlement
                             .updates
                             .push(release(row.id, row.attempts, Duration::ZERO));
@@ -218,28 +313,20 @@ impl<DB: Backend> Outbox<DB> {
                     _ => true,
                 });
             }
-            let Some(dispatcher) = publishers.route(&name) else {
+            let Some(route) = publishers.route(&name) else {
                 tracing::debug!(name = %name, count = group.len(), "no publisher: unroutable");
                 report.unroutable += group.len();
                 metrics::counter!("outbox_unroutable_total", "event" => name.clone())
                     .increment(group.len() as u64);
-                for row in &group {
-                    if ordered {
-                        blocked.extend(row.stream_key.iter().cloned());
-                    }
-                    settlement
-                        .updates
-                        .push(release(row.id, row.attempts, inner.unroutable_delay));
-                }
+                set_aside(&group, inner.unroutable_delay, ordered, &mut held, &mut settlement);
                 continue;
             };
-            if stopped {
+            if route.health.paused_for(Instant::now()).is_some() {
+                // Blocked and paused: not sent; the entries step out of the
+                // head of the queue until the pause is surely over.
                 report.unavailable += group.len();
-                settlement.updates.extend(
-                    group
-                        .iter()
-                        .map(|row| release(row.id, row.attempts, Duration::ZERO)),
-                );
+                let delay = publishers.max_pause();
+                set_aside(&group, delay, ordered, &mut held, &mut settlement);
                 continue;
             }
             let mut meta = Vec::with_capacity(group.len());
@@ -258,21 +345,26 @@ impl<DB: Backend> Outbox<DB> {
                         entries.push(entry);
                     }
                     Err((id, reason)) => {
+                        tracing::warn!(position = id, %event_id, name = %name, %reason, "dead letter: headers do not decode");
                         report.dead += 1;
-                        blocked.extend(stream);
+                        held.extend(stream);
                         settlement.updates.push(dead(id, attempts, reason));
                     }
                 }
+            }
+            if entries.is_empty() {
+                continue;
             }
             let before = *report;
             let deliveries = match inner.publish_timeout {
                 Some(limit) => {
                     PUBLISH_TIMEOUT
-                        .scope(limit, dispatcher.dispatch(entries))
+                        .scope(limit, route.dispatch.dispatch(entries))
                         .await
                 }
-                None => dispatcher.dispatch(entries).await,
+                None => route.dispatch.dispatch(entries).await,
             };
+            let judgement = judge(route, &meta, &deliveries, publishers.max_pause());
             for ((id, event_id, attempts, stream), delivery) in meta.into_iter().zip(deliveries) {
                 let _entry = tracing::debug_span!(
                     "outbox.entry",
@@ -283,55 +375,68 @@ impl<DB: Backend> Outbox<DB> {
                 )
                 .entered();
                 if !matches!(delivery, Delivery::Published) {
-                    blocked.extend(stream);
+                    held.extend(stream);
                 }
-                stopped |= self.settle_one(id, attempts, delivery, report, &mut settlement);
+                let outcome = Outcome {
+                    id,
+                    event_id,
+                    name: &name,
+                    attempts,
+                };
+                self.settle_one(&outcome, delivery, judgement, report, &mut settlement);
             }
             count_outcomes(&name, &before, report);
         }
         settlement
     }
 
-    /// Turns one delivery into its outcome; `true` if the broker is unavailable.
+    /// Turns one delivery into its outcome.
     fn settle_one(
         &self,
-        id: i64,
-        attempts: i32,
+        entry: &Outcome<'_>,
         delivery: Delivery,
+        judgement: Judgement,
         report: &mut Report,
         settlement: &mut Settlement,
-    ) -> bool {
+    ) {
+        let Outcome {
+            id,
+            event_id,
+            name,
+            attempts,
+        } = *entry;
         match delivery {
             Delivery::Published => {
                 tracing::trace!("published");
                 report.published += 1;
                 settlement.published.push(id);
             }
+            Delivery::Undecodable(reason) => {
+                tracing::warn!(position = id, %event_id, name, %reason, "dead letter: undecodable");
+                report.dead += 1;
+                settlement.updates.push(dead(id, attempts, reason));
+            }
             Delivery::NotAttempted => {
                 report.unavailable += 1;
                 settlement
                     .updates
-                    .push(release(id, attempts, Duration::ZERO));
+                    .push(release(id, attempts, judgement.pause));
             }
-            Delivery::Undecodable(reason) => {
-                tracing::warn!(%reason, "dead letter: undecodable");
-                report.dead += 1;
-                settlement.updates.push(dead(id, attempts, reason));
-            }
-            Delivery::Failed(err) if err.is_unavailable() => {
-                tracing::warn!(error = %err, "publisher unavailable");
+            Delivery::Failed(err)
+                if err.is_unavailable() || (err.is_transient() && judgement.destination) =>
+            {
+                tracing::debug!(error = %err, "destination unavailable: no attempt counted");
                 report.unavailable += 1;
                 settlement
                     .updates
-                    .push(release(id, attempts, Duration::ZERO));
-                return true;
+                    .push(release(id, attempts, judgement.pause));
             }
             Delivery::Failed(err) => {
                 let made = attempts.saturating_add(1);
                 let made_u32 = u32::try_from(made).unwrap_or(u32::MAX);
                 let message = err.message().to_owned();
                 if made_u32 >= self.inner.max_attempts {
-                    tracing::warn!(attempts = made, error = %message, "dead letter");
+                    tracing::warn!(position = id, %event_id, name, attempts = made, error = %message, "dead letter");
                     report.dead += 1;
                     settlement.updates.push(dead(id, made, message));
                 } else {
@@ -347,7 +452,6 @@ impl<DB: Backend> Outbox<DB> {
                 }
             }
         }
-        false
     }
 
     /// A relay loop over these publishers; see [`Relay`].
@@ -364,8 +468,68 @@ impl<DB: Backend> Outbox<DB> {
     }
 }
 
-/// Makes the claimed rows that do not decode dead letters at once.
-fn bury_poison(rows: &mut Vec<ClaimedRow>, report: &mut Report, settlement: &mut Settlement) {
+/// Gives `group` back without an attempt, due again after `delay`; with
+/// per-stream order, its streams are held for the rest of the batch.
+fn set_aside(
+    group: &[ClaimedRow],
+    delay: Duration,
+    ordered: bool,
+    held: &mut HashSet<String>,
+    settlement: &mut Settlement,
+) {
+    for row in group {
+        if ordered {
+            held.extend(row.stream_key.iter().cloned());
+        }
+        settlement
+            .updates
+            .push(release(row.id, row.attempts, delay));
+    }
+}
+
+/// One claimed entry, as its outcome is logged.
+#[derive(Clone, Copy)]
+struct Outcome<'a> {
+    id: i64,
+    event_id: Uuid,
+    name: &'a str,
+    attempts: i32,
+}
+
+/// Asks the publisher's health which scope this dispatch's failures have.
+fn judge(
+    route: &Route,
+    meta: &[(i64, Uuid, i32, Option<String>)],
+    deliveries: &[Delivery],
+    max_pause: Duration,
+) -> Judgement {
+    let mut answered = 0;
+    let mut transient = Vec::new();
+    let mut unavailable = None;
+    for ((id, ..), delivery) in meta.iter().zip(deliveries) {
+        match delivery {
+            Delivery::Failed(err) if err.is_transient() => transient.push((*id, err.message())),
+            Delivery::Failed(err) if err.is_unavailable() => {
+                unavailable.get_or_insert(err.message());
+            }
+            Delivery::Published | Delivery::Failed(_) => answered += 1,
+            Delivery::Undecodable(_) | Delivery::NotAttempted => {}
+        }
+    }
+    route
+        .health
+        .judge(answered, &transient, unavailable, max_pause)
+}
+
+/// Makes the claimed rows that do not decode dead letters at once; with
+/// per-stream order their streams are held for the rest of the batch.
+fn bury_poison(
+    rows: &mut Vec<ClaimedRow>,
+    ordered: bool,
+    held: &mut HashSet<String>,
+    report: &mut Report,
+    settlement: &mut Settlement,
+) {
     if rows.iter().all(|row| row.poison.is_none()) {
         return;
     }
@@ -373,6 +537,9 @@ fn bury_poison(rows: &mut Vec<ClaimedRow>, report: &mut Report, settlement: &mut
         Some(reason) => {
             tracing::warn!(position = row.id, %reason, "dead letter: stored row does not decode");
             report.dead += 1;
+            if ordered {
+                held.extend(row.stream_key.take());
+            }
             settlement.updates.push(dead(row.id, row.attempts, reason));
             false
         }
@@ -457,8 +624,14 @@ fn dead(id: i64, attempts: i32, reason: String) -> Update {
 ///   database one cheap query per poll interval. On PostgreSQL (with
 ///   [`notify`](crate::OutboxBuilder::notify) on) a commit that records an
 ///   event wakes it at once.
-/// - While the database or a broker is unavailable it backs off (100 ms,
-///   doubling, up to [`max_backoff`](Relay::max_backoff)).
+/// - While the database is unavailable it backs off (100 ms, doubling, up
+///   to [`max_backoff`](Relay::max_backoff)). A publisher whose destination
+///   is down is paused on its own (see "Failure scopes" in
+///   [`publisher`](crate::publisher)) while the others go on.
+/// - While a batch is in flight its lease is renewed every third of the
+///   [`lease`](crate::OutboxBuilder::lease), so a slow batch keeps its
+///   claim; an outcome that finds its claim gone anyway is reported
+///   ([`Report::lost`]), never counted as done.
 /// - It refreshes the `metrics` gauges ([`Outbox::stats`]) every 15 s and,
 ///   with [`keep_published`](crate::OutboxBuilder::keep_published), deletes
 ///   expired published entries every minute.
@@ -574,23 +747,24 @@ impl<DB: Backend> Relay<DB> {
             {
                 Ok((report, last)) => {
                     totals += report;
-                    if report.unavailable > 0 {
-                        trouble = next_backoff(trouble, self.max_backoff);
-                        trouble
-                    } else {
-                        trouble = Duration::ZERO;
-                        if report.claimed >= limit {
-                            idle = self.min_poll_interval;
+                    // A blocked publisher pauses itself (its entries step
+                    // out of the way); the loop goes on for the others.
+                    trouble = Duration::ZERO;
+                    if report.claimed >= limit {
+                        idle = self.min_poll_interval;
+                        // Entries given back for a short pause sit behind
+                        // the bound: look from the start next time.
+                        if report.unavailable == 0 {
                             after = last;
-                            Duration::ZERO
-                        } else if report.claimed > 0 {
-                            idle = self.min_poll_interval;
-                            idle
-                        } else {
-                            let wait = idle;
-                            idle = idle.saturating_mul(2).min(self.poll_interval);
-                            wait
                         }
+                        Duration::ZERO
+                    } else if report.claimed > 0 {
+                        idle = self.min_poll_interval;
+                        idle
+                    } else {
+                        let wait = idle;
+                        idle = idle.saturating_mul(2).min(self.poll_interval);
+                        wait
                     }
                 }
                 Err(err) => {

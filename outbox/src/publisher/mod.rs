@@ -3,6 +3,53 @@
 //! A typed [`Publisher<E>`] receives `&Recorded<E>`; a closure registered with
 //! [`PublishersBuilder::on`] receives the `Recorded<E>` by value; one optional
 //! catch-all [`RawPublisher`] takes the entries no typed publisher claims.
+//!
+//! # Failure scopes
+//!
+//! A failed publish returns a [`PublishError`] of one of three kinds, and
+//! the kind decides what the failure costs:
+//!
+//! | kind | scope | what the relay does |
+//! |---|---|---|
+//! | [`rejected`](PublishError::rejected) | *the event*: the destination refused this message | one attempt, the entry's own backoff, a dead letter (with this reason) after the last attempt |
+//! | [`transient`](PublishError::transient) | *this event, this time* (500, 408, 429, a timeout for this message) | the entry backs off on its own and never holds the head of the queue; an attempt while the destination works, none while it is down (the rule below) |
+//! | [`unavailable`](PublishError::unavailable) | *the destination*: down, unreachable or misconfigured | no attempt, no dead letter: the publisher is **blocked** and paused; the others go on |
+//!
+//! **The rule for transient failures.** A transient failure is charged to
+//! the event (an attempt) when the destination shows that it works: it
+//! answered another entry of the same dispatch (delivered or refused it),
+//! or fewer than 3 distinct entries have failed transiently in a row since
+//! it last answered. The third distinct entry in a row with no answer in
+//! between blocks the publisher: the destination is presumed down, and no
+//! more attempts are counted until it answers again. So one event that a
+//! working endpoint answers with 500 becomes a dead letter after its
+//! attempts while the rest flows, and an endpoint that answers 503 to
+//! everything costs at most 2 entries one attempt each before the relay
+//! stops counting.
+//!
+//! **A blocked publisher** is logged at `error` level with its reason when
+//! it blocks and every 10 s while it stays blocked, sets the gauge
+//! `outbox_publisher_blocked{publisher}` to 1, appears in
+//! [`Publishers::blocked`], in [`Outbox::stats`](crate::Outbox::stats)
+//! (`Stats::blocked`, from the table `<table>_blocked` that the relay keeps)
+//! and in `outbox status`. Its entries are given back without an attempt:
+//! those of the failing dispatch wait for the publisher's pause (100 ms,
+//! doubling up to [`max_pause`](PublishersBuilder::max_pause), default
+//! 30 s) and are then tried again (the probe); the ones claimed while it is
+//! paused are not sent and wait out the pause. The first entry the
+//! destination answers unblocks it (logged at `info`). A paused publisher
+//! never holds back the others: its entries step out of the head of the
+//! queue. (During a long outage the relay therefore rewrites each waiting
+//! entry about once per `max_pause`.)
+//!
+//! Every ready publisher maps its broker's errors to these kinds; each
+//! module's docs has the table.
+//!
+//! **Panics.** A panic in `publish` (or a closure) rejects that entry. A
+//! panic in [`Publisher::publish_batch`] does not charge the whole batch:
+//! the batch is published again one entry at a time with `publish`, so
+//! only the entry that panics is charged (entries the broker had already
+//! confirmed are sent twice: at least once, as always).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,9 +65,13 @@ use crate::entry::{Entry, Recorded};
 use crate::error::{Error, Result};
 use crate::event::Event;
 
+pub use health::Blocked;
+pub(crate) use health::{Health, Judgement};
+
 #[cfg(feature = "broker-amqp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "broker-amqp")))]
 pub mod amqp;
+mod health;
 #[cfg(feature = "broker-http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "broker-http")))]
 pub mod http;
@@ -45,20 +96,32 @@ pub struct PublishError {
     message: String,
 }
 
-/// The two kinds of publish failure.
+/// The three kinds of publish failure; each has its own scope and cost (see
+/// the module docs, "Failure scopes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// The broker or endpoint refused this event. Costs an attempt; after the
-    /// last one the entry becomes a dead letter with this error as its reason.
+    /// *The event*: the destination refused this message (a nack, a
+    /// malformed or oversized message, an HTTP 400/422). Costs an attempt;
+    /// after the last one the entry becomes a dead letter with this error as
+    /// its reason.
     Rejected,
-    /// The broker or endpoint could not be reached (connection lost, timeout).
-    /// Costs no attempt: the run stops early and the entry is tried again later.
+    /// *This event, this time*: a failure that may pass on a later try (an
+    /// HTTP 500, 408 or 429, a timeout for this one message). The entry
+    /// backs off on its own and never holds the head of the queue. Whether it
+    /// costs an attempt depends on whether the destination works: see
+    /// "Failure scopes" in the module docs.
+    Transient,
+    /// *The destination*: down, unreachable or misconfigured (connection
+    /// refused or lost, credentials refused, a missing exchange or stream,
+    /// nothing bound, every request answered 401/403/404). Costs no attempt
+    /// and makes no dead letter: the relay pauses this publisher, reports it
+    /// as blocked, and tries again after a growing pause.
     Unavailable,
 }
 
 impl PublishError {
-    /// The broker or endpoint refused this event (costs an attempt).
+    /// The destination refused this event (costs an attempt).
     pub fn rejected(message: impl fmt::Display) -> Self {
         Self {
             kind: ErrorKind::Rejected,
@@ -66,7 +129,17 @@ impl PublishError {
         }
     }
 
-    /// The broker or endpoint is unreachable (costs no attempt).
+    /// This event failed this time and may pass later (its own backoff; an
+    /// attempt only while the destination delivers other events).
+    pub fn transient(message: impl fmt::Display) -> Self {
+        Self {
+            kind: ErrorKind::Transient,
+            message: message.to_string(),
+        }
+    }
+
+    /// The destination is down, unreachable or misconfigured (costs no
+    /// attempt; pauses the publisher).
     pub fn unavailable(message: impl fmt::Display) -> Self {
         Self {
             kind: ErrorKind::Unavailable,
@@ -84,6 +157,12 @@ impl PublishError {
     #[must_use]
     pub fn is_unavailable(&self) -> bool {
         self.kind == ErrorKind::Unavailable
+    }
+
+    /// `true` for [`ErrorKind::Transient`].
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        self.kind == ErrorKind::Transient
     }
 
     /// The error text (kept as the entry's last error).
@@ -131,9 +210,11 @@ pub trait Publisher<E: Event>: Send + Sync + 'static {
     /// result list shorter than `events` means the rest were not attempted:
     /// they cost no attempt and are tried again later. The default calls
     /// [`publish`](Publisher::publish) for each, each under the outbox's
-    /// [`publish_timeout`](crate::OutboxBuilder::publish_timeout), and stops
-    /// after the first [`ErrorKind::Unavailable`]. An override is called
-    /// without a timeout: bound its calls yourself.
+    /// [`publish_timeout`](crate::OutboxBuilder::publish_timeout) (a timeout
+    /// is [`ErrorKind::Transient`]), goes on past rejections and transient
+    /// failures, and stops after an [`ErrorKind::Unavailable`] or after 3
+    /// transient failures before anything was answered. An override is
+    /// called without a timeout: bound its calls yourself.
     fn publish_batch(
         &self,
         events: &[Recorded<E>],
@@ -163,13 +244,14 @@ tokio::task_local! {
 }
 
 /// Runs one publish under the relay's per-publish timeout, if one is set;
-/// a timeout is [`ErrorKind::Unavailable`].
+/// a timeout is [`ErrorKind::Transient`] (this message took too long; the
+/// relay tells from the others whether the destination is down).
 async fn timed(publish: impl Future<Output = PublishResult>) -> PublishResult {
     match PUBLISH_TIMEOUT.try_with(|limit| *limit) {
         Ok(limit) => tokio::time::timeout(limit, publish)
             .await
             .unwrap_or_else(|_| {
-                Err(PublishError::unavailable(format!(
+                Err(PublishError::transient(format!(
                     "publish timed out after {limit:?}"
                 )))
             }),
@@ -177,17 +259,48 @@ async fn timed(publish: impl Future<Output = PublishResult>) -> PublishResult {
     }
 }
 
-/// Publishes items one at a time, in order, each under the timeout, and
-/// stops after the first outage.
-async fn one_by_one<'a, T, F, Fut>(items: &'a [T], publish: F) -> Vec<PublishResult>
+/// Whether a one-at-a-time publisher stops after `result`: after an
+/// [`ErrorKind::Unavailable`], or after [`STREAK`](health::STREAK)
+/// transient failures in a row with nothing delivered before them (the
+/// destination is then presumed down, and a hanging one costs at most that
+/// many timeouts per batch).
+#[derive(Default)]
+struct Stopper {
+    answered: bool,
+    transient: usize,
+}
+
+impl Stopper {
+    fn stop_after(&mut self, result: &PublishResult) -> bool {
+        match result {
+            Err(err) if err.is_unavailable() => true,
+            Err(err) if err.is_transient() => {
+                self.transient += 1;
+                !self.answered && self.transient >= health::STREAK
+            }
+            _ => {
+                self.answered = true;
+                false
+            }
+        }
+    }
+}
+
+/// Publishes items one at a time, in order, each under the timeout and
+/// with its panics caught (a panic rejects that item only); stops as
+/// [`Stopper`] says.
+async fn one_by_one<I, F, Fut>(items: I, mut publish: F) -> Vec<PublishResult>
 where
-    F: Fn(&'a T) -> Fut,
+    I: IntoIterator,
+    F: FnMut(I::Item) -> Fut,
     Fut: Future<Output = PublishResult>,
 {
-    let mut results = Vec::with_capacity(items.len());
+    let items = items.into_iter();
+    let mut results = Vec::with_capacity(items.size_hint().0);
+    let mut stopper = Stopper::default();
     for item in items {
-        let result = timed(publish(item)).await;
-        let stop = result.as_ref().is_err_and(PublishError::is_unavailable);
+        let result = guarded(timed(publish(item))).await;
+        let stop = stopper.stop_after(&result);
         results.push(result);
         if stop {
             break;
@@ -256,18 +369,44 @@ fn not_attempted(n: usize) -> Vec<Delivery> {
         .collect()
 }
 
-/// Runs a publisher future; a panic becomes a rejection of every entry it held.
-async fn guarded<F: Future<Output = Vec<PublishResult>>>(n: usize, fut: F) -> Vec<PublishResult> {
-    match AssertUnwindSafe(fut).catch_unwind().await {
+/// The text of a panic payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+/// Runs one publish; a panic becomes a rejection of that entry.
+async fn guarded(fut: impl Future<Output = PublishResult>) -> PublishResult {
+    AssertUnwindSafe(fut).catch_unwind().await.unwrap_or_else(|panic| {
+        let msg = panic_message(&*panic);
+        tracing::error!(panic = %msg, "publisher panicked");
+        Err(PublishError::rejected(format!("publisher panicked: {msg}")))
+    })
+}
+
+/// Runs a batch publish; if it panics, the batch is published again one
+/// entry at a time with `one`, so the panic is charged to the entry that
+/// causes it and not to the others (some of which the broker may already
+/// have confirmed: they are sent twice, at least once as always).
+async fn batch_or_one_by_one<'a, T, B, F, Fut>(
+    items: &'a [T],
+    batch: B,
+    one: F,
+) -> Vec<PublishResult>
+where
+    B: Future<Output = Vec<PublishResult>>,
+    F: FnMut(&'a T) -> Fut,
+    Fut: Future<Output = PublishResult>,
+{
+    match AssertUnwindSafe(batch).catch_unwind().await {
         Ok(results) => results,
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".to_owned());
-            tracing::error!(panic = %msg, "publisher panicked");
-            vec![Err(PublishError::rejected(format!("publisher panicked: {msg}"))); n]
+            let msg = panic_message(&*panic);
+            tracing::error!(panic = %msg, entries = items.len(), "publisher panicked in a batch; publishing its entries one at a time");
+            one_by_one(items, one).await
         }
     }
 }
@@ -283,7 +422,12 @@ impl<E: Event, P: Publisher<E>> Dispatch for Typed<E, P> {
         let mut out = not_attempted(entries.len());
         let (index, records) = decode_all::<E>(entries, &mut out);
         if !records.is_empty() {
-            let results = guarded(records.len(), self.publisher.publish_batch(&records)).await;
+            let results = batch_or_one_by_one(
+                &records,
+                self.publisher.publish_batch(&records),
+                |record| self.publisher.publish(record),
+            )
+            .await;
             merge(&mut out, &index, results);
         }
         out
@@ -305,16 +449,7 @@ where
     async fn dispatch(&self, entries: Vec<Entry>) -> Vec<Delivery> {
         let mut out = not_attempted(entries.len());
         let (index, records) = decode_all::<E>(entries, &mut out);
-        let mut results = Vec::with_capacity(records.len());
-        for record in records {
-            let result = guarded(1, timed((self.handler)(record)).map(|r| vec![r])).await;
-            let result = result.into_iter().next().unwrap_or(Ok(()));
-            let stop = result.as_ref().is_err_and(PublishError::is_unavailable);
-            results.push(result);
-            if stop {
-                break;
-            }
-        }
+        let results = one_by_one(records, &self.handler).await;
         merge(&mut out, &index, results);
         out
     }
@@ -326,7 +461,10 @@ struct Raw<P>(P);
 impl<P: RawPublisher> Dispatch for Raw<P> {
     async fn dispatch(&self, entries: Vec<Entry>) -> Vec<Delivery> {
         let n = entries.len();
-        let results = guarded(n, self.0.publish_raw_batch(&entries)).await;
+        let results = batch_or_one_by_one(&entries, self.0.publish_raw_batch(&entries), |entry| {
+            self.0.publish_raw(entry)
+        })
+        .await;
         let mut out = not_attempted(n);
         let index: Vec<usize> = (0..n).collect();
         merge(&mut out, &index, results);
@@ -344,27 +482,28 @@ where
 {
     async fn dispatch(&self, entries: Vec<Entry>) -> Vec<Delivery> {
         let mut out = not_attempted(entries.len());
-        for (slot, entry) in out.iter_mut().zip(entries) {
-            let result = guarded(1, timed((self.0)(entry)).map(|r| vec![r])).await;
-            let result = result.into_iter().next().unwrap_or(Ok(()));
-            let stop = result.as_ref().is_err_and(PublishError::is_unavailable);
-            *slot = match result {
-                Ok(()) => Delivery::Published,
-                Err(err) => Delivery::Failed(err),
-            };
-            if stop {
-                break;
-            }
-        }
+        let index: Vec<usize> = (0..entries.len()).collect();
+        let results = one_by_one(entries, &self.0).await;
+        merge(&mut out, &index, results);
         out
     }
 }
 
+/// One publisher as the relay sees it: how to dispatch, and its health.
+pub(crate) struct Route {
+    pub(crate) dispatch: Box<dyn Dispatch>,
+    pub(crate) health: Health,
+}
+
 /// The publishers one relay dispatches to: at most one per event type, plus
 /// an optional catch-all. Build with [`Publishers::builder`].
+///
+/// Each publisher keeps its own health (see "Failure scopes" in the module
+/// docs): a blocked one is paused while the others go on.
 pub struct Publishers {
-    by_name: HashMap<&'static str, Box<dyn Dispatch>>,
-    fallback: Option<Box<dyn Dispatch>>,
+    by_name: HashMap<&'static str, Route>,
+    fallback: Option<Route>,
+    max_pause: Duration,
 }
 
 impl fmt::Debug for Publishers {
@@ -374,6 +513,7 @@ impl fmt::Debug for Publishers {
         f.debug_struct("Publishers")
             .field("events", &names)
             .field("fallback", &self.fallback.is_some())
+            .field("max_pause", &self.max_pause)
             .finish()
     }
 }
@@ -385,15 +525,37 @@ impl Publishers {
             by_name: HashMap::new(),
             fallback: None,
             duplicate: None,
+            max_pause: Duration::from_secs(30),
         }
     }
 
-    /// The dispatcher for entries named `name`, if any.
-    pub(crate) fn route(&self, name: &str) -> Option<&dyn Dispatch> {
-        self.by_name
-            .get(name)
-            .or(self.fallback.as_ref())
-            .map(Box::as_ref)
+    /// The publisher for entries named `name`, if any.
+    pub(crate) fn route(&self, name: &str) -> Option<&Route> {
+        self.by_name.get(name).or(self.fallback.as_ref())
+    }
+
+    /// The longest pause of a blocked publisher.
+    pub(crate) fn max_pause(&self) -> Duration {
+        self.max_pause
+    }
+
+    fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.by_name.values().chain(self.fallback.iter())
+    }
+
+    /// The publishers that are blocked now (their destination is down,
+    /// unreachable or misconfigured), by publisher label.
+    #[must_use]
+    pub fn blocked(&self) -> Vec<Blocked> {
+        let mut blocked: Vec<_> = self.routes().filter_map(|r| r.health.blocked()).collect();
+        blocked.sort_by(|a, b| a.publisher.cmp(&b.publisher));
+        blocked
+    }
+
+    /// Blocked-state changes not yet written to the database: rows to
+    /// write (`Ok`) or labels to delete (`Err`).
+    pub(crate) fn take_changes(&self) -> Vec<Result<Blocked, String>> {
+        self.routes().filter_map(|r| r.health.take_change()).collect()
     }
 }
 
@@ -401,9 +563,10 @@ impl Publishers {
 /// error at [`build`](PublishersBuilder::build).
 #[must_use]
 pub struct PublishersBuilder {
-    by_name: HashMap<&'static str, Box<dyn Dispatch>>,
-    fallback: Option<Box<dyn Dispatch>>,
+    by_name: HashMap<&'static str, Route>,
+    fallback: Option<Route>,
     duplicate: Option<String>,
+    max_pause: Duration,
 }
 
 impl fmt::Debug for PublishersBuilder {
@@ -412,9 +575,16 @@ impl fmt::Debug for PublishersBuilder {
     }
 }
 
+/// The label of the catch-all publisher in logs, metrics and [`Blocked`].
+pub(crate) const CATCH_ALL: &str = "*";
+
 impl PublishersBuilder {
     fn add(mut self, name: &'static str, dispatch: Box<dyn Dispatch>) -> Self {
-        if self.by_name.insert(name, dispatch).is_some() {
+        let route = Route {
+            dispatch,
+            health: Health::new(name.to_owned()),
+        };
+        if self.by_name.insert(name, route).is_some() {
             self.duplicate
                 .get_or_insert_with(|| format!("event `{name}`"));
         }
@@ -422,10 +592,23 @@ impl PublishersBuilder {
     }
 
     fn set_fallback(mut self, dispatch: Box<dyn Dispatch>) -> Self {
-        if self.fallback.replace(dispatch).is_some() {
+        let route = Route {
+            dispatch,
+            health: Health::new(CATCH_ALL.to_owned()),
+        };
+        if self.fallback.replace(route).is_some() {
             self.duplicate
                 .get_or_insert_with(|| "the catch-all".to_owned());
         }
+        self
+    }
+
+    /// The longest pause of a blocked publisher (default 30 s). A blocked
+    /// publisher is tried again after 100 ms, then after pauses that double
+    /// up to this; entries it could not take wait at most this long once
+    /// its destination is back.
+    pub fn max_pause(mut self, max: Duration) -> Self {
+        self.max_pause = max;
         self
     }
 
@@ -492,6 +675,7 @@ impl PublishersBuilder {
         Ok(Publishers {
             by_name: self.by_name,
             fallback: self.fallback,
+            max_pause: self.max_pause,
         })
     }
 }

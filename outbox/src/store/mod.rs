@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::publisher::Blocked;
 
 pub(crate) use private::{ClaimedRow, NewRow, Settlement, SqlOptions, Update, Which};
 
@@ -126,6 +127,7 @@ pub(crate) fn render(template: &str, table: &TableName, quote: char) -> String {
     template
         .replace("__TABLE__", &table.quoted(quote, ""))
         .replace("__SCHEMA_TABLE__", &table.quoted(quote, "_schema"))
+        .replace("__BLOCKED_TABLE__", &table.quoted(quote, "_blocked"))
         .replace("__NAME__", table.bare())
 }
 
@@ -169,6 +171,11 @@ pub struct Stats {
     pub oldest_pending_age: Option<Duration>,
     /// The same numbers per event name, sorted by name.
     pub by_name: Vec<NameStats>,
+    /// Publishers a relay reported blocked (destination down or
+    /// misconfigured), by publisher. A row whose `seen_at` is more than a
+    /// minute old comes from a relay that stopped (or resumed without being
+    /// able to say so) and may be stale.
+    pub blocked: Vec<Blocked>,
 }
 
 /// [`Stats`] for one event name.
@@ -191,7 +198,7 @@ pub struct NameStats {
 
 impl Stats {
     /// Sums per-name rows (sorted by name) into the totals.
-    pub(crate) fn from_names(by_name: Vec<NameStats>) -> Self {
+    pub(crate) fn from_names(by_name: Vec<NameStats>, blocked: Vec<Blocked>) -> Self {
         let mut stats = Stats::default();
         for n in &by_name {
             stats.pending += n.pending;
@@ -201,6 +208,7 @@ impl Stats {
             stats.oldest_pending_age = stats.oldest_pending_age.max(n.oldest_pending_age);
         }
         stats.by_name = by_name;
+        stats.blocked = blocked;
         stats
     }
 }
@@ -237,21 +245,30 @@ pub(crate) fn count(n: i64) -> u64 {
 
 /// Decodes one claimed row with `decode`; a row that does not decode (or
 /// whose decoding panics, as a date out of chrono's range does inside sqlx)
-/// becomes a poison row instead of failing the whole claim.
-pub(crate) fn decode_claimed<R>(
+/// becomes a poison row instead of failing the whole claim. A poison row
+/// keeps its stream key where that column still reads, so it holds back
+/// its stream in per-stream order.
+pub(crate) fn decode_claimed<R: sqlx::Row>(
     id: i64,
     row: &R,
     decode: impl FnOnce(&R) -> std::result::Result<ClaimedRow, sqlx::Error>,
-) -> ClaimedRow {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(row))) {
-        Ok(Ok(claimed)) => claimed,
-        Ok(Err(err)) => ClaimedRow::poison(id, format!("stored row does not decode: {err}")),
-        Err(_) => ClaimedRow::poison(
-            id,
-            "stored row does not decode: a value is out of range".to_owned(),
-        ),
-    }
+) -> ClaimedRow
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let reason = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(row))) {
+        Ok(Ok(claimed)) => return claimed,
+        Ok(Err(err)) => format!("stored row does not decode: {err}"),
+        Err(_) => "stored row does not decode: a value is out of range".to_owned(),
+    };
+    let mut poison = ClaimedRow::poison(id, reason);
+    poison.stream_key = row.try_get(STREAM_KEY_COLUMN).ok().flatten();
+    poison
 }
+
+/// The position of `stream_key` in every backend's claim result.
+const STREAM_KEY_COLUMN: usize = 4;
 
 #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))] // Reason: MySQL binds microseconds.
 pub(crate) fn millis(d: Duration) -> i64 {
@@ -262,6 +279,7 @@ pub(crate) mod private {
     #![allow(unreachable_pub)] // Reason: sealed-trait pattern; nameable only inside the crate.
 
     use super::{DeadLetter, Result, Stats, TableName};
+    use crate::publisher::Blocked;
     use chrono::{DateTime, Utc};
     use std::future::Future;
     use std::time::Duration;
@@ -391,11 +409,30 @@ pub(crate) mod private {
             after: i64,
         ) -> impl Future<Output = Result<Vec<ClaimedRow>>> + Send;
 
+        /// Writes the outcomes of the rows still claimed with `token`;
+        /// returns their positions (a row missing from it lost its claim).
         fn settle(
             conn: &mut Self::Connection,
             sql: &Self::Sql,
             token: Uuid,
             settlement: &Settlement,
+        ) -> impl Future<Output = Result<Vec<i64>>> + Send;
+
+        /// Extends the lease of the rows `ids` still claimed with `token`;
+        /// returns how many still were.
+        fn renew(
+            conn: &mut Self::Connection,
+            sql: &Self::Sql,
+            token: Uuid,
+            ids: &[i64],
+            lease: Duration,
+        ) -> impl Future<Output = Result<u64>> + Send;
+
+        /// Writes blocked publishers (`Ok`) and deletes unblocked ones (`Err(label)`).
+        fn save_blocked(
+            conn: &mut Self::Connection,
+            sql: &Self::Sql,
+            changes: &[std::result::Result<Blocked, String>],
         ) -> impl Future<Output = Result<()>> + Send;
 
         fn dead_letters(

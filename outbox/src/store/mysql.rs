@@ -54,11 +54,15 @@ use super::{
     decode_claimed, name_stats, render,
 };
 use crate::error::Result;
+use crate::publisher::Blocked;
 
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    include_str!("../../migrations/mysql/0001_create_outbox.up.sql"),
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        include_str!("../../migrations/mysql/0001_create_outbox.up.sql"),
+    ),
+    (2, include_str!("../../migrations/mysql/0002_blocked.up.sql")),
+];
 
 /// Rows per INSERT statement (7 parameters each, far below MySQL's 65,535).
 const INSERT_CHUNK_ROWS: usize = 500;
@@ -90,6 +94,12 @@ pub struct Sql {
     /// Deletes published entries, or with `keep_published` marks them.
     publish: String,
     update: String,
+    /// The claimed rows among a list that still carry a token, locked.
+    still_claimed: String,
+    renew: String,
+    blocked: String,
+    save_blocked: String,
+    unblock: String,
     stats: String,
     cleanup: String,
     /// The next three end in `WHERE status = 'dead'`; `filter` adds the rest.
@@ -161,6 +171,7 @@ impl Store for MySql {
         } else {
             format!("DELETE o FROM {by_ids} WHERE o.claim_token = ?")
         };
+        let blocked_table = table.quoted('`', "_blocked");
         Sql {
             table: table.clone(),
             ordered: options.ordered,
@@ -198,6 +209,22 @@ impl Store for MySql {
                  UTC_TIMESTAMP(6) + INTERVAL u.delay MICROSECOND), o.claim_token = NULL \
                  WHERE o.claim_token = ?"
             ),
+            still_claimed: format!(
+                "SELECT o.id FROM {by_ids} WHERE o.claim_token = ? FOR UPDATE"
+            ),
+            renew: format!(
+                "UPDATE {by_ids} SET o.available_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
+                 WHERE o.claim_token = ?"
+            ),
+            blocked: format!(
+                "SELECT publisher, since, reason, seen_at FROM {blocked_table} ORDER BY publisher"
+            ),
+            save_blocked: format!(
+                "INSERT INTO {blocked_table} (publisher, since, reason, seen_at) VALUES (?, ?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE since = VALUES(since), reason = VALUES(reason), \
+                 seen_at = VALUES(seen_at)"
+            ),
+            unblock: format!("DELETE FROM {blocked_table} WHERE publisher = ?"),
             stats: format!(
                 "SELECT name, \
                  COUNT(CASE WHEN status = 'pending' THEN 1 END) AS pending, \
@@ -365,13 +392,31 @@ impl Store for MySql {
         sql: &Sql,
         token: Uuid,
         settlement: &Settlement,
-    ) -> Result<()> {
-        let published = (!settlement.published.is_empty()).then(|| {
+    ) -> Result<Vec<i64>> {
+        if settlement.published.is_empty() && settlement.updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        // No RETURNING for UPDATE here: the rows still claimed are read (and
+        // locked) first, in the same transaction.
+        let mut tx = conn.begin().await?;
+        let ids = settlement
+            .published
+            .iter()
+            .copied()
+            .chain(settlement.updates.iter().map(|u| u.id));
+        let settled: Vec<i64> = sqlx::query_scalar(&sql.still_claimed)
+            .bind(id_list(ids))
+            .bind(token.hyphenated())
+            .fetch_all(&mut *tx)
+            .await?;
+        if !settlement.published.is_empty() {
             sqlx::query(&sql.publish)
                 .bind(id_list(settlement.published.iter().copied()))
                 .bind(token.hyphenated())
-        });
-        let updated = (!settlement.updates.is_empty()).then(|| {
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !settlement.updates.is_empty() {
             let updates: serde_json::Value = settlement
                 .updates
                 .iter()
@@ -392,19 +437,52 @@ impl Store for MySql {
             sqlx::query(&sql.update)
                 .bind(updates.to_string())
                 .bind(token.hyphenated())
-        });
-        match (published, updated) {
-            (Some(published), Some(updated)) => {
-                let mut tx = conn.begin().await?;
-                published.execute(&mut *tx).await?;
-                updated.execute(&mut *tx).await?;
-                tx.commit().await?;
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(settled)
+    }
+
+    async fn renew(
+        conn: &mut MySqlConnection,
+        sql: &Sql,
+        token: Uuid,
+        ids: &[i64],
+        lease: Duration,
+    ) -> Result<u64> {
+        let done = sqlx::query(&sql.renew)
+            .bind(id_list(ids.iter().copied()))
+            .bind(micros(lease))
+            .bind(token.hyphenated())
+            .execute(conn)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn save_blocked(
+        conn: &mut MySqlConnection,
+        sql: &Sql,
+        changes: &[std::result::Result<Blocked, String>],
+    ) -> Result<()> {
+        for change in changes {
+            match change {
+                Ok(b) => {
+                    sqlx::query(&sql.save_blocked)
+                        .bind(&b.publisher)
+                        .bind(b.since)
+                        .bind(&b.reason)
+                        .bind(b.seen_at)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Err(label) => {
+                    sqlx::query(&sql.unblock)
+                        .bind(label)
+                        .execute(&mut *conn)
+                        .await?;
+                }
             }
-            // A single statement is its own short transaction.
-            (Some(only), None) | (None, Some(only)) => {
-                only.execute(&mut *conn).await?;
-            }
-            (None, None) => {}
         }
         Ok(())
     }
@@ -454,7 +532,20 @@ impl Store for MySql {
             .iter()
             .map(name_stats)
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(Stats::from_names(by_name))
+        let blocked = sqlx::query(&sql.blocked)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(Blocked {
+                    publisher: row.try_get("publisher")?,
+                    since: row.try_get("since")?,
+                    reason: row.try_get("reason")?,
+                    seen_at: row.try_get("seen_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Stats::from_names(by_name, blocked))
     }
 
     async fn cleanup(

@@ -12,12 +12,19 @@ use super::{
     ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
     decode_claimed, millis, name_stats, render,
 };
+use crate::publisher::Blocked;
 use crate::error::Result;
 
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    include_str!("../../migrations/postgres/0001_create_outbox.up.sql"),
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        include_str!("../../migrations/postgres/0001_create_outbox.up.sql"),
+    ),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_commit_order_and_blocked.up.sql"),
+    ),
+];
 
 /// The SQL for one table.
 pub struct Sql {
@@ -34,9 +41,77 @@ pub struct Sql {
     stats: String,
     cleanup: String,
     update: String,
+    renew: String,
+    blocked: BlockedSql,
     dead_letters: String,
     requeue: String,
     purge: String,
+}
+
+/// The claim: up to `$1` due entries past position `$4`, in order, stamped
+/// with token `$2` and a lease of `$3` ms.
+fn claim_sql(t: &str, options: SqlOptions) -> String {
+    // Commit order: an entry is claimable only once every transaction that
+    // was running when it was written has ended (its xid is below the
+    // snapshot's xmin), so a claim never passes an entry whose transaction
+    // may still commit. Rows written before migration 2 have no xid.
+    let settled = |alias: &str| {
+        format!("({alias}.xid IS NULL OR {alias}.xid < pg_snapshot_xmin(pg_current_snapshot()))")
+    };
+    let committed = settled("c");
+    // An entry of a stream waits while an earlier one of that stream is
+    // claimed, backing off, dead, or not claimable yet.
+    let stream_gate = if options.ordered {
+        format!(
+            " AND (c.stream_key IS NULL OR NOT EXISTS (SELECT 1 FROM {t} e \
+             WHERE e.stream_key = c.stream_key AND e.id < c.id \
+             AND (e.status = 'dead' OR (e.status = 'pending' AND (e.available_at > now() OR e.id <= $4 \
+             OR NOT {})))))",
+            settled("e")
+        )
+    } else {
+        String::new()
+    };
+    // The claim need not be durable (a lost claim only lets another relay
+    // take the entries sooner), so it commits without waiting for a flush.
+    let (no_flush, from_cfg) = if options.ordered {
+        ("", "")
+    } else {
+        (
+            "cfg AS (SELECT set_config('synchronous_commit', 'off', true)), ",
+            ", cfg",
+        )
+    };
+    format!(
+        "WITH {no_flush}due AS (SELECT c.id FROM {t} c WHERE c.status = 'pending' \
+         AND c.id > $4 AND c.available_at <= now() AND {committed}{stream_gate} \
+         ORDER BY c.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         UPDATE {t} AS o SET claim_token = $2, available_at = now() + $3 * interval '1 millisecond' \
+         FROM due{from_cfg} WHERE o.id = due.id RETURNING {RETURNING}"
+    )
+}
+
+/// The statements on `<table>_blocked`.
+struct BlockedSql {
+    select: String,
+    save: String,
+    delete: String,
+}
+
+impl BlockedSql {
+    fn new(table: &TableName) -> Self {
+        let t = table.quoted('"', "_blocked");
+        Self {
+            select: format!("SELECT publisher, since, reason, seen_at FROM {t} ORDER BY publisher"),
+            save: format!(
+                "INSERT INTO {t} (publisher, since, reason, seen_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::timestamptz[]) \
+                 ON CONFLICT (publisher) DO UPDATE SET since = excluded.since, \
+                 reason = excluded.reason, seen_at = excluded.seen_at"
+            ),
+            delete: format!("DELETE FROM {t} WHERE publisher = ANY($1)"),
+        }
+    }
 }
 
 /// Returned by claims. A `created_at` chrono cannot hold (`infinity`, year
@@ -73,45 +148,22 @@ impl Store for Postgres {
             insert(columns, rows, 8),
             insert("event_id, name, payload", plain_rows, 4),
         );
-        // An entry of a stream waits while an earlier one of that stream is
-        // claimed, backing off, or dead.
-        let stream_gate = if options.ordered {
-            format!(
-                " AND (c.stream_key IS NULL OR NOT EXISTS (SELECT 1 FROM {t} e \
-                 WHERE e.stream_key = c.stream_key AND e.id < c.id \
-                 AND (e.status = 'dead' OR (e.status = 'pending' AND (e.available_at > now() OR e.id <= $4)))))"
-            )
-        } else {
-            String::new()
-        };
-        // The claim need not be durable (a lost claim only lets another relay
-        // take the entries sooner), so it commits without waiting for a flush.
-        let no_flush = if options.ordered {
-            ""
-        } else {
-            "cfg AS (SELECT set_config('synchronous_commit', 'off', true)), "
-        };
-        let from_cfg = if options.ordered { "" } else { ", cfg" };
         let delete = if options.keep_published {
             format!(
                 "UPDATE {t} SET status = 'published', published_at = now(), claim_token = NULL \
-                 WHERE id = ANY($1) AND claim_token = $2"
+                 WHERE id = ANY($1) AND claim_token = $2 RETURNING id"
             )
         } else {
-            format!("DELETE FROM {t} WHERE id = ANY($1) AND claim_token = $2")
+            format!("DELETE FROM {t} WHERE id = ANY($1) AND claim_token = $2 RETURNING id")
         };
+
         Sql {
             table: table.clone(),
             channel,
             ordered: options.ordered,
             insert,
             insert_plain,
-            claim: format!(
-                "WITH {no_flush}due AS (SELECT c.id FROM {t} c WHERE c.status = 'pending' \
-                 AND c.id > $4 AND c.available_at <= now(){stream_gate} ORDER BY c.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                 UPDATE {t} AS o SET claim_token = $2, available_at = now() + $3 * interval '1 millisecond' \
-                 FROM due{from_cfg} WHERE o.id = due.id RETURNING {RETURNING}"
-            ),
+            claim: claim_sql(&t, options),
             delete,
             stats: format!(
                 "SELECT name, \
@@ -131,8 +183,14 @@ impl Store for Postgres {
                  attempts = u.attempts, last_error = COALESCE(u.error, o.last_error), \
                  available_at = now() + u.delay * interval '1 millisecond', claim_token = NULL \
                  FROM UNNEST($1::bigint[], $2::bool[], $3::int[], $4::text[], $5::bigint[]) \
-                 AS u(id, dead, attempts, error, delay) WHERE o.id = u.id AND o.claim_token = $6"
+                 AS u(id, dead, attempts, error, delay) WHERE o.id = u.id AND o.claim_token = $6 \
+                 RETURNING o.id"
             ),
+            renew: format!(
+                "UPDATE {t} SET available_at = now() + $3 * interval '1 millisecond' \
+                 WHERE id = ANY($1) AND claim_token = $2"
+            ),
+            blocked: BlockedSql::new(table),
             dead_letters: format!(
                 "SELECT id, event_id, name, payload::text AS payload, attempts, \
                  COALESCE(last_error, '') AS last_error, stream_key, \
@@ -284,9 +342,9 @@ impl Store for Postgres {
         sql: &Sql,
         token: Uuid,
         settlement: &Settlement,
-    ) -> Result<()> {
+    ) -> Result<Vec<i64>> {
         let published = (!settlement.published.is_empty()).then(|| {
-            sqlx::query(&sql.delete)
+            sqlx::query_scalar::<_, i64>(&sql.delete)
                 .bind(&settlement.published)
                 .bind(token)
         });
@@ -306,7 +364,7 @@ impl Store for Postgres {
                 errors.push(u.error.as_deref());
                 delays.push(millis(u.delay));
             }
-            sqlx::query(&sql.update)
+            sqlx::query_scalar::<_, i64>(&sql.update)
                 .bind(ids)
                 .bind(dead)
                 .bind(attempts)
@@ -314,18 +372,66 @@ impl Store for Postgres {
                 .bind(delays)
                 .bind(token)
         });
-        match (published, updated) {
+        let settled = match (published, updated) {
             (Some(published), Some(updated)) => {
                 let mut tx = conn.begin().await?;
-                published.execute(&mut *tx).await?;
-                updated.execute(&mut *tx).await?;
+                let mut settled = published.fetch_all(&mut *tx).await?;
+                settled.extend(updated.fetch_all(&mut *tx).await?);
                 tx.commit().await?;
+                settled
             }
             // A single statement is its own short transaction.
-            (Some(only), None) | (None, Some(only)) => {
-                only.execute(&mut *conn).await?;
+            (Some(only), None) | (None, Some(only)) => only.fetch_all(&mut *conn).await?,
+            (None, None) => Vec::new(),
+        };
+        Ok(settled)
+    }
+
+    async fn renew(
+        conn: &mut PgConnection,
+        sql: &Sql,
+        token: Uuid,
+        ids: &[i64],
+        lease: Duration,
+    ) -> Result<u64> {
+        let done = sqlx::query(&sql.renew)
+            .bind(ids)
+            .bind(token)
+            .bind(millis(lease))
+            .execute(conn)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn save_blocked(
+        conn: &mut PgConnection,
+        sql: &Sql,
+        changes: &[std::result::Result<Blocked, String>],
+    ) -> Result<()> {
+        let (mut names, mut since, mut reasons, mut seen) = (vec![], vec![], vec![], vec![]);
+        let mut gone = vec![];
+        for change in changes {
+            match change {
+                Ok(b) => {
+                    names.push(b.publisher.as_str());
+                    since.push(b.since);
+                    reasons.push(b.reason.as_str());
+                    seen.push(b.seen_at);
+                }
+                Err(label) => gone.push(label.as_str()),
             }
-            (None, None) => {}
+        }
+        if !names.is_empty() {
+            sqlx::query(&sql.blocked.save)
+                .bind(names)
+                .bind(since)
+                .bind(reasons)
+                .bind(seen)
+                .execute(&mut *conn)
+                .await?;
+        }
+        if !gone.is_empty() {
+            sqlx::query(&sql.blocked.delete).bind(gone).execute(conn).await?;
         }
         Ok(())
     }
@@ -375,7 +481,20 @@ impl Store for Postgres {
             .iter()
             .map(name_stats)
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(Stats::from_names(by_name))
+        let blocked = sqlx::query(&sql.blocked.select)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(Blocked {
+                    publisher: row.try_get("publisher")?,
+                    since: row.try_get("since")?,
+                    reason: row.try_get("reason")?,
+                    seen_at: row.try_get("seen_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Stats::from_names(by_name, blocked))
     }
 
     async fn cleanup(pool: &PgPool, sql: &Sql, older_than: Duration, limit: usize) -> Result<u64> {

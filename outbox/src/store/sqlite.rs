@@ -15,11 +15,15 @@ use super::{
     decode_claimed, millis, name_stats, render,
 };
 use crate::error::Result;
+use crate::publisher::Blocked;
 
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    include_str!("../../migrations/sqlite/0001_create_outbox.up.sql"),
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        include_str!("../../migrations/sqlite/0001_create_outbox.up.sql"),
+    ),
+    (2, include_str!("../../migrations/sqlite/0002_blocked.up.sql")),
+];
 
 /// Rows per INSERT statement (8 parameters each, well under SQLite's 32,766).
 const INSERT_CHUNK: usize = 500;
@@ -35,6 +39,10 @@ pub struct Sql {
     stats: String,
     cleanup: String,
     update: String,
+    renew: String,
+    blocked: String,
+    save_blocked: String,
+    unblock: String,
     dead_letters: String,
     requeue: String,
     purge: String,
@@ -72,13 +80,15 @@ impl Store for Sqlite {
         let delete = if options.keep_published {
             format!(
                 "UPDATE {t} SET status = 'published', published_at = ?3, claim_token = NULL \
-                 WHERE claim_token = ?1 AND id IN (SELECT value FROM json_each(?2))"
+                 WHERE claim_token = ?1 AND id IN (SELECT value FROM json_each(?2)) RETURNING id"
             )
         } else {
             format!(
-                "DELETE FROM {t} WHERE claim_token = ?1 AND id IN (SELECT value FROM json_each(?2))"
+                "DELETE FROM {t} WHERE claim_token = ?1 AND id IN (SELECT value FROM json_each(?2)) \
+                 RETURNING id"
             )
         };
+        let blocked_table = table.quoted('"', "_blocked");
         Sql {
             table: table.clone(),
             insert_prefix: format!(
@@ -110,8 +120,21 @@ impl Store for Sqlite {
             update: format!(
                 "UPDATE {t} SET status = CASE WHEN ?2 THEN 'dead' ELSE 'pending' END, attempts = ?3, \
                  last_error = COALESCE(?4, last_error), available_at = ?5, claim_token = NULL \
-                 WHERE id = ?1 AND claim_token = ?6"
+                 WHERE id = ?1 AND claim_token = ?6 RETURNING id"
             ),
+            renew: format!(
+                "UPDATE {t} SET available_at = ?3 WHERE claim_token = ?1 \
+                 AND id IN (SELECT value FROM json_each(?2))"
+            ),
+            blocked: format!(
+                "SELECT publisher, since, reason, seen_at FROM {blocked_table} ORDER BY publisher"
+            ),
+            save_blocked: format!(
+                "INSERT INTO {blocked_table} (publisher, since, reason, seen_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (publisher) DO UPDATE SET since = excluded.since, \
+                 reason = excluded.reason, seen_at = excluded.seen_at"
+            ),
+            unblock: format!("DELETE FROM {blocked_table} WHERE publisher = ?1"),
             dead_letters: format!(
                 "SELECT id, event_id, name, payload, attempts, COALESCE(last_error, '') AS last_error, \
                  stream_key, CAST(created_at AS INTEGER) AS created_at, available_at FROM {t} WHERE status = 'dead'"
@@ -221,12 +244,14 @@ impl Store for Sqlite {
         sql: &Sql,
         token: Uuid,
         settlement: &Settlement,
-    ) -> Result<()> {
+    ) -> Result<Vec<i64>> {
         let now = now_millis();
         let published = (!settlement.published.is_empty()).then(|| {
             let ids =
                 serde_json::to_string(&settlement.published).unwrap_or_else(|_| "[]".to_owned());
-            let query = sqlx::query(&sql.delete).bind(token.hyphenated()).bind(ids);
+            let query = sqlx::query_scalar::<_, i64>(&sql.delete)
+                .bind(token.hyphenated())
+                .bind(ids);
             if sql.keep_published {
                 query.bind(now)
             } else {
@@ -235,27 +260,73 @@ impl Store for Sqlite {
         });
         if settlement.updates.is_empty() {
             // A single statement is its own short transaction.
-            if let Some(published) = published {
-                published.execute(&mut *conn).await?;
-            }
-            return Ok(());
+            return Ok(match published {
+                Some(published) => published.fetch_all(&mut *conn).await?,
+                None => Vec::new(),
+            });
         }
         let mut tx = conn.begin().await?;
-        if let Some(published) = published {
-            published.execute(&mut *tx).await?;
-        }
+        let mut settled = match published {
+            Some(published) => published.fetch_all(&mut *tx).await?,
+            None => Vec::with_capacity(settlement.updates.len()),
+        };
         for u in &settlement.updates {
-            sqlx::query(&sql.update)
+            let id = sqlx::query_scalar::<_, i64>(&sql.update)
                 .bind(u.id)
                 .bind(u.dead)
                 .bind(u.attempts)
                 .bind(u.error.as_deref())
                 .bind(now.saturating_add(millis(u.delay)))
                 .bind(token.hyphenated())
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
+            settled.extend(id);
         }
         tx.commit().await?;
+        Ok(settled)
+    }
+
+    async fn renew(
+        conn: &mut SqliteConnection,
+        sql: &Sql,
+        token: Uuid,
+        ids: &[i64],
+        lease: Duration,
+    ) -> Result<u64> {
+        let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned());
+        let done = sqlx::query(&sql.renew)
+            .bind(token.hyphenated())
+            .bind(ids)
+            .bind(now_millis().saturating_add(millis(lease)))
+            .execute(conn)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn save_blocked(
+        conn: &mut SqliteConnection,
+        sql: &Sql,
+        changes: &[std::result::Result<Blocked, String>],
+    ) -> Result<()> {
+        for change in changes {
+            match change {
+                Ok(b) => {
+                    sqlx::query(&sql.save_blocked)
+                        .bind(&b.publisher)
+                        .bind(b.since.timestamp_millis())
+                        .bind(&b.reason)
+                        .bind(b.seen_at.timestamp_millis())
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Err(label) => {
+                    sqlx::query(&sql.unblock)
+                        .bind(label)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -310,7 +381,20 @@ impl Store for Sqlite {
             .iter()
             .map(name_stats)
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(Stats::from_names(by_name))
+        let blocked = sqlx::query(&sql.blocked)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(Blocked {
+                    publisher: row.try_get("publisher")?,
+                    since: time(row.try_get("since")?),
+                    reason: row.try_get("reason")?,
+                    seen_at: time(row.try_get("seen_at")?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Stats::from_names(by_name, blocked))
     }
 
     async fn cleanup(
