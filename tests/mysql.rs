@@ -87,8 +87,16 @@ impl Harness for My {
             .unwrap();
     }
 
+    const KIND: &'static str = "mysql";
+
+    async fn execute(pool: &MySqlPool, statement: &str) {
+        sqlx::query(statement).execute(pool).await.unwrap();
+    }
+
     async fn cleanup(pool: &MySqlPool, table: &str) {
-        let sql = format!("DROP TABLE IF EXISTS `{table}`, `{table}_schema`, `{table}_biz`");
+        let sql = format!(
+            "DROP TABLE IF EXISTS `{table}`, `{table}_schema`, `{table}_blocked`, `{table}_biz`"
+        );
         sqlx::query(&sql).execute(pool).await.unwrap();
         pool.close().await;
     }

@@ -73,8 +73,16 @@ impl Harness for Pg {
             .unwrap();
     }
 
+    const KIND: &'static str = "postgres";
+
+    async fn execute(pool: &PgPool, statement: &str) {
+        sqlx::query(statement).execute(pool).await.unwrap();
+    }
+
     async fn cleanup(pool: &PgPool, table: &str) {
-        let sql = format!("DROP TABLE IF EXISTS \"{table}\", \"{table}_schema\", \"{table}_biz\"");
+        let sql = format!(
+            "DROP TABLE IF EXISTS \"{table}\", \"{table}_schema\", \"{table}_blocked\", \"{table}_biz\""
+        );
         sqlx::query(&sql).execute(pool).await.unwrap();
         pool.close().await;
     }

@@ -71,6 +71,12 @@ impl Harness for Lite {
             .unwrap();
     }
 
+    const KIND: &'static str = "sqlite";
+
+    async fn execute(pool: &SqlitePool, statement: &str) {
+        sqlx::query(statement).execute(pool).await.unwrap();
+    }
+
     async fn cleanup(pool: &SqlitePool, _table: &str) {
         pool.close().await;
     }

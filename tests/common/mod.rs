@@ -59,6 +59,13 @@ pub trait Harness: Send + Sync + 'static {
         payload: &str,
     ) -> impl Future<Output = ()> + Send;
 
+    /// `"postgres"`, `"mysql"` or `"sqlite"`: picks the SQL of a test that
+    /// must reach into the table (to fake a fault).
+    const KIND: &'static str;
+
+    /// Runs one statement.
+    fn execute(pool: &sqlx::Pool<Self::DB>, statement: &str) -> impl Future<Output = ()> + Send;
+
     /// Drops the test's tables.
     fn cleanup(pool: &sqlx::Pool<Self::DB>, table: &str) -> impl Future<Output = ()> + Send;
 }
