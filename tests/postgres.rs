@@ -90,6 +90,11 @@ impl Harness for Pg {
 
 backend_suite!(Pg);
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_never_pass_an_open_transaction() {
+    common::claims_never_pass_an_open_transaction::<Pg>().await;
+}
+
 /// PostgreSQL takes `schema.table` names.
 #[tokio::test]
 async fn schema_qualified_table() {

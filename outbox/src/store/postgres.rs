@@ -12,8 +12,8 @@ use super::{
     ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
     decode_claimed, millis, name_stats, render,
 };
-use crate::publisher::Blocked;
 use crate::error::Result;
+use crate::publisher::Blocked;
 
 const MIGRATIONS: &[(i32, &str)] = &[
     (
@@ -51,13 +51,23 @@ pub struct Sql {
 /// The claim: up to `$1` due entries past position `$4`, in order, stamped
 /// with token `$2` and a lease of `$3` ms.
 fn claim_sql(t: &str, options: SqlOptions) -> String {
-    // Commit order: an entry is claimable only once every transaction that
-    // was running when it was written has ended (its xid is below the
-    // snapshot's xmin), so a claim never passes an entry whose transaction
-    // may still commit. Rows written before migration 2 have no xid.
-    let settled = |alias: &str| {
-        format!("({alias}.xid IS NULL OR {alias}.xid < pg_snapshot_xmin(pg_current_snapshot()))")
-    };
+    // Commit order: every row keeps the id of the transaction that wrote it
+    // (`xid`). `horizon` is the oldest transaction still running that holds
+    // a write lock on this table (it has written, or will write, outbox
+    // rows); an entry of a later transaction is not claimable until that one
+    // ends, so a claim never passes an entry whose transaction may still
+    // commit. Only writers of this table count: a long transaction elsewhere
+    // holds nothing back. `pg_locks` is read only while some transaction is
+    // running at all. Rows written before migration 2 have no xid.
+    let horizon = format!(
+        "horizon AS MATERIALIZED (SELECT min(x) AS h FROM pg_snapshot_xip(pg_current_snapshot()) AS x \
+         WHERE xid(x) IN (SELECT w.transactionid FROM pg_locks r JOIN pg_locks w \
+         ON w.pid = r.pid AND w.locktype = 'transactionid' \
+         WHERE r.locktype = 'relation' AND r.relation = '{t}'::regclass \
+         AND r.mode = 'RowExclusiveLock' AND r.pid <> pg_backend_pid())), "
+    );
+    let settled =
+        |alias: &str| format!("({alias}.xid IS NULL OR horizon.h IS NULL OR {alias}.xid < horizon.h)");
     let committed = settled("c");
     // An entry of a stream waits while an earlier one of that stream is
     // claimed, backing off, dead, or not claimable yet.
@@ -83,9 +93,9 @@ fn claim_sql(t: &str, options: SqlOptions) -> String {
         )
     };
     format!(
-        "WITH {no_flush}due AS (SELECT c.id FROM {t} c WHERE c.status = 'pending' \
+        "WITH {no_flush}{horizon}due AS (SELECT c.id FROM {t} c, horizon WHERE c.status = 'pending' \
          AND c.id > $4 AND c.available_at <= now() AND {committed}{stream_gate} \
-         ORDER BY c.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         ORDER BY c.id LIMIT $1 FOR UPDATE OF c SKIP LOCKED) \
          UPDATE {t} AS o SET claim_token = $2, available_at = now() + $3 * interval '1 millisecond' \
          FROM due{from_cfg} WHERE o.id = due.id RETURNING {RETURNING}"
     )
@@ -431,7 +441,10 @@ impl Store for Postgres {
                 .await?;
         }
         if !gone.is_empty() {
-            sqlx::query(&sql.blocked.delete).bind(gone).execute(conn).await?;
+            sqlx::query(&sql.blocked.delete)
+                .bind(gone)
+                .execute(conn)
+                .await?;
         }
         Ok(())
     }
