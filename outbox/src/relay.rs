@@ -179,11 +179,8 @@ impl<DB: Backend> Outbox<DB> {
             }
             rows.sort_unstable_by_key(|row| row.id);
             let last = rows.last().map_or(0, |row| row.id);
-            let claimed: Vec<(i64, Uuid, String)> = rows
-                .iter()
-                .map(|row| (row.id, row.event_id, row.name.clone()))
-                .collect();
-            let ids: Vec<i64> = claimed.iter().map(|(id, ..)| *id).collect();
+            let claimed: Vec<(i64, Uuid)> = rows.iter().map(|row| (row.id, row.event_id)).collect();
+            let ids: Vec<i64> = claimed.iter().map(|(id, _)| *id).collect();
             let dispatch = self.dispatch(publishers, rows, &mut report);
             let settlement = self.renewing(conn, token, &ids, dispatch).await;
             let settled = DB::settle(conn, &inner.sql, token, &settlement).await?;
@@ -242,7 +239,7 @@ impl<DB: Backend> Outbox<DB> {
     /// Reports the claimed entries whose outcome found their claim gone.
     fn count_lost(
         &self,
-        claimed: &[(i64, Uuid, String)],
+        claimed: &[(i64, Uuid)],
         settled: &[i64],
         settlement: &Settlement,
         report: &mut Report,
@@ -250,7 +247,7 @@ impl<DB: Backend> Outbox<DB> {
         let settled: HashSet<i64> = settled.iter().copied().collect();
         let published: HashSet<i64> = settlement.published.iter().copied().collect();
         let mut lost = 0;
-        for (id, event_id, name) in claimed {
+        for (id, event_id) in claimed {
             if settled.contains(id) {
                 continue;
             }
@@ -264,7 +261,6 @@ impl<DB: Backend> Outbox<DB> {
                 table = %self.inner.table,
                 position = id,
                 %event_id,
-                name = %name,
                 published = was_published,
                 "claim lost before its outcome was recorded: the lease expired and another relay took the entry"
             );
