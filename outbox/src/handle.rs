@@ -186,9 +186,10 @@ impl<DB: Backend> OutboxBuilder<DB> {
         self
     }
 
-    /// How long a claim lasts (default 30 s). A relay that dies holding a
-    /// claim delays its entries by at most this; a publisher slower than
-    /// this may see its entries published by another relay as well.
+    /// How long a claim lasts (default 30 s). A relay renews the claims of a
+    /// batch in flight every third of it, so a slow publisher keeps its
+    /// entries; a relay that dies holding a claim delays its entries by at
+    /// most this.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -248,12 +249,12 @@ impl<DB: Backend> OutboxBuilder<DB> {
 
     /// The longest one publish may take (default 10 s; `None`: no limit). A
     /// publish that takes longer is abandoned and counts as
-    /// [`unavailable`](crate::PublishError::unavailable): no attempt is
-    /// spent, the run stops, and the outcomes of the entries published
-    /// before it are committed. It bounds each closure call and each
-    /// `publish` made by the default `publish_batch`; a publisher that
-    /// overrides `publish_batch` (the ready broker adapters) bounds its own
-    /// calls. Keep it below the [`lease`](Self::lease).
+    /// [`transient`](crate::PublishError::transient): an attempt if the
+    /// destination answers other entries, none if it answers nothing (after
+    /// 3 timeouts in a row with no answer the publisher is blocked). It
+    /// bounds each closure call and each `publish` made by the default
+    /// `publish_batch`; a publisher that overrides `publish_batch` (the
+    /// ready broker adapters) bounds its own calls.
     pub fn publish_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.publish_timeout = timeout;
         self

@@ -74,14 +74,23 @@
 //! - **Order**: entries are claimed and dispatched in record order (the
 //!   table's id). A failed entry does not hold back the others: it is tried
 //!   again after its backoff, among the entries due then.
-//! - **Attempts and dead letters**: a [`PublishError::rejected`] costs an
-//!   attempt; after the last one (default 3) the entry is a dead letter, kept
-//!   with its reason until [`Outbox::requeue`] or [`Outbox::purge`]. A
-//!   [`PublishError::unavailable`] costs none: the run stops and the entries
-//!   wait, so an outage never makes dead letters. A payload that no longer
-//!   decodes is dead at once. An entry whose name has no publisher stays
-//!   pending (reported as unroutable) and costs no attempt. A panicking
-//!   publisher is a failed attempt.
+//! - **Attempts and dead letters**: a failure has a scope (see
+//!   [`publisher`], "Failure scopes"). A [`PublishError::rejected`] costs an
+//!   attempt; after the last one (default 3) the entry is a dead letter,
+//!   kept with its reason until [`Outbox::requeue`] or [`Outbox::purge`]. A
+//!   [`PublishError::transient`] backs the entry off on its own and costs an
+//!   attempt only while its destination answers other entries. A
+//!   [`PublishError::unavailable`] costs none and makes no dead letter: that
+//!   publisher is blocked and paused while the others go on, and resumes by
+//!   itself. A payload that no longer decodes is dead at once. An entry
+//!   whose name has no publisher stays pending (reported as unroutable) and
+//!   costs no attempt. A panicking publisher is a failed attempt of the
+//!   entry it was publishing.
+//! - **Leases**: a claim is renewed while its batch is in flight; an outcome
+//!   that lost its claim anyway is reported ([`Report::lost`]), never
+//!   counted as done.
+//! - **Commit order** (PostgreSQL): a claim never passes an entry whose
+//!   transaction may still commit.
 //! - **Short transactions**: claiming a batch and recording its outcomes are
 //!   two short transactions; no transaction (and on SQLite no write lock) is
 //!   held while a publisher runs.
