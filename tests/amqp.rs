@@ -5,20 +5,26 @@
 mod broker_support;
 
 use std::collections::BTreeMap;
+use std::process::Command;
 use std::time::Duration;
 
-use broker_support::{OrderPlaced, Received, check_exactly, record, sqlite_outbox, unique};
+use broker_support::blocked::{assert_blocked_at_no_cost, probe, relay_after};
+use broker_support::{
+    Expected, OrderPlaced, Received, check_contents, check_exactly, record, sqlite_outbox, unique,
+};
 use futures_util::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind as LapinKind};
 use outbox::publisher::amqp::{
     AmqpPublisher, CORRELATION_ID_HEADER, ExchangeKind, STREAM_KEY_HEADER,
 };
-use outbox::{Backoff, Publishers};
+use outbox::{Backoff, Outbox, Publishers, Report};
+use sqlx::Sqlite;
 
 fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -70,6 +76,55 @@ fn text(value: &AMQPValue) -> String {
     }
 }
 
+/// What the broker delivered, checked for the properties every message has.
+fn to_received(delivery: &Delivery) -> Received {
+    let p = &delivery.properties;
+    assert_eq!(
+        p.content_type().as_ref().unwrap().as_str(),
+        "application/json"
+    );
+    assert_eq!(*p.delivery_mode(), Some(2), "persistent");
+    assert!(p.timestamp().is_some_and(|t| t > 1_600_000_000));
+    let headers: BTreeMap<String, String> = p
+        .headers()
+        .as_ref()
+        .map(|h| {
+            h.inner()
+                .iter()
+                .map(|(k, v)| (k.to_string(), text(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(correlation) = headers.get(CORRELATION_ID_HEADER) {
+        assert_eq!(
+            p.correlation_id()
+                .as_ref()
+                .map(ToString::to_string)
+                .as_ref(),
+            Some(correlation)
+        );
+    }
+    Received {
+        event_id: p.message_id().as_ref().unwrap().as_str().parse().unwrap(),
+        name: p.kind().as_ref().unwrap().to_string(),
+        payload: String::from_utf8(delivery.data.clone()).unwrap(),
+        headers,
+    }
+}
+
+/// Takes every message in `queue` now (`basic.get` until it is empty).
+async fn drain(channel: &Channel, queue: &str) -> Vec<Received> {
+    let mut received = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        received.push(to_received(&message.delivery));
+    }
+    received
+}
+
 /// Consumes `n` messages from `queue` (waiting at most `within`).
 async fn consume(channel: &Channel, queue: &str, n: usize, within: Duration) -> Vec<Received> {
     let mut consumer = channel
@@ -92,38 +147,7 @@ async fn consume(channel: &Channel, queue: &str, n: usize, within: Duration) -> 
             .unwrap_or_else(|_| panic!("only {} of {n} messages arrived", received.len()))
             .expect("consumer open")
             .unwrap();
-        let p = &delivery.properties;
-        assert_eq!(
-            p.content_type().as_ref().unwrap().as_str(),
-            "application/json"
-        );
-        assert_eq!(*p.delivery_mode(), Some(2), "persistent");
-        assert!(p.timestamp().is_some_and(|t| t > 1_600_000_000));
-        let headers: BTreeMap<String, String> = p
-            .headers()
-            .as_ref()
-            .map(|h| {
-                h.inner()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), text(v)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(correlation) = headers.get(CORRELATION_ID_HEADER) {
-            assert_eq!(
-                p.correlation_id()
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .as_ref(),
-                Some(correlation)
-            );
-        }
-        received.push(Received {
-            event_id: p.message_id().as_ref().unwrap().as_str().parse().unwrap(),
-            name: p.kind().as_ref().unwrap().to_string(),
-            payload: String::from_utf8(delivery.data.clone()).unwrap(),
-            headers,
-        });
+        received.push(to_received(&delivery));
     }
     // Cancel now rather than on drop (lapin cancels a dropped consumer in
     // the background), so the next consumer on this channel may reuse the tag
@@ -237,119 +261,137 @@ async fn default_exchange_with_a_routing_key_mapping() {
         .unwrap();
 }
 
-/// RabbitMQ closes the channel with `404 NOT_FOUND` when the exchange does not
-/// exist: that is a rejection carrying the broker's reason (not an outage),
-/// the entries end as dead letters with that reason, and the publisher opens
-/// a new channel on its next call: once the exchange exists, requeued
-/// entries go out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_exchange_is_a_rejection_with_the_brokers_reason() {
-    let exchange = unique("outbox-test-missing");
-    let rabbit = AmqpPublisher::builder(amqp_url())
-        .exchange(&exchange)
-        .build()
-        .unwrap();
-    let (outbox, pool) = sqlite_outbox(|b| b.max_attempts(2).backoff(Backoff::none())).await;
-    let expected = record(&outbox, &pool, 0, 10).await;
-    let publishers = Publishers::builder()
+/// A publisher and its catch-all, both `rabbit`.
+fn both(rabbit: &AmqpPublisher) -> Publishers {
+    Publishers::builder()
         .publisher::<OrderPlaced, _>(rabbit.clone())
-        .fallback(rabbit)
+        .fallback(rabbit.clone())
+        .max_pause(Duration::from_millis(500))
         .build()
-        .unwrap();
+        .unwrap()
+}
 
-    let mut total = outbox::Report::default();
-    for _ in 0..10 {
-        let report = outbox.run(&publishers, 100).await.unwrap();
-        assert_eq!(report.unavailable, 0, "a refusal is no outage: {report:?}");
-        total += report;
-        if report.claimed == 0 {
-            break;
-        }
-    }
-    assert_eq!(total.published, 0, "{total:?}");
-    assert_eq!(total.dead, 10, "{total:?}");
-    let dead = outbox.dead_letters(100).await.unwrap();
-    assert_eq!(dead.len(), 10);
-    eprintln!("dead letter reason: {}", dead[0].reason);
-    for letter in &dead {
-        assert_eq!(letter.attempts, 2);
-        assert!(
-            letter.reason.contains("NOT_FOUND") && letter.reason.contains("no exchange"),
-            "{}",
-            letter.reason
-        );
-        assert!(!letter.reason.contains("guest:guest"), "{}", letter.reason);
-    }
-
-    // Create the exchange and a queue; requeue: the same publisher recovers.
-    let (_conn, channel) = client().await;
+async fn declare_exchange(channel: &Channel, name: &str, kind: LapinKind) {
     channel
         .exchange_declare(
-            exchange.as_str().into(),
-            LapinKind::Fanout,
+            name.into(),
+            kind,
             ExchangeDeclareOptions::default(),
             FieldTable::default(),
         )
         .await
         .unwrap();
+}
+
+async fn delete(channel: &Channel, exchange: &str, queue: &str) {
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    channel
+        .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+}
+
+/// A missing exchange (`404 NOT_FOUND`) is a deploy mistake, not a bad
+/// event: it costs no attempt and makes no dead letter (even with
+/// `max_attempts(1)`); the publishers are blocked with a reason that says
+/// what to fix, and once the exchange exists the relay resumes by itself
+/// and delivers every entry exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_exchange_blocks_until_it_is_declared_then_delivers_everything() {
+    let exchange = unique("outbox-test-missing");
     let queue_name = unique("outbox-test-q");
-    queue(&channel, &queue_name, &exchange, "").await;
-    assert_eq!(outbox.requeue_all().await.unwrap(), 10);
-    let report = outbox.run(&publishers, 100).await.unwrap();
-    assert_eq!(report.published, 10, "{report:?}");
-    let received = consume(&channel, &queue_name, 10, Duration::from_secs(30)).await;
+    let rabbit = AmqpPublisher::builder(amqp_url())
+        .exchange(&exchange)
+        .build()
+        .unwrap();
+    let (outbox, pool) = sqlite_outbox(|b| b.max_attempts(1).backoff(Backoff::none())).await;
+    let expected = record(&outbox, &pool, 0, 20).await;
+    let publishers = both(&rabbit);
+
+    let total = probe(&outbox, &publishers, Duration::from_millis(1500)).await;
+    let missing = format!("exchange `{exchange}` does not exist");
+    assert_blocked_at_no_cost(
+        &outbox,
+        &pool,
+        &publishers,
+        &total,
+        20,
+        &[&missing, "404 NOT_FOUND", "declare it"],
+    )
+    .await;
+
+    let (_conn, channel) = client().await;
+    let report = relay_after(&outbox, &pool, publishers, async {
+        declare_exchange(&channel, &exchange, LapinKind::Fanout).await;
+        queue(&channel, &queue_name, &exchange, "").await;
+    })
+    .await;
+    assert_eq!(report.published, 20, "{report:?}");
+    let received = drain(&channel, &queue_name).await;
     check_exactly(
         &expected,
         &received,
         STREAM_KEY_HEADER,
         CORRELATION_ID_HEADER,
     );
-
-    channel
-        .queue_delete(queue_name.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .unwrap();
-    channel
-        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-        .await
-        .unwrap();
+    delete(&channel, &exchange, &queue_name).await;
 }
 
-/// A mandatory message no queue receives is returned by the broker: a
-/// rejection (`312 NO_ROUTE`), not a silent loss. With `mandatory(false)`
-/// the same message counts as published.
+/// A mandatory message that no queue receives is returned (`312
+/// NO_ROUTE`): the publishers are blocked (no attempt, no dead letter)
+/// until a queue is bound; then the relay resumes by itself and every
+/// entry arrives exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unroutable_messages_are_rejected_unless_not_mandatory() {
+async fn unbound_routing_key_blocks_until_a_queue_is_bound_then_delivers_everything() {
     let exchange = unique("outbox-test-x");
+    let queue_name = unique("outbox-test-q");
     let (_conn, channel) = client().await;
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            LapinKind::Topic,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-
-    let (outbox, pool) = sqlite_outbox(|b| b.max_attempts(1)).await;
-    record(&outbox, &pool, 0, 3).await;
-    let strict = AmqpPublisher::builder(amqp_url())
+    declare_exchange(&channel, &exchange, LapinKind::Topic).await;
+    let rabbit = AmqpPublisher::builder(amqp_url())
         .exchange(&exchange)
         .build()
         .unwrap();
-    let report = outbox
-        .run(
-            &Publishers::builder().fallback(strict).build().unwrap(),
-            100,
-        )
-        .await
-        .unwrap();
-    assert_eq!(report.dead, 3, "{report:?}");
-    let dead = outbox.dead_letters(10).await.unwrap();
-    eprintln!("dead letter reason: {}", dead[0].reason);
-    assert!(dead[0].reason.contains("NO_ROUTE"), "{}", dead[0].reason);
+    let (outbox, pool) = sqlite_outbox(|b| b.max_attempts(1).backoff(Backoff::none())).await;
+    let expected = record(&outbox, &pool, 0, 20).await;
+    let publishers = both(&rabbit);
 
+    let total = probe(&outbox, &publishers, Duration::from_millis(1500)).await;
+    let unbound = format!("no queue is bound to exchange `{exchange}` for routing key `shop.");
+    assert_blocked_at_no_cost(
+        &outbox,
+        &pool,
+        &publishers,
+        &total,
+        20,
+        &[&unbound, "312 NO_ROUTE", "the message was returned"],
+    )
+    .await;
+
+    let report = relay_after(&outbox, &pool, publishers, async {
+        queue(&channel, &queue_name, &exchange, "shop.#").await;
+    })
+    .await;
+    assert_eq!(report.published, 20, "{report:?}");
+    let received = drain(&channel, &queue_name).await;
+    check_exactly(
+        &expected,
+        &received,
+        STREAM_KEY_HEADER,
+        CORRELATION_ID_HEADER,
+    );
+    delete(&channel, &exchange, &queue_name).await;
+}
+
+/// With `mandatory(false)` a message no queue receives counts as published
+/// (RabbitMQ drops it): for exchanges where nothing bound is normal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_messages_count_as_published_when_not_mandatory() {
+    let exchange = unique("outbox-test-x");
+    let (_conn, channel) = client().await;
+    declare_exchange(&channel, &exchange, LapinKind::Topic).await;
     let (outbox, pool) = sqlite_outbox(|b| b).await;
     record(&outbox, &pool, 0, 3).await;
     let lenient = AmqpPublisher::builder(amqp_url())
@@ -357,19 +399,267 @@ async fn unroutable_messages_are_rejected_unless_not_mandatory() {
         .mandatory(false)
         .build()
         .unwrap();
-    let report = outbox
-        .run(
-            &Publishers::builder().fallback(lenient).build().unwrap(),
-            100,
-        )
-        .await
-        .unwrap();
+    let publishers = Publishers::builder().fallback(lenient).build().unwrap();
+    let report = outbox.run(&publishers, 100).await.unwrap();
     assert_eq!(report.published, 3, "{report:?}");
-
+    assert!(publishers.blocked().is_empty());
     channel
         .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
         .await
         .unwrap();
+}
+
+/// `rabbitmqctl`, as the local broker's administrator.
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs (as root, next to the local broker)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A RabbitMQ user of the test's own, deleted on drop (also when the test
+/// fails).
+struct User(String);
+
+impl User {
+    fn add(password: &str) -> Self {
+        let name = unique("outbox-test-user");
+        rabbitmqctl(&["add_user", &name, password]);
+        Self(name)
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_user", &self.0])
+            .output();
+    }
+}
+
+/// Runs the outbox while its publishers are blocked until their reason
+/// contains `part` (their pause has to run out first).
+async fn probe_until_reason(
+    outbox: &Outbox<Sqlite>,
+    publishers: &Publishers,
+    part: &str,
+) -> Report {
+    let mut total = Report::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        total += outbox.run(publishers, 100).await.unwrap();
+        let blocked = publishers.blocked();
+        if blocked.len() == 2 && blocked.iter().all(|b| b.reason.contains(part)) {
+            return total;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reason never became {part:?}: {blocked:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Refused credentials (`403 ACCESS_REFUSED` at login) and a user who may
+/// not write to the exchange (`403 ACCESS_REFUSED` on the channel) block
+/// the publishers at no cost, each with its own reason; once an
+/// administrator fixes the password and then the permission, the relay
+/// resumes by itself and delivers every entry exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_login_and_refused_write_block_until_fixed_then_deliver_everything() {
+    let user = User::add("first-s3cret");
+    // Reads and nothing else: may log in, may not publish.
+    rabbitmqctl(&["set_permissions", "-p", "/", &user.0, "^$", "^$", ".*"]);
+    let exchange = unique("outbox-test-x");
+    let queue_name = unique("outbox-test-q");
+    let (_conn, channel) = client().await;
+    declare_exchange(&channel, &exchange, LapinKind::Fanout).await;
+    queue(&channel, &queue_name, &exchange, "").await;
+
+    let rabbit = AmqpPublisher::builder(format!(
+        "amqp://{}:second-s3cret@127.0.0.1:5672/%2f",
+        user.0
+    ))
+    .exchange(&exchange)
+    .build()
+    .unwrap();
+    let (outbox, pool) = sqlite_outbox(|b| b.max_attempts(1).backoff(Backoff::none())).await;
+    let expected = record(&outbox, &pool, 0, 20).await;
+    let publishers = both(&rabbit);
+
+    let total = probe(&outbox, &publishers, Duration::from_secs(1)).await;
+    assert_blocked_at_no_cost(
+        &outbox,
+        &pool,
+        &publishers,
+        &total,
+        20,
+        &[
+            "refused the login",
+            "403 ACCESS_REFUSED",
+            "user and password",
+        ],
+    )
+    .await;
+    for b in publishers.blocked() {
+        assert!(!b.reason.contains("s3cret"), "{}", b.reason);
+    }
+
+    // The password is fixed: now the login works and the write is refused.
+    rabbitmqctl(&["change_password", &user.0, "second-s3cret"]);
+    let total = probe_until_reason(&outbox, &publishers, "may not publish").await;
+    let refused = format!("may not publish to exchange `{exchange}`");
+    assert_blocked_at_no_cost(
+        &outbox,
+        &pool,
+        &publishers,
+        &total,
+        20,
+        &[&refused, "403 ACCESS_REFUSED", "write permission"],
+    )
+    .await;
+
+    let report = relay_after(&outbox, &pool, publishers, async {
+        rabbitmqctl(&["set_permissions", "-p", "/", &user.0, "^$", ".*", ".*"]);
+    })
+    .await;
+    assert_eq!(report.published, 20, "{report:?}");
+    let received = drain(&channel, &queue_name).await;
+    check_exactly(
+        &expected,
+        &received,
+        STREAM_KEY_HEADER,
+        CORRELATION_ID_HEADER,
+    );
+    delete(&channel, &exchange, &queue_name).await;
+}
+
+/// `declare_exchange` that contradicts the existing exchange (`406
+/// PRECONDITION_FAILED`) is a setting to fix: unavailable, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_declaration_is_unavailable_with_the_reason() {
+    let exchange = unique("outbox-test-x");
+    let (_conn, channel) = client().await;
+    declare_exchange(&channel, &exchange, LapinKind::Fanout).await;
+    let rabbit = AmqpPublisher::builder(amqp_url())
+        .exchange(&exchange)
+        .declare_exchange(ExchangeKind::Topic)
+        .build()
+        .unwrap();
+    let err = rabbit.connect().await.unwrap_err();
+    eprintln!("connect error: {err}");
+    assert!(err.is_unavailable(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("406 PRECONDITION_FAILED") && text.contains(".declare_exchange(..)"),
+        "{text}"
+    );
+    channel
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+}
+
+/// A message RabbitMQ nacks (here: routed to a queue whose `reject-publish`
+/// overflow refuses it) is a rejection of that one entry: it costs the entry
+/// its attempts and ends as a dead letter with the reason, while the other
+/// entries of the same batches are delivered, each once, and nothing blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacked_message_is_rejected_alone_while_the_rest_are_delivered() {
+    let exchange = unique("outbox-test-x");
+    let good = unique("outbox-test-q");
+    let full = unique("outbox-test-full");
+    let (_conn, channel) = client().await;
+    declare_exchange(&channel, &exchange, LapinKind::Topic).await;
+    queue(&channel, &good, &exchange, "shop.#").await;
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    channel
+        .queue_declare(full.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            full.as_str().into(),
+            exchange.as_str().into(),
+            "poison.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    // Entry 3 (an OrderPlaced, in a batch with others) goes to the full queue.
+    let rabbit = AmqpPublisher::builder(amqp_url())
+        .exchange(&exchange)
+        .routing_key(|entry| {
+            if entry.headers().get("seq").map(String::as_str) == Some("3") {
+                "poison.order".to_owned()
+            } else {
+                entry.name().to_owned()
+            }
+        })
+        .build()
+        .unwrap();
+    let (outbox, pool) = sqlite_outbox(|b| b.max_attempts(2).backoff(Backoff::none())).await;
+    let expected = record(&outbox, &pool, 0, 20).await;
+    let publishers = both(&rabbit);
+    let mut total = Report::default();
+    for _ in 0..10 {
+        let report = outbox.run(&publishers, 100).await.unwrap();
+        total += report;
+        if report.claimed == 0 {
+            break;
+        }
+    }
+    assert_eq!(total.published, 19, "{total:?}");
+    assert_eq!(total.retried, 1, "{total:?}");
+    assert_eq!(total.dead, 1, "{total:?}");
+    assert_eq!(total.unavailable, 0, "{total:?}");
+    assert!(
+        publishers.blocked().is_empty(),
+        "{:?}",
+        publishers.blocked()
+    );
+    let dead = outbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    eprintln!("dead letter reason: {}", dead[0].reason);
+    assert_eq!(dead[0].attempts, 2);
+    assert!(dead[0].reason.contains("nacked"), "{}", dead[0].reason);
+    let poison = &expected[3];
+    assert_eq!(dead[0].event_id, poison.event_id);
+
+    let received = drain(&channel, &good).await;
+    let delivered: Vec<Expected> = expected
+        .iter()
+        .filter(|e| e.event_id != poison.event_id)
+        .cloned()
+        .collect();
+    assert_eq!(received.len(), 19);
+    assert_eq!(
+        check_contents(
+            &delivered,
+            &received,
+            STREAM_KEY_HEADER,
+            CORRELATION_ID_HEADER
+        ),
+        0,
+        "duplicates"
+    );
+    channel
+        .queue_delete(full.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    delete(&channel, &exchange, &good).await;
 }
 
 /// No broker at the address: unavailable, no attempt counted, the error

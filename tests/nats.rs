@@ -8,14 +8,17 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
+use broker_support::blocked::{assert_blocked_at_no_cost, probe, relay_after};
 use broker_support::{
-    OrderPlaced, OrderShipped, Received, check_exactly, record, sqlite_outbox, unique,
+    OrderPlaced, Received, check_contents, check_exactly, record, sqlite_outbox, unique,
 };
 use futures_util::StreamExt;
 use outbox::publisher::nats::{
     CORRELATION_ID_HEADER, EVENT_NAME_HEADER, NatsPublisher, STREAM_KEY_HEADER,
 };
-use outbox::{Entry, PublishResult, Publisher, Publishers, RawPublisher, Recorded};
+use outbox::{
+    Backoff, Entry, Metadata, PublishResult, Publisher, Publishers, RawPublisher, Recorded, Report,
+};
 
 fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
@@ -24,20 +27,32 @@ fn nats_url() -> String {
 /// A JetStream context of the test's own, and a fresh stream capturing
 /// `<prefix>.>`.
 async fn stream(prefix: &str) -> (jetstream::Context, String) {
+    let js = context().await;
+    let name = create_stream(&js, prefix, stream::Config::default()).await;
+    (js, name)
+}
+
+/// A JetStream context of the test's own.
+async fn context() -> jetstream::Context {
     let client = async_nats::connect(nats_url())
         .await
         .expect("NATS at NATS_URL");
-    let js = jetstream::new(client);
+    jetstream::new(client)
+}
+
+/// Creates a fresh in-memory stream capturing `<prefix>.>`, with the
+/// limits of `config`; returns its name.
+async fn create_stream(js: &jetstream::Context, prefix: &str, config: stream::Config) -> String {
     let name = unique("outbox-test").replace('-', "_");
     js.create_stream(stream::Config {
         name: name.clone(),
         subjects: vec![format!("{prefix}.>")],
         storage: stream::StorageType::Memory,
-        ..stream::Config::default()
+        ..config
     })
     .await
     .unwrap();
-    (js, name)
+    name
 }
 
 async fn stored(js: &jetstream::Context, name: &str) -> u64 {
@@ -201,7 +216,7 @@ async fn a_batch_published_twice_is_stored_once() {
         .fallback(nats.clone())
         .build()
         .unwrap();
-    let mut total = outbox::Report::default();
+    let mut total = Report::default();
     while broker_support::pending(&pool).await > 0 {
         total += outbox.run(&publishers, 100).await.unwrap();
     }
@@ -245,36 +260,146 @@ async fn a_batch_published_twice_is_stored_once() {
     js.delete_stream(&name).await.unwrap();
 }
 
-/// No stream captures the subject: a rejection naming the subject; the
-/// entries become dead letters with that reason.
+/// A publisher and its catch-all, both `nats`.
+fn both(nats: &NatsPublisher) -> Publishers {
+    Publishers::builder()
+        .publisher::<OrderPlaced, _>(nats.clone())
+        .fallback(nats.clone())
+        .max_pause(Duration::from_millis(500))
+        .build()
+        .unwrap()
+}
+
+/// No stream captures the subject (the server answers "no responders"): a
+/// setting to fix, not a bad event. No attempt, no dead letter (even with
+/// `max_attempts(1)`); the publishers are blocked naming the subject; once
+/// the stream exists the relay resumes by itself and every entry is stored
+/// exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_stream_for_the_subject_is_a_clear_rejection() {
+async fn subject_without_a_stream_blocks_until_the_stream_exists_then_delivers_everything() {
     let prefix = unique("outbox-nostream");
     let nats = NatsPublisher::builder(nats_url())
         .subject_prefix(format!("{prefix}."))
         .timeout(Duration::from_secs(3))
         .build()
         .unwrap();
-    let (outbox, pool) = sqlite_outbox(|b| b.max_attempts(1)).await;
-    record(&outbox, &pool, 0, 5).await;
-    let publishers = Publishers::builder()
-        .publisher::<OrderShipped, _>(nats.clone())
-        .fallback(nats)
+    let (outbox, pool) = sqlite_outbox(|b| b.max_attempts(1).backoff(Backoff::none())).await;
+    let expected = record(&outbox, &pool, 0, 20).await;
+    let publishers = both(&nats);
+
+    let total = probe(&outbox, &publishers, Duration::from_millis(1500)).await;
+    let missing = format!("no JetStream stream captures subject `{prefix}.shop.");
+    assert_blocked_at_no_cost(
+        &outbox,
+        &pool,
+        &publishers,
+        &total,
+        20,
+        &[&missing, "create a stream"],
+    )
+    .await;
+
+    let js = context().await;
+    let mut name = String::new();
+    let report = relay_after(&outbox, &pool, publishers, async {
+        name = create_stream(&js, &prefix, stream::Config::default()).await;
+    })
+    .await;
+    assert_eq!(report.published, 20, "{report:?}");
+    assert_eq!(stored(&js, &name).await, 20);
+    let received = consume(&js, &name, 20).await;
+    check_exactly(
+        &expected,
+        &received,
+        STREAM_KEY_HEADER,
+        CORRELATION_ID_HEADER,
+    );
+    js.delete_stream(&name).await.unwrap();
+}
+
+/// A message over the stream's `max_msg_size` is refused by JetStream
+/// (code 400, 10054): a rejection of that one entry, which becomes a dead
+/// letter after its attempts, while the entries around it in the same
+/// batches are stored, each once, and nothing blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_is_rejected_alone_while_the_rest_are_delivered() {
+    let prefix = unique("outbox-test");
+    let js = context().await;
+    let name = create_stream(
+        &js,
+        &prefix,
+        stream::Config {
+            max_message_size: 4096,
+            ..stream::Config::default()
+        },
+    )
+    .await;
+    let nats = NatsPublisher::builder(nats_url())
+        .subject_prefix(format!("{prefix}."))
         .build()
         .unwrap();
-    let report = outbox.run(&publishers, 100).await.unwrap();
-    assert_eq!(report.dead, 5, "{report:?}");
-    for letter in outbox.dead_letters(10).await.unwrap() {
-        eprintln!("dead letter reason: {}", letter.reason);
-        let subject = format!("{prefix}.{}", letter.name);
-        assert!(
-            letter
-                .reason
-                .contains(&format!("no JetStream stream matches subject `{subject}`")),
-            "{}",
-            letter.reason
-        );
+    let (outbox, pool) = sqlite_outbox(|b| b.max_attempts(2).backoff(Backoff::none())).await;
+    let mut expected = record(&outbox, &pool, 0, 10).await;
+    let big = OrderPlaced {
+        order: 0,
+        seq: 1000,
+        amount_cents: 1,
+        note: "x".repeat(10_000),
+    };
+    let mut tx = pool.begin().await.unwrap();
+    let oversized = outbox
+        .record_with(&mut tx, &big, Metadata::new().stream_key("order-0"))
+        .await
+        .unwrap()
+        .event_id()
+        .expect("stored");
+    tx.commit().await.unwrap();
+    expected.extend(record(&outbox, &pool, 10, 10).await);
+
+    let publishers = both(&nats);
+    let mut total = Report::default();
+    for _ in 0..10 {
+        let report = outbox.run(&publishers, 100).await.unwrap();
+        total += report;
+        if report.claimed == 0 {
+            break;
+        }
     }
+    assert_eq!(total.published, 20, "{total:?}");
+    assert_eq!(total.retried, 1, "{total:?}");
+    assert_eq!(total.dead, 1, "{total:?}");
+    assert_eq!(total.unavailable, 0, "{total:?}");
+    assert!(
+        publishers.blocked().is_empty(),
+        "{:?}",
+        publishers.blocked()
+    );
+    let dead = outbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    eprintln!("dead letter reason: {}", dead[0].reason);
+    assert_eq!(dead[0].event_id, oversized);
+    assert_eq!(dead[0].attempts, 2);
+    assert!(
+        dead[0]
+            .reason
+            .contains("message size exceeds maximum allowed"),
+        "{}",
+        dead[0].reason
+    );
+
+    assert_eq!(stored(&js, &name).await, 20);
+    let received = consume(&js, &name, 20).await;
+    assert_eq!(
+        check_contents(
+            &expected,
+            &received,
+            STREAM_KEY_HEADER,
+            CORRELATION_ID_HEADER
+        ),
+        0,
+        "duplicates"
+    );
+    js.delete_stream(&name).await.unwrap();
 }
 
 /// No server at the address: unavailable, no attempt counted.

@@ -6,6 +6,8 @@
 #![allow(dead_code)] // Reason: each test binary uses a different subset of the helpers.
 #![allow(unreachable_pub)] // Reason: shared by several test crates through `mod broker_support`.
 
+pub mod blocked;
+
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 

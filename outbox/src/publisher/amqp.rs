@@ -40,35 +40,43 @@
 //! | `correlation_id`         | the correlation id, if any                        |
 //! | `headers`                | the entry's headers as strings, plus [`STREAM_KEY_HEADER`], [`CORRELATION_ID_HEADER`], [`CAUSATION_ID_HEADER`] when set |
 //!
-//! # Outcomes
+//! # Failures
 //!
-//! - **Published**: the broker acked the message.
-//! - **Rejected** (costs an attempt; the reason becomes the entry's last
-//!   error and, after the last attempt, its dead-letter reason):
-//!   - the broker nacked it;
-//!   - the message was *mandatory* (the default, see
-//!     [`mandatory`](AmqpPublisherBuilder::mandatory)) and no queue was bound
-//!     for its routing key: the broker returned it (`312 NO_ROUTE`);
-//!   - the broker closed the channel over it with a channel-level error, for
-//!     example `404 NOT_FOUND - no exchange 'x'` when the exchange does not
-//!     exist, or `403 ACCESS_REFUSED`. These two concern the exchange, which
-//!     every message of the batch shares, so every entry of the batch not yet
-//!     confirmed is rejected with the broker's reason. For any other
-//!     channel error (e.g. `406 PRECONDITION_FAILED` for a message over the
-//!     broker's size limit) only the first unconfirmed entry is rejected and
-//!     the rest of the batch is left for the next run, at no cost. (RabbitMQ
-//!     does not say which message it closed the channel over; when earlier
-//!     messages were still awaiting their confirm, one of them may be charged
-//!     instead: it costs that entry one attempt and a duplicate, and the
-//!     culprit, tried next, is charged in its turn.) The next call opens a
-//!     new channel;
-//!   - the entry cannot be expressed in AMQP (a routing key, event name or
-//!     header name over 255 bytes).
-//! - **Unavailable** (costs no attempt; the relay backs off and tries again):
-//!   the broker cannot be reached, the connection was closed (for example by
-//!   `rabbitmqctl stop_app`: `320 CONNECTION_FORCED`), or no confirm arrived
-//!   within the [`timeout`](AmqpPublisherBuilder::timeout). The connection is
-//!   dropped and opened again on the next call.
+//! Every failure has a kind (see "Failure scopes" in [the publisher
+//! docs](crate::publisher)): *rejected* costs the entry an attempt and, after
+//! the last one, makes it a dead letter; *unavailable* costs nothing, blocks
+//! the publisher (listed by [`Publishers::blocked`](crate::Publishers::blocked)
+//! with the reason below) and pauses it until RabbitMQ answers again. A
+//! setting that is wrong on the broker's side (a missing exchange, nothing
+//! bound, a refused login) is *unavailable*, never a rejection: after a
+//! deploy mistake the backlog waits, and goes out by itself once it is fixed.
+//!
+//! | what RabbitMQ does | kind | the reason says |
+//! |---|---|---|
+//! | acks the message | published | |
+//! | returns it (`312 NO_ROUTE`: [mandatory](AmqpPublisherBuilder::mandatory), no queue bound for its routing key), then acks it | unavailable | no queue is bound to exchange `x` for routing key `k` (`312 NO_ROUTE`): the message was returned; bind a queue or publish with `.mandatory(false)` |
+//! | closes the channel, `404 NOT_FOUND` (the exchange does not exist) | unavailable | exchange `x` does not exist (`404 NOT_FOUND`); declare it or fix `.exchange(..)` |
+//! | closes the channel, `403 ACCESS_REFUSED` (the user may not write to the exchange, or declare it) | unavailable | the user may not publish to exchange `x`: grant it write permission |
+//! | closes the channel on [`declare_exchange`](AmqpPublisherBuilder::declare_exchange), `406 PRECONDITION_FAILED` (the exchange exists with another type or settings) | unavailable | exchange `x` exists with other settings; make `.declare_exchange(..)` match it |
+//! | closes the channel with another channel error (`405 RESOURCE_LOCKED`, ...) | unavailable | the broker's text |
+//! | refuses the login, `403 ACCESS_REFUSED` (wrong user or password) | unavailable | check the user and password in the URI |
+//! | refuses the virtual host, `530 NOT_ALLOWED` (it does not exist, or the user has no access) | unavailable | check the vhost in the URI and the user's permissions |
+//! | cannot be reached (connection refused, DNS, no answer within the [`timeout`](AmqpPublisherBuilder::timeout)) | unavailable | cannot connect to RabbitMQ at `host` |
+//! | fails the TLS handshake of an `amqps://` URI (untrusted certificate, wrong host name, a plaintext port) | unavailable | the TLS handshake failed, and why |
+//! | closes the connection (`320 CONNECTION_FORCED` on `rabbitmqctl stop_app`, any other connection error, a lost socket, missed heartbeats) | unavailable | the broker's text; the connection is opened again on the next call |
+//! | sends no confirm within the [`timeout`](AmqpPublisherBuilder::timeout) (also while a memory or disk alarm blocks publishers) | unavailable | no confirm within the timeout; the connection is opened again |
+//! | nacks the message (a queue's `reject-publish` overflow, an internal error in a queue) | rejected | RabbitMQ nacked the message |
+//! | closes the channel over one message: `406 PRECONDITION_FAILED` (e.g. over the broker's `max_message_size`), `311 CONTENT_TOO_LARGE` | rejected | the broker's text |
+//! | (the entry cannot be expressed in AMQP: a routing key, event name or header name over 255 bytes) | rejected | which field is too long |
+//!
+//! A rejection concerns its entry only; the other entries of the batch are
+//! delivered or given back at no cost. When RabbitMQ closes the channel over
+//! one message it does not say which one: the first entry of the batch not
+//! yet confirmed is charged and the rest are given back (if earlier messages
+//! were still awaiting their confirm, one of them may be charged instead: it
+//! costs that entry one attempt and a duplicate, and the culprit, tried
+//! next, is charged in its turn). A channel that RabbitMQ closed is replaced
+//! on the next call; the connection stays.
 //!
 //! # Batches
 //!
@@ -78,22 +86,40 @@
 //! that is lost (timeout, connection closed) makes the entry go out again
 //! later. Consumers deduplicate on `message_id`.
 //!
-//! # Connections
+//! # Connections and TLS
 //!
 //! The publisher connects on first use (or when [`AmqpPublisher::connect`] is
 //! called), keeps one connection and one confirm-mode channel, and replaces
-//! them when they break. Clones share them. TLS (`amqps://`) needs one of
-//! lapin's TLS features enabled in your own `Cargo.toml`; this crate enables
-//! none. The URI's password never appears in `Debug` output or in errors.
+//! them when they break. Clones share them. The URI's password never appears
+//! in `Debug` output or in errors.
+//!
+//! An `amqps://` URI is always TLS (rustls on *ring*), never a plaintext
+//! fallback: the broker's certificate must be valid for the URI's host and
+//! signed by a CA among the system roots or given with
+//! [`tls_ca_pem`](AmqpPublisherBuilder::tls_ca_pem). A handshake that fails
+//! is an outage (unavailable) naming the reason.
+//!
+//! ```no_run
+//! # use outbox::publisher::amqp::AmqpPublisher;
+//! let rabbit = AmqpPublisher::builder("amqps://app:secret@rabbit.internal:5671/%2f")
+//!     .exchange("billing")
+//!     .tls_ca_pem(std::fs::read("/etc/outbox/rabbit-ca.pem")?)
+//!     .build()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -148,6 +174,8 @@ pub struct AmqpPublisher {
 
 struct Inner {
     uri: String,
+    parsed: AMQPUri,
+    tls: OwnedTLSConfig,
     exchange: String,
     routing_key: Option<Box<RoutingFn>>,
     declare: Option<ExchangeKind>,
@@ -174,6 +202,7 @@ impl fmt::Debug for AmqpPublisher {
             .field("declare", &inner.declare)
             .field("mandatory", &inner.mandatory)
             .field("timeout", &inner.timeout)
+            .field("tls_ca_pem", &inner.tls.cert_chain.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -187,6 +216,7 @@ pub struct AmqpPublisherBuilder {
     declare: Option<ExchangeKind>,
     mandatory: bool,
     timeout: Duration,
+    tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for AmqpPublisherBuilder {
@@ -198,6 +228,7 @@ impl fmt::Debug for AmqpPublisherBuilder {
             .field("declare", &self.declare)
             .field("mandatory", &self.mandatory)
             .field("timeout", &self.timeout)
+            .field("tls_ca_pem", &self.tls_ca_pem.is_some())
             .finish()
     }
 }
@@ -227,18 +258,20 @@ impl AmqpPublisherBuilder {
 
     /// Declares the exchange (durable, of this kind) each time a channel is
     /// opened. Without it the publisher declares nothing: the exchange must
-    /// exist. A declaration that conflicts with the existing exchange is a
-    /// rejection carrying the broker's `406 PRECONDITION_FAILED` reason.
+    /// exist. A declaration that conflicts with the existing exchange
+    /// (`406 PRECONDITION_FAILED`) makes the publisher unavailable, with the
+    /// broker's reason, until the two agree.
     pub fn declare_exchange(mut self, kind: ExchangeKind) -> Self {
         self.declare = Some(kind);
         self
     }
 
     /// Whether messages are published *mandatory* (default `true`): a message
-    /// that no queue receives is returned by the broker and the entry is
-    /// rejected (`312 NO_ROUTE`), instead of being dropped silently while
+    /// that no queue receives is returned by the broker (`312 NO_ROUTE`) and
+    /// the publisher is unavailable (blocked, no attempt counted) until a
+    /// queue is bound, instead of the message being dropped silently while
     /// counting as published. Set `false` for exchanges where having no
-    /// consumer bound is normal.
+    /// queue bound is normal.
     pub fn mandatory(mut self, mandatory: bool) -> Self {
         self.mandatory = mandatory;
         self
@@ -252,14 +285,23 @@ impl AmqpPublisherBuilder {
         self
     }
 
-    /// Checks the URI and exchange name and builds the publisher. Does not
-    /// connect: see [`AmqpPublisher::connect`].
+    /// Trusts the CA certificate(s) in this PEM text for `amqps://`, next
+    /// to the system roots (for a broker whose certificate a private CA
+    /// signed). [`build`](Self::build) fails if the URI is not `amqps://` or
+    /// the text holds no certificate.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Checks the URI, exchange name and TLS settings and builds the
+    /// publisher. Does not connect: see [`AmqpPublisher::connect`].
     pub fn build(self) -> Result<AmqpPublisher> {
         let config = |reason: String| Error::PublisherConfig {
             publisher: "amqp",
             reason,
         };
-        self.uri.parse::<lapin::uri::AMQPUri>().map_err(|err| {
+        let parsed = self.uri.parse::<AMQPUri>().map_err(|err| {
             config(format!(
                 "URI {} does not parse: {err}",
                 redact_url(&self.uri)
@@ -280,9 +322,21 @@ impl AmqpPublisherBuilder {
                     .to_owned(),
             ));
         }
+        let mut tls = OwnedTLSConfig::default();
+        if let Some(pem) = self.tls_ca_pem {
+            if parsed.scheme != AMQPScheme::AMQPS {
+                return Err(config(format!(
+                    "{} is not an amqps:// URI, but `tls_ca_pem` asks for TLS",
+                    redact_url(&self.uri)
+                )));
+            }
+            tls.cert_chain = Some(checked_pem(pem).map_err(config)?);
+        }
         Ok(AmqpPublisher {
             inner: Arc::new(Inner {
                 uri: self.uri,
+                parsed,
+                tls,
                 exchange: self.exchange,
                 routing_key: self.routing_key,
                 declare: self.declare,
@@ -294,29 +348,157 @@ impl AmqpPublisherBuilder {
     }
 }
 
-/// How a failed confirm or publish call is to be reported.
-enum Failure {
-    /// The broker closed the channel with a channel-level error.
-    Refused {
-        reason: String,
-        /// The error concerns the exchange (404, 403), so every message of
-        /// the batch is refused alike.
-        whole_batch: bool,
-    },
-    /// Anything else: the broker is gone or the link is broken.
-    Unavailable(String),
+/// The PEM text of `tls_ca_pem` if it holds at least one certificate and
+/// nothing that fails to parse.
+fn checked_pem(pem: Vec<u8>) -> Result<String, String> {
+    let mut certificates = 0;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        cert.map_err(|err| format!("tls_ca_pem: {err}"))?;
+        certificates += 1;
+    }
+    if certificates == 0 {
+        return Err("tls_ca_pem: no CERTIFICATE block in the PEM text".to_owned());
+    }
+    String::from_utf8(pem).map_err(|_| "tls_ca_pem: the PEM text is not UTF-8".to_owned())
 }
 
-fn classify(err: &lapin::Error) -> Failure {
-    if let lapin::ErrorKind::ProtocolError(amqp) = err.kind()
-        && let AMQPErrorKind::Soft(soft) = amqp.kind()
-    {
-        return Failure::Refused {
-            reason: format!("RabbitMQ closed the channel: {amqp}"),
-            whole_batch: matches!(soft, AMQPSoftError::NOTFOUND | AMQPSoftError::ACCESSREFUSED),
-        };
+/// Where a lapin error happened; the same AMQP code means different things
+/// at each step.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Opening the connection (login, vhost, TLS).
+    Connect,
+    /// Opening a channel and declaring the exchange.
+    Open,
+    /// Publishing and awaiting confirms.
+    Publish,
+}
+
+/// What a failed call means for the entries and the link.
+enum Failure {
+    /// RabbitMQ closed the channel over one message: that entry is rejected.
+    Message(String),
+    /// The destination is misconfigured or refuses us: unavailable; RabbitMQ
+    /// closed the channel, the connection stays.
+    Setup(String),
+    /// The connection is gone or never opened: unavailable; open a new one.
+    Link(String),
+}
+
+impl Failure {
+    fn into_error(self) -> PublishError {
+        match self {
+            Self::Message(reason) => PublishError::rejected(reason),
+            Self::Setup(reason) | Self::Link(reason) => PublishError::unavailable(reason),
+        }
     }
-    Failure::Unavailable(format!("RabbitMQ unavailable: {err}"))
+}
+
+impl Inner {
+    /// The exchange as the reasons name it.
+    fn exchange_shown(&self) -> String {
+        if self.exchange.is_empty() {
+            "the default exchange \"\"".to_owned()
+        } else {
+            format!("exchange `{}`", self.exchange)
+        }
+    }
+
+    /// Classifies a lapin error met at `step`, with a reason that says what
+    /// to fix.
+    fn classify(&self, err: &lapin::Error, step: Step) -> Failure {
+        let vhost = &self.parsed.vhost;
+        let exchange = self.exchange_shown();
+        match err.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) => {
+                let said = amqp.get_message().as_str();
+                let code = amqp.get_id();
+                match (amqp.kind(), step) {
+                    (AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED), Step::Connect) => {
+                        Failure::Link(format!(
+                            "RabbitMQ refused the login (403 ACCESS_REFUSED): check the user and \
+                             password in the URI [{said}]"
+                        ))
+                    }
+                    (AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED), Step::Connect) => {
+                        Failure::Link(format!(
+                            "RabbitMQ refused the virtual host `{vhost}` (530 NOT_ALLOWED): check \
+                             the vhost in the URI (`%2f` is `/`) and the user's permissions [{said}]"
+                        ))
+                    }
+                    (AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND), _) => Failure::Setup(format!(
+                        "RabbitMQ: {exchange} does not exist in vhost `{vhost}` (404 NOT_FOUND); \
+                         declare it or fix .exchange(..) [{said}]"
+                    )),
+                    (AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED), _) => {
+                        Failure::Setup(format!(
+                            "RabbitMQ: the user may not publish to {exchange} (403 ACCESS_REFUSED); \
+                             grant it write permission (and configure permission for \
+                             declare_exchange) [{said}]"
+                        ))
+                    }
+                    (AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED), Step::Open) => {
+                        Failure::Setup(format!(
+                            "RabbitMQ: {exchange} exists with other settings (406 \
+                             PRECONDITION_FAILED); make .declare_exchange(..) match it [{said}]"
+                        ))
+                    }
+                    (
+                        AMQPErrorKind::Soft(
+                            AMQPSoftError::PRECONDITIONFAILED | AMQPSoftError::CONTENTTOOLARGE,
+                        ),
+                        Step::Publish,
+                    ) => Failure::Message(format!(
+                        "RabbitMQ refused the message and closed the channel ({code}): {said}"
+                    )),
+                    (AMQPErrorKind::Soft(_), Step::Connect) | (AMQPErrorKind::Hard(_), _) => {
+                        Failure::Link(format!("RabbitMQ closed the connection ({code}): {said}"))
+                    }
+                    (AMQPErrorKind::Soft(_), _) => Failure::Setup(format!(
+                        "RabbitMQ closed the channel on {exchange} ({code}): {said}"
+                    )),
+                }
+            }
+            lapin::ErrorKind::IOError(io)
+                if step == Step::Connect
+                    && self.parsed.scheme == AMQPScheme::AMQPS
+                    && matches!(
+                        io.kind(),
+                        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                    ) =>
+            {
+                Failure::Link(format!(
+                    "the TLS handshake with RabbitMQ at {} failed: {io} (is the port a TLS port? \
+                     is the broker's certificate valid for this host and signed by a CA of the \
+                     system roots or of tls_ca_pem?)",
+                    redact_url(&self.uri)
+                ))
+            }
+            _ if step == Step::Connect => Failure::Link(format!(
+                "cannot connect to RabbitMQ at {}: {err}",
+                redact_url(&self.uri)
+            )),
+            _ => Failure::Link(format!("RabbitMQ unavailable: {err}")),
+        }
+    }
+
+    /// The reason for a message RabbitMQ returned as unroutable.
+    fn unroutable(&self, routing_key: &str, code: u16, text: &str) -> String {
+        if self.exchange.is_empty() {
+            format!(
+                "RabbitMQ: no queue is named `{routing_key}` (the default exchange routes by queue \
+                 name) ({code} {text}): the message was returned; declare the queue, fix the \
+                 routing key, or publish with .mandatory(false)"
+            )
+        } else {
+            format!(
+                "RabbitMQ: no queue is bound to exchange `{}` for routing key `{routing_key}` \
+                 ({code} {text}): the message was returned; bind a queue or publish with \
+                 .mandatory(false)",
+                self.exchange
+            )
+        }
+    }
 }
 
 /// A message ready to send: everything the entry becomes on the wire.
@@ -332,10 +514,17 @@ enum Pending {
     Invalid(PublishError),
 }
 
+/// What one awaited confirm means for its entry, and whether the rest of
+/// the batch can still be judged (`false`: the channel or link is gone).
+struct Outcome {
+    result: PublishResult,
+    go_on: bool,
+}
+
 impl AmqpPublisher {
     /// Starts configuring a publisher for the broker at `uri`, e.g.
     /// `amqp://guest:guest@127.0.0.1:5672/%2f` (the last segment is the
-    /// vhost, `%2f` being `/`).
+    /// vhost, `%2f` being `/`), or `amqps://...:5671/...` for TLS.
     pub fn builder(uri: impl Into<String>) -> AmqpPublisherBuilder {
         AmqpPublisherBuilder {
             uri: uri.into(),
@@ -344,12 +533,13 @@ impl AmqpPublisher {
             declare: None,
             mandatory: true,
             timeout: Duration::from_secs(10),
+            tls_ca_pem: None,
         }
     }
 
     /// Connects now (and declares the exchange if asked) instead of on first
-    /// use, to find a wrong URI, wrong credentials or a missing broker at
-    /// startup. Publishing works without calling it.
+    /// use, to find a wrong URI, wrong credentials, a failing TLS handshake
+    /// or a missing broker at startup. Publishing works without calling it.
     pub async fn connect(&self) -> Result<(), PublishError> {
         self.channel().await.map(drop)
     }
@@ -366,13 +556,13 @@ impl AmqpPublisher {
                 // Only the channel was closed (by a channel-level error).
                 let channel = match self.open_channel(connection).await {
                     Ok(channel) => channel,
-                    Err(err) => {
-                        if err.is_unavailable() {
+                    Err(failure) => {
+                        if matches!(failure, Failure::Link(_)) {
                             // A connection that cannot open a channel is no good.
                             link.open = None;
                             link.generation += 1;
                         }
-                        return Err(err);
+                        return Err(failure.into_error());
                     }
                 };
                 link.generation += 1;
@@ -385,34 +575,43 @@ impl AmqpPublisher {
         // No connection, or a dead one: dropping it closes it if it still can.
         link.open = None;
         link.generation += 1;
-        let properties = ConnectionProperties::default().with_connection_name("outbox".into());
-        let connection =
-            match tokio::time::timeout(inner.timeout, Connection::connect(&inner.uri, properties))
-                .await
-            {
-                Ok(Ok(connection)) => connection,
-                Ok(Err(err)) => {
-                    return Err(PublishError::unavailable(format!(
-                        "cannot connect to RabbitMQ at {}: {err}",
-                        redact_url(&inner.uri)
-                    )));
-                }
-                Err(_) => {
-                    return Err(PublishError::unavailable(format!(
-                        "cannot connect to RabbitMQ at {}: no answer within {:?}",
-                        redact_url(&inner.uri),
-                        inner.timeout
-                    )));
-                }
-            };
-        let channel = self.open_channel(&connection).await?;
+        let connection = self.open_connection().await?;
+        let channel = self
+            .open_channel(&connection)
+            .await
+            .map_err(Failure::into_error)?;
         tracing::debug!(uri = %redact_url(&inner.uri), "connected to RabbitMQ");
         link.open = Some((connection, channel.clone()));
         Ok((channel, link.generation))
     }
 
+    /// Opens a connection (TLS for `amqps://`), within the timeout.
+    async fn open_connection(&self) -> Result<Connection, PublishError> {
+        let inner = &*self.inner;
+        let properties = ConnectionProperties::default().with_connection_name("outbox".into());
+        let connect = async {
+            let runtime = lapin::runtime::default_runtime()?;
+            Connection::connect_uri_with_config(
+                inner.parsed.clone(),
+                properties,
+                inner.tls.clone(),
+                runtime,
+            )
+            .await
+        };
+        match tokio::time::timeout(inner.timeout, connect).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(err)) => Err(inner.classify(&err, Step::Connect).into_error()),
+            Err(_) => Err(PublishError::unavailable(format!(
+                "cannot connect to RabbitMQ at {}: no answer within {:?}",
+                redact_url(&inner.uri),
+                inner.timeout
+            ))),
+        }
+    }
+
     /// Opens a channel in confirm mode and declares the exchange if asked.
-    async fn open_channel(&self, connection: &Connection) -> Result<Channel, PublishError> {
+    async fn open_channel(&self, connection: &Connection) -> Result<Channel, Failure> {
         let inner = &*self.inner;
         let open = async {
             let channel = connection.create_channel().await?;
@@ -436,14 +635,8 @@ impl AmqpPublisher {
         };
         match tokio::time::timeout(inner.timeout, open).await {
             Ok(Ok(channel)) => Ok(channel),
-            Ok(Err(err)) => Err(match classify(&err) {
-                Failure::Refused { reason, .. } => PublishError::rejected(format!(
-                    "opening a channel on exchange `{}`: {reason}",
-                    inner.exchange
-                )),
-                Failure::Unavailable(reason) => PublishError::unavailable(reason),
-            }),
-            Err(_) => Err(PublishError::unavailable(format!(
+            Ok(Err(err)) => Err(inner.classify(&err, Step::Open)),
+            Err(_) => Err(Failure::Link(format!(
                 "RabbitMQ did not open a channel within {:?}",
                 inner.timeout
             ))),
@@ -515,55 +708,60 @@ impl AmqpPublisher {
         })
     }
 
-    /// What one awaited confirm means for its entry; a refusal also returns
-    /// the broker's reason and whether it concerns the whole batch.
+    /// What one awaited confirm means for its entry.
     async fn outcome(
         &self,
         confirmed: Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>,
         generation: u64,
-    ) -> (PublishResult, Option<(String, bool)>) {
+    ) -> Outcome {
         let inner = &*self.inner;
-        let result = match confirmed {
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::rejected(format!(
-                "RabbitMQ returned the message as unroutable ({} {}): no queue is bound to \
-                 exchange `{}` for routing key `{}`",
-                returned.reply_code,
-                returned.reply_text,
-                inner.exchange,
-                returned.delivery.routing_key,
-            ))),
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::rejected(
-                "RabbitMQ nacked the message (it could not take responsibility for it)",
-            )),
+        let (result, go_on) = match confirmed {
+            Ok(Ok(Confirmation::Ack(None))) => (Ok(()), true),
+            // Returned (mandatory, unroutable): the broker answers every
+            // message of the batch alike, so the others are still judged.
+            Ok(Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)))) => (
+                Err(PublishError::unavailable(inner.unroutable(
+                    returned.delivery.routing_key.as_str(),
+                    returned.reply_code,
+                    returned.reply_text.as_str(),
+                ))),
+                true,
+            ),
+            Ok(Ok(Confirmation::Nack(None))) => (
+                Err(PublishError::rejected(
+                    "RabbitMQ nacked the message (it could not take responsibility for it, \
+                     e.g. a queue's reject-publish overflow)",
+                )),
+                true,
+            ),
             Ok(Ok(Confirmation::NotRequested)) => {
                 self.reset(generation).await;
-                Err(PublishError::unavailable(
-                    "the channel is not in confirm mode; it will be reopened",
-                ))
+                (
+                    Err(PublishError::unavailable(
+                        "the channel is not in confirm mode; it will be reopened",
+                    )),
+                    false,
+                )
             }
-            Ok(Err(err)) => match classify(&err) {
-                Failure::Refused {
-                    reason,
-                    whole_batch,
-                } => {
-                    let err = PublishError::rejected(&reason);
-                    return (Err(err), Some((reason, whole_batch)));
-                }
-                Failure::Unavailable(reason) => {
+            Ok(Err(err)) => {
+                let failure = inner.classify(&err, Step::Publish);
+                if matches!(failure, Failure::Link(_)) {
                     self.reset(generation).await;
-                    Err(PublishError::unavailable(reason))
                 }
-            },
+                (Err(failure.into_error()), false)
+            }
             Err(_) => {
                 self.reset(generation).await;
-                Err(PublishError::unavailable(format!(
-                    "no confirm from RabbitMQ within {:?}",
-                    inner.timeout
-                )))
+                (
+                    Err(PublishError::unavailable(format!(
+                        "no confirm from RabbitMQ within {:?}",
+                        inner.timeout
+                    ))),
+                    false,
+                )
             }
         };
-        (result, None)
+        Outcome { result, go_on }
     }
 
     /// Publishes `entries` on one channel, then awaits their confirms.
@@ -574,13 +772,8 @@ impl AmqpPublisher {
         let inner = &*self.inner;
         let (channel, generation) = match self.channel().await {
             Ok(open) => open,
-            Err(err) => {
-                if err.is_unavailable() {
-                    return vec![Err(err)];
-                }
-                // The exchange could not be declared: it concerns them all.
-                return vec![Err(err); entries.len()];
-            }
+            // Unavailable: the relay stops here; the rest are not attempted.
+            Err(err) => return vec![Err(err)],
         };
         let options = BasicPublishOptions {
             mandatory: inner.mandatory,
@@ -612,16 +805,16 @@ impl AmqpPublisher {
             match tokio::time::timeout_at(deadline, publish).await {
                 Ok(Ok(confirm)) => pending.push(Pending::Sent(confirm)),
                 Ok(Err(err)) => {
-                    send_failure = Some(match classify(&err) {
-                        Failure::Refused { reason, .. } | Failure::Unavailable(reason) => reason,
-                    });
+                    // Usually the channel closing over an earlier message,
+                    // whose confirm says why.
+                    send_failure = Some(inner.classify(&err, Step::Publish));
                     break;
                 }
                 Err(_) => {
-                    send_failure = Some(format!(
+                    send_failure = Some(Failure::Link(format!(
                         "RabbitMQ did not take the messages within {:?}",
                         inner.timeout
-                    ));
+                    )));
                     break;
                 }
             }
@@ -629,7 +822,6 @@ impl AmqpPublisher {
 
         // 2. Await the confirms, in order.
         let mut results = Vec::with_capacity(entries.len());
-        let mut refused: Option<(String, bool)> = None;
         for item in pending {
             let confirm = match item {
                 Pending::Invalid(err) => {
@@ -638,32 +830,22 @@ impl AmqpPublisher {
                 }
                 Pending::Sent(confirm) => confirm,
             };
-            let (result, refusal) = self
+            let outcome = self
                 .outcome(tokio::time::timeout_at(deadline, confirm).await, generation)
                 .await;
-            if refusal.is_some() {
-                refused = refusal;
-            }
-            let unavailable = result.as_ref().is_err_and(PublishError::is_unavailable);
-            results.push(result);
-            if unavailable {
-                // The relay stops here; the rest are not attempted.
-                return results;
-            }
-            if let Some((reason, whole_batch)) = &refused {
-                if *whole_batch {
-                    // The exchange refuses them all, sent or not.
-                    let err = PublishError::rejected(reason);
-                    results.resize(entries.len(), Err(err));
-                }
-                // Otherwise only this entry is blamed; the rest of the
-                // batch goes out again on a new channel, at no cost.
+            results.push(outcome.result);
+            if !outcome.go_on {
+                // The channel or the connection is gone: the rest of the
+                // batch goes out again later, at no cost.
                 return results;
             }
         }
-        if let Some(reason) = send_failure {
+        if let Some(failure) = send_failure {
             // Nothing before it was refused: the channel or connection broke.
             self.reset(generation).await;
+            let reason = match failure {
+                Failure::Message(reason) | Failure::Setup(reason) | Failure::Link(reason) => reason,
+            };
             results.push(Err(PublishError::unavailable(reason)));
         }
         results
@@ -734,4 +916,48 @@ mod tests {
         assert!(text.contains("amqp"), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
     }
+
+    #[test]
+    fn a_ca_needs_amqps_and_a_certificate() {
+        // A CA asks for TLS: a plaintext URI with one is a mistake, not a fallback.
+        let err = AmqpPublisher::builder("amqp://guest:s3cret@127.0.0.1:5672/%2f")
+            .tls_ca_pem(TEST_CA)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("amqps://") && err.contains("tls_ca_pem"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+        for pem in [
+            &b"not a certificate"[..],
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n",
+        ] {
+            let err = AmqpPublisher::builder("amqps://127.0.0.1:5671/%2f")
+                .tls_ca_pem(pem)
+                .build()
+                .unwrap_err();
+            assert!(err.to_string().contains("tls_ca_pem"), "{err}");
+        }
+        let publisher = AmqpPublisher::builder("amqps://127.0.0.1:5671/%2f")
+            .tls_ca_pem(TEST_CA)
+            .build()
+            .unwrap();
+        assert!(format!("{publisher:?}").contains("tls_ca_pem: true"));
+    }
+
+    /// A throwaway self-signed CA certificate (its key was never kept).
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBkDCCATegAwIBAgIUX8ti2FDras9f0J/5UkuRp1go1PQwCgYIKoZIzj0EAwIw
+HjEcMBoGA1UEAwwTb3V0Ym94LXVuaXQtdGVzdC1jYTAeFw0yNjExMzAxMTAyNDVa
+Fw0zNjExMjcxMTAyNDVaMB4xHDAaBgNVBAMME291dGJveC11bml0LXRlc3QtY2Ew
+WTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAQn/jMVljM7QQdCp4mX1WXlo0Qxveb6
+UWT3jNiijw8A6m4ivp55LxjM9jqEV6jISB9UVr+bEu/C8U8Q6wPSSNNvo1MwUTAd
+BgNVHQ4EFgQU+KdiL6KecZPrrSaGZxqlp5Tjg90wHwYDVR0jBBgwFoAU+KdiL6Ke
+cZPrrSaGZxqlp5Tjg90wDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNHADBE
+AiBobARhdF0R8k9pS/XRRkp9LsGhRu8JDqUGs31zQBwGUgIgT+slgjLoItQw5EOm
+dMSZYNvmzZL2KLtGmAkB5cMBSPk=
+-----END CERTIFICATE-----
+";
 }

@@ -42,19 +42,33 @@
 //! | [`STREAM_KEY_HEADER`], [`CORRELATION_ID_HEADER`], [`CAUSATION_ID_HEADER`] | when set |
 //! | other headers     | the entry's headers, as given (ours win on a clash)   |
 //!
-//! # Outcomes
+//! # Failures
 //!
-//! - **Published**: a stream acked the message (also when it recognised it as
-//!   a duplicate of one it already stored).
-//! - **Rejected** (costs an attempt): no stream captures the subject
-//!   ("no JetStream stream matches subject `...`"); the stream refused the
-//!   message (its limits, a message over the server's maximum payload); the
-//!   entry cannot be expressed in NATS (an invalid subject, a header name or
-//!   value NATS cannot carry).
-//! - **Unavailable** (costs no attempt; the relay backs off and tries again):
-//!   the server cannot be reached, no ack arrived within the
-//!   [`timeout`](NatsPublisherBuilder::timeout), or JetStream answered that
-//!   it is temporarily unavailable (503).
+//! Every failure has a kind (see "Failure scopes" in [the publisher
+//! docs](crate::publisher)): *rejected* costs the entry an attempt and, after
+//! the last one, makes it a dead letter; *unavailable* costs nothing, blocks
+//! the publisher (listed by [`Publishers::blocked`](crate::Publishers::blocked)
+//! with the reason below) and pauses it until the server answers again. A
+//! subject that no stream captures is a setting to fix, not a bad event:
+//! the backlog waits and goes out by itself once the stream exists.
+//!
+//! | what NATS does | kind | the reason says |
+//! |---|---|---|
+//! | a stream acks the message (also as a duplicate of one it stored) | published | |
+//! | nobody answers the publish (no stream captures the subject, or JetStream is off: "no responders") | unavailable | no JetStream stream captures subject `s`; create a stream whose subjects include it, or fix the subject |
+//! | JetStream answers 503 (temporarily unavailable, no leader, a stream full under `discard: new`: "maximum messages exceeded", 10077) | unavailable | JetStream's answer |
+//! | no ack within the [`timeout`](NatsPublisherBuilder::timeout) (also a publish the server's permissions drop) | unavailable | no JetStream ack within the timeout |
+//! | the connection is lost, too many acks pending | unavailable | the client's error |
+//! | cannot connect: refused, DNS, timed out | unavailable | cannot connect to NATS at `host` |
+//! | refuses the credentials (authorization violation) | unavailable | check the credentials in the URL |
+//! | fails the TLS handshake (untrusted certificate, wrong host name, a plaintext server behind `tls://`) | unavailable | the TLS handshake failed, and why |
+//! | the stream refuses the message (code 400: over the stream's `max_msg_size`, 10054; any other JetStream error but 503) | rejected | JetStream's answer |
+//! | the message is over the server's `max_payload` (the client refuses to send it) | rejected | the client's error |
+//! | (the entry cannot be expressed in NATS: an invalid subject, a header name or value NATS cannot carry) | rejected | what is invalid |
+//!
+//! A rejection concerns its entry only; the rest of the batch is delivered.
+//! After a lost connection or a missing ack the rest of the batch is given
+//! back at no cost (and sent again later under the same `Nats-Msg-Id`).
 //!
 //! # Batches and connections
 //!
@@ -65,8 +79,26 @@
 //! and messages sent while it is away are simply not acked in time
 //! (unavailable), then sent again with the same `Nats-Msg-Id`. Clones share
 //! one connection. Credentials in the URL never appear in `Debug` output or
-//! in errors. TLS needs `tls://` or `tls_required` on the server side, which
-//! this crate's build of async-nats supports (rustls on ring).
+//! in errors.
+//!
+//! # TLS
+//!
+//! TLS (rustls on *ring*) is used for a `tls://` URL, with
+//! [`require_tls`](NatsPublisherBuilder::require_tls), with
+//! [`tls_ca_pem`](NatsPublisherBuilder::tls_ca_pem), or when the server
+//! requires it; in each case a server that does not speak TLS is an error
+//! (unavailable), never a plaintext fallback. The server's certificate must
+//! be valid for the URL's host and signed by a CA among the system roots or
+//! given with `tls_ca_pem`.
+//!
+//! ```no_run
+//! # use outbox::publisher::nats::NatsPublisher;
+//! let nats = NatsPublisher::builder("tls://nats.internal:4222")
+//!     .subject_prefix("events.")
+//!     .tls_ca_pem(std::fs::read("/etc/outbox/nats-ca.pem")?)
+//!     .build()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::fmt;
 use std::sync::Arc;
@@ -75,6 +107,10 @@ use std::time::Duration;
 use async_nats::header::{self, HeaderMap, HeaderName, HeaderValue};
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::{self, Context};
+use async_nats::rustls::pki_types::CertificateDer;
+use async_nats::rustls::pki_types::pem::PemObject;
+use async_nats::rustls::{self, ClientConfig, RootCertStore};
+use async_nats::{ConnectErrorKind, ServerAddr};
 use bytes::Bytes;
 use tokio::sync::Mutex;
 
@@ -111,6 +147,9 @@ struct Inner {
     url: String,
     subject: Subject,
     timeout: Duration,
+    require_tls: bool,
+    /// Trusts the system roots and the CA of `tls_ca_pem`.
+    tls: Option<ClientConfig>,
     context: Mutex<Option<Context>>,
 }
 
@@ -131,7 +170,10 @@ impl fmt::Debug for NatsPublisher {
             Subject::Prefix(prefix) => s.field("subject_prefix", prefix),
             Subject::Custom(_) => s.field("subject", &"<fn>"),
         };
-        s.field("timeout", &inner.timeout).finish_non_exhaustive()
+        s.field("timeout", &inner.timeout)
+            .field("require_tls", &inner.require_tls)
+            .field("tls_ca_pem", &inner.tls.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -141,6 +183,8 @@ pub struct NatsPublisherBuilder {
     url: String,
     subject: Subject,
     timeout: Duration,
+    require_tls: bool,
+    tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for NatsPublisherBuilder {
@@ -151,7 +195,10 @@ impl fmt::Debug for NatsPublisherBuilder {
             Subject::Prefix(prefix) => s.field("subject_prefix", prefix),
             Subject::Custom(_) => s.field("subject", &"<fn>"),
         };
-        s.field("timeout", &self.timeout).finish()
+        s.field("timeout", &self.timeout)
+            .field("require_tls", &self.require_tls)
+            .field("tls_ca_pem", &self.tls_ca_pem.is_some())
+            .finish()
     }
 }
 
@@ -185,6 +232,23 @@ impl NatsPublisherBuilder {
         self
     }
 
+    /// Requires TLS whatever the URL's scheme (default: only for `tls://`
+    /// URLs and servers that require it). A server that does not speak TLS
+    /// is then an error, never a plaintext connection.
+    pub fn require_tls(mut self, required: bool) -> Self {
+        self.require_tls = required;
+        self
+    }
+
+    /// Trusts the CA certificate(s) in this PEM text, next to the system
+    /// roots (for a server whose certificate a private CA signed); implies
+    /// [`require_tls`](Self::require_tls). [`build`](Self::build) fails if
+    /// the text holds no certificate or one that does not parse.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca_pem = Some(pem.into());
+        self
+    }
+
     /// Checks the configuration and builds the publisher. Does not connect:
     /// see [`NatsPublisher::connect`].
     pub fn build(self) -> Result<NatsPublisher> {
@@ -195,9 +259,21 @@ impl NatsPublisherBuilder {
         if self.url.trim().is_empty() {
             return Err(config("the server URL is empty".to_owned()));
         }
+        for server in self.url.split(',') {
+            if server.trim().parse::<ServerAddr>().is_err() {
+                return Err(config(format!(
+                    "server address {} does not parse",
+                    shown(server.trim())
+                )));
+            }
+        }
         if self.timeout.is_zero() {
             return Err(config("timeout is zero".to_owned()));
         }
+        let tls = match &self.tls_ca_pem {
+            Some(pem) => Some(client_config(pem).map_err(config)?),
+            None => None,
+        };
         // The prefix must read as the start of a valid subject.
         if let Subject::Prefix(prefix) = &self.subject
             && !prefix.is_empty()
@@ -210,10 +286,36 @@ impl NatsPublisherBuilder {
                 url: self.url,
                 subject: self.subject,
                 timeout: self.timeout,
+                require_tls: self.require_tls || tls.is_some(),
+                tls,
                 context: Mutex::new(None),
             }),
         })
     }
+}
+
+/// A TLS client configuration (rustls on ring) trusting the system roots
+/// and the CA certificates in `pem`.
+fn client_config(pem: &[u8]) -> Result<ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|err| format!("tls_ca_pem: {err}"))?;
+        roots
+            .add(cert)
+            .map_err(|err| format!("tls_ca_pem: {err}"))?;
+    }
+    if roots.is_empty() {
+        return Err("tls_ca_pem: no CERTIFICATE block in the PEM text".to_owned());
+    }
+    // Best effort, as async-nats itself does: unreadable system roots
+    // leave the given CA.
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| format!("TLS: {err}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Why `subject` cannot be published to, if it cannot.
@@ -244,11 +346,14 @@ impl NatsPublisher {
             url: url.into(),
             subject: Subject::Prefix(String::new()),
             timeout: Duration::from_secs(10),
+            require_tls: false,
+            tls_ca_pem: None,
         }
     }
 
-    /// Connects now instead of on first use, to find a wrong URL or a
-    /// missing server at startup. Publishing works without calling it.
+    /// Connects now instead of on first use, to find a wrong URL, refused
+    /// credentials, a failing TLS handshake or a missing server at startup.
+    /// Publishing works without calling it.
     pub async fn connect(&self) -> Result<(), PublishError> {
         self.context().await.map(drop)
     }
@@ -259,23 +364,48 @@ impl NatsPublisher {
         if let Some(context) = &*context {
             return Ok(context.clone());
         }
-        let client = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new()
             .name("outbox")
             .connection_timeout(inner.timeout)
+            .require_tls(inner.require_tls);
+        if let Some(tls) = &inner.tls {
+            options = options.tls_client_config(tls.clone());
+        }
+        let client = options
             .connect(inner.url.as_str())
             .await
-            .map_err(|err| {
-                PublishError::unavailable(format!(
-                    "cannot connect to NATS at {}: {err}",
-                    shown(&inner.url)
-                ))
-            })?;
+            .map_err(|err| PublishError::unavailable(self.connect_failure(&err)))?;
         tracing::debug!(url = %shown(&inner.url), "connected to NATS");
         let js = jetstream::ContextBuilder::new()
             .timeout(inner.timeout)
             .build(client);
         *context = Some(js.clone());
         Ok(js)
+    }
+
+    /// The reason for a failed connect, saying what to check.
+    fn connect_failure(&self, err: &async_nats::ConnectError) -> String {
+        let inner = &*self.inner;
+        let url = shown(&inner.url);
+        let tls = inner.require_tls
+            || inner
+                .url
+                .split(',')
+                .any(|server| server.trim().to_ascii_lowercase().starts_with("tls://"));
+        match err.kind() {
+            ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+                format!(
+                    "NATS at {url} refused the credentials ({err}): check the user, password or \
+                     token in the URL"
+                )
+            }
+            ConnectErrorKind::Tls | ConnectErrorKind::Io if tls => format!(
+                "the TLS connection to NATS at {url} failed: {err} (does the server speak TLS on \
+                 this port? is its certificate valid for this host and signed by a CA of the \
+                 system roots or of tls_ca_pem?)"
+            ),
+            _ => format!("cannot connect to NATS at {url}: {err}"),
+        }
     }
 
     fn subject_of(&self, entry: &Entry) -> String {
@@ -361,8 +491,7 @@ impl NatsPublisher {
             {
                 Ok(ack) => pending.push(Ok((subject, ack))),
                 Err(err) => {
-                    let err = self.failure(&subject, &err);
-                    let stop = err.is_unavailable();
+                    let (err, stop) = self.failure(&subject, &err);
                     pending.push(Err(err));
                     if stop {
                         break;
@@ -374,19 +503,21 @@ impl NatsPublisher {
         // 2. Await the acks in order; each waits up to the timeout.
         let mut results = Vec::with_capacity(pending.len());
         for item in pending {
-            let result = match item {
-                Err(err) => Err(err),
+            let (result, stop) = match item {
+                Err(err) => (Err(err), false),
                 Ok((subject, ack)) => match ack.await {
                     Ok(ack) => {
                         if ack.duplicate {
                             tracing::debug!(stream = %ack.stream, sequence = ack.sequence, "JetStream dropped a duplicate (same Nats-Msg-Id)");
                         }
-                        Ok(())
+                        (Ok(()), false)
                     }
-                    Err(err) => Err(self.failure(&subject, &err)),
+                    Err(err) => {
+                        let (err, stop) = self.failure(&subject, &err);
+                        (Err(err), stop)
+                    }
                 },
             };
-            let stop = result.as_ref().is_err_and(PublishError::is_unavailable);
             results.push(result);
             if stop {
                 // The relay stops here; the rest are not attempted (those
@@ -397,45 +528,67 @@ impl NatsPublisher {
         results
     }
 
-    /// Classifies a JetStream publish error.
-    fn failure(&self, subject: &str, err: &jetstream::context::PublishError) -> PublishError {
+    /// Classifies a JetStream publish error, and says whether the rest of
+    /// the batch is to be given back (the connection is in doubt) rather
+    /// than awaited (the server answered about this message).
+    fn failure(
+        &self,
+        subject: &str,
+        err: &jetstream::context::PublishError,
+    ) -> (PublishError, bool) {
+        let url = || shown(&self.inner.url);
         match err.kind() {
-            PublishErrorKind::StreamNotFound => PublishError::rejected(format!(
-                "no JetStream stream matches subject `{subject}` (create a stream whose subjects include it)"
-            )),
-            PublishErrorKind::TimedOut => PublishError::unavailable(format!(
-                "no JetStream ack for subject `{subject}` within {:?} (NATS at {})",
-                self.inner.timeout,
-                shown(&self.inner.url)
-            )),
-            PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => {
+            PublishErrorKind::StreamNotFound => (
                 PublishError::unavailable(format!(
-                    "NATS at {} unavailable: {err}",
-                    shown(&self.inner.url)
-                ))
-            }
+                    "NATS: no JetStream stream captures subject `{subject}` (no responders); \
+                     create a stream whose subjects include it, or fix the subject"
+                )),
+                false,
+            ),
+            PublishErrorKind::TimedOut => (
+                PublishError::unavailable(format!(
+                    "no JetStream ack for subject `{subject}` within {:?} (NATS at {})",
+                    self.inner.timeout,
+                    url()
+                )),
+                true,
+            ),
+            PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => (
+                PublishError::unavailable(format!("NATS at {} unavailable: {err}", url())),
+                true,
+            ),
             PublishErrorKind::Other => {
                 let api = std::error::Error::source(err)
                     .and_then(|source| source.downcast_ref::<jetstream::Error>());
                 match api {
-                    // 503: JetStream is temporarily unavailable (no leader, ...).
-                    Some(api) if api.code() == 503 => PublishError::unavailable(format!(
-                        "JetStream unavailable for subject `{subject}`: {api}"
-                    )),
-                    Some(api) => PublishError::rejected(format!(
-                        "JetStream refused the message on subject `{subject}`: {api}"
-                    )),
-                    None => PublishError::unavailable(format!(
-                        "NATS at {} unavailable: {err}",
-                        shown(&self.inner.url)
-                    )),
+                    // 503: JetStream is temporarily unavailable (no leader,
+                    // a full stream under `discard: new`, ...).
+                    Some(api) if api.code() == 503 => (
+                        PublishError::unavailable(format!(
+                            "JetStream cannot take messages on subject `{subject}`: {api}"
+                        )),
+                        false,
+                    ),
+                    Some(api) => (
+                        PublishError::rejected(format!(
+                            "JetStream refused the message on subject `{subject}`: {api}"
+                        )),
+                        false,
+                    ),
+                    None => (
+                        PublishError::unavailable(format!("NATS at {} unavailable: {err}", url())),
+                        true,
+                    ),
                 }
             }
             // MaxPayloadExceeded, WrongLastMessageId, WrongLastSequence and
             // any kind added later: the server refused this message.
-            _ => PublishError::rejected(format!(
-                "JetStream refused the message on subject `{subject}`: {err}"
-            )),
+            _ => (
+                PublishError::rejected(format!(
+                    "JetStream refused the message on subject `{subject}`: {err}"
+                )),
+                false,
+            ),
         }
     }
 }
@@ -495,6 +648,51 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("prefix"), "{err}");
     }
+
+    #[test]
+    fn a_ca_must_hold_a_certificate_and_implies_tls() {
+        for pem in [
+            &b"not a certificate"[..],
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n",
+        ] {
+            let err = NatsPublisher::builder("nats://127.0.0.1:4222")
+                .tls_ca_pem(pem)
+                .build()
+                .unwrap_err();
+            assert!(err.to_string().contains("tls_ca_pem"), "{err}");
+        }
+        let nats = NatsPublisher::builder("nats://127.0.0.1:4222")
+            .tls_ca_pem(TEST_CA)
+            .build()
+            .unwrap();
+        let debug = format!("{nats:?}");
+        assert!(debug.contains("require_tls: true"), "{debug}");
+        assert!(debug.contains("tls_ca_pem: true"), "{debug}");
+    }
+
+    #[test]
+    fn a_bad_server_address_is_a_config_error() {
+        let err = NatsPublisher::builder("nats://u:s3cret@127.0.0.1:99999")
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not parse"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    /// A throwaway self-signed CA certificate (its key was never kept).
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBkDCCATegAwIBAgIUX8ti2FDras9f0J/5UkuRp1go1PQwCgYIKoZIzj0EAwIw
+HjEcMBoGA1UEAwwTb3V0Ym94LXVuaXQtdGVzdC1jYTAeFw0yNjExMzAxMTAyNDVa
+Fw0zNjExMjcxMTAyNDVaMB4xHDAaBgNVBAMME291dGJveC11bml0LXRlc3QtY2Ew
+WTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAQn/jMVljM7QQdCp4mX1WXlo0Qxveb6
+UWT3jNiijw8A6m4ivp55LxjM9jqEV6jISB9UVr+bEu/C8U8Q6wPSSNNvo1MwUTAd
+BgNVHQ4EFgQU+KdiL6KecZPrrSaGZxqlp5Tjg90wHwYDVR0jBBgwFoAU+KdiL6Ke
+cZPrrSaGZxqlp5Tjg90wDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNHADBE
+AiBobARhdF0R8k9pS/XRRkp9LsGhRu8JDqUGs31zQBwGUgIgT+slgjLoItQw5EOm
+dMSZYNvmzZL2KLtGmAkB5cMBSPk=
+-----END CERTIFICATE-----
+";
 
     #[test]
     fn debug_hides_credentials() {
