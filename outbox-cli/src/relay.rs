@@ -3,6 +3,7 @@
 //! wrote it.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +46,10 @@ pub(crate) struct RelayArgs {
     /// NATS: subject = this prefix + event name (include the separator: "events.").
     #[arg(long, value_name = "PREFIX", help_heading = "NATS JetStream (nats://)")]
     subject_prefix: Option<String>,
+
+    /// TLS: also trust the CA certificate(s) in this PEM file (amqps://; nats:// or tls://, which it makes TLS-only).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
 
     /// Redis: the stream every entry goes to (default "outbox").
     #[arg(
@@ -222,6 +227,11 @@ fn check_options(args: &RelayArgs, broker: Broker) -> Result<(), Failure> {
         ),
         ("--concurrency", args.concurrency.is_some(), Broker::Webhook),
     ];
+    if args.tls_ca.is_some() && !matches!(broker, Broker::Amqp | Broker::Nats) {
+        return Err(Failure::new(
+            "--tls-ca applies only to amqps:// and nats:// (tls://) targets",
+        ));
+    }
     for (flag, set, owner) in given {
         if set && owner != broker {
             let scheme = match owner {
@@ -236,6 +246,16 @@ fn check_options(args: &RelayArgs, broker: Broker) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The PEM text of `--tls-ca`, if given.
+fn tls_ca(args: &RelayArgs) -> Result<Option<Vec<u8>>, Failure> {
+    let Some(path) = &args.tls_ca else {
+        return Ok(None);
+    };
+    std::fs::read(path)
+        .map(Some)
+        .map_err(|err| Failure::new(format!("--tls-ca {}: {err}", path.display())))
 }
 
 /// Builds the publishers: the chosen adapter, counting, as the catch-all.
@@ -258,6 +278,9 @@ async fn publishers(
             if let Some(timeout) = args.timeout {
                 b = b.timeout(timeout);
             }
+            if let Some(pem) = tls_ca(args)? {
+                b = b.tls_ca_pem(pem);
+            }
             let publisher = b.build()?;
             if let Err(err) = publisher.connect().await {
                 tracing::warn!(target: "outbox_cli", to = %shown, error = %err, "RabbitMQ not reachable yet; the relay keeps trying");
@@ -271,6 +294,9 @@ async fn publishers(
             }
             if let Some(timeout) = args.timeout {
                 b = b.timeout(timeout);
+            }
+            if let Some(pem) = tls_ca(args)? {
+                b = b.tls_ca_pem(pem);
             }
             let publisher = b.build()?;
             if let Err(err) = publisher.connect().await {

@@ -318,6 +318,24 @@ fn client_config(pem: &[u8]) -> Result<ClientConfig, String> {
         .with_no_client_auth())
 }
 
+/// Whether rustls is behind a connect error (a handshake or certificate
+/// failure).
+fn is_tls_failure(err: &async_nats::ConnectError) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause.is::<rustls::Error>()
+            || cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// Why `subject` cannot be published to, if it cannot.
 fn check_subject(subject: &str) -> Result<(), &'static str> {
     if subject.is_empty() {
@@ -387,11 +405,13 @@ impl NatsPublisher {
     fn connect_failure(&self, err: &async_nats::ConnectError) -> String {
         let inner = &*self.inner;
         let url = shown(&inner.url);
+        // TLS was asked for, or the server asked for it and rustls failed.
         let tls = inner.require_tls
             || inner
                 .url
                 .split(',')
-                .any(|server| server.trim().to_ascii_lowercase().starts_with("tls://"));
+                .any(|server| server.trim().to_ascii_lowercase().starts_with("tls://"))
+            || is_tls_failure(err);
         match err.kind() {
             ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
                 format!(
