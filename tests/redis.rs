@@ -1,17 +1,26 @@
 //! The Redis Streams publisher against the local Redis (`REDIS_URL`,
-//! default `redis://127.0.0.1:6379`), with SQLite outboxes. Every test uses
-//! its own stream keys and deletes them at the end.
+//! default `redis://127.0.0.1:6379`), with SQLite outboxes: what a stream
+//! entry carries, trimming, what each failure costs (a wrong setting pauses
+//! the publisher and loses nothing), and `rediss://` through `stunnel4`
+//! with a throwaway CA. Every test uses its own stream keys (and ACL user)
+//! and deletes them at the end.
 
 mod lite;
+mod relay_support;
+mod tls_support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::time::Duration;
 
 use lite::{Expected, InvoicePaid, Lite};
 use outbox::publisher::redis::RedisStreamPublisher;
-use outbox::{Metadata, Publishers};
+use outbox::{Metadata, Outbox, Publishers};
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamRangeReply};
+use relay_support::{Running, run_for, until};
+use sqlx::Sqlite;
+use tls_support::{Stunnel, TestCa};
 use uuid::Uuid;
 
 fn url() -> String {
@@ -168,11 +177,13 @@ async fn max_len_trims_the_stream() {
     db.done().await;
 }
 
-/// A key that holds a string makes XADD fail with WRONGTYPE: a rejection
-/// with the server's message, per entry (the other entries of the same
-/// pipelined batch are published), dead after the last attempt.
+/// A key that holds a string makes XADD fail with WRONGTYPE: a setting,
+/// not the event. In a pipelined batch the entries for other keys are
+/// published; the one for the bad key stays pending with no attempt, the
+/// publisher is blocked with the server's message, and once the key is
+/// freed the entry goes out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrongtype_is_a_rejection_with_the_servers_message() {
+async fn wrongtype_blocks_the_publisher_and_the_rest_of_the_batch_goes_out() {
     let db = Lite::new().await;
     let outbox = db.builder().max_attempts(2).build().await.unwrap();
     let prefix = prefix();
@@ -213,40 +224,55 @@ async fn wrongtype_is_a_rejection_with_the_servers_message() {
         .unwrap();
     let publishers = Publishers::builder()
         .publisher::<InvoicePaid, _>(redis)
+        .max_pause(Duration::from_millis(200))
         .build()
         .unwrap();
 
     let first = outbox.run(&publishers, 100).await.unwrap();
-    assert_eq!((first.published, first.retried), (2, 1), "{first:?}");
+    assert_eq!(
+        (
+            first.published,
+            first.unavailable,
+            first.retried,
+            first.dead
+        ),
+        (2, 1, 0, 0),
+        "{first:?}"
+    );
     let rows = db.rows().await;
     assert_eq!(rows.len(), 1);
     assert_eq!(
         (rows[0].event_id, rows[0].attempts),
-        (expected[1].event_id, 1)
+        (expected[1].event_id, 0)
     );
-    let second = outbox.run(&publishers, 100).await.unwrap();
-    assert_eq!(second.dead, 1, "{second:?}");
+    let blocked = publishers.blocked();
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(blocked[0].publisher, "billing.invoice_paid");
+    let reason = &blocked[0].reason;
+    assert!(
+        reason.contains("WRONGTYPE Operation against a key holding the wrong kind of value"),
+        "{reason}"
+    );
+    assert!(reason.contains(&bad), "names the stream: {reason}");
+    // Blocked, however long: no attempt, no dead letter.
+    run_for(&outbox, &publishers, Duration::from_millis(600)).await;
+    assert_eq!(db.rows().await[0].attempts, 0);
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
 
-    let dead = outbox.dead_letters(10).await.unwrap();
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].event_id, expected[1].event_id);
-    assert!(
-        dead[0]
-            .reason
-            .contains("WRONGTYPE Operation against a key holding the wrong kind of value"),
-        "{}",
-        dead[0].reason
-    );
-    assert!(
-        dead[0].reason.contains(&bad),
-        "names the stream: {}",
-        dead[0].reason
-    );
+    // The key is freed: the entry goes out, the block is lifted.
+    del(&mut conn, std::slice::from_ref(&bad)).await;
+    let report = run_for(&outbox, &publishers, Duration::from_millis(600)).await;
+    assert_eq!(report.published, 1, "{report:?}");
+    assert!(db.rows().await.is_empty());
+    assert!(publishers.blocked().is_empty());
 
     let got = xrange(&mut conn, &good).await;
     assert_eq!(got.len(), 2);
     assert_carries(&got[0], &expected[0]);
     assert_carries(&got[1], &expected[2]);
+    let got = xrange(&mut conn, &bad).await;
+    assert_eq!(got.len(), 1);
+    assert_carries(&got[0], &expected[1]);
     del(&mut conn, &[good, bad]).await;
     db.done().await;
 }
@@ -258,10 +284,7 @@ async fn unreachable_redis_costs_no_attempt() {
     let db = Lite::new().await;
     let outbox = db.builder().max_attempts(1).build().await.unwrap();
     db.record_mixed(&outbox, 5, 2).await;
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = tls_support::free_port();
     let redis = RedisStreamPublisher::builder(format!("redis://:hunter2@127.0.0.1:{port}/0"))
         .stream("never")
         .connection_timeout(Duration::from_millis(500))
@@ -274,15 +297,18 @@ async fn unreachable_redis_costs_no_attempt() {
         .next();
     assert!(err.is_none(), "an empty batch sends nothing");
     let publishers = Publishers::builder().fallback(redis).build().unwrap();
-    for _ in 0..3 {
-        let report = outbox.run(&publishers, 100).await.unwrap();
-        assert_eq!(
-            report.published + report.retried + report.dead,
-            0,
-            "{report:?}"
-        );
-        assert_eq!(report.unavailable, 5, "{report:?}");
-    }
+    let report = outbox.run(&publishers, 100).await.unwrap();
+    assert_eq!(report.unavailable, 5, "{report:?}");
+    let report = run_for(&outbox, &publishers, Duration::from_millis(500)).await;
+    assert_eq!(
+        report.published + report.retried + report.dead,
+        0,
+        "{report:?}"
+    );
+    let blocked = publishers.blocked();
+    assert_eq!(blocked.len(), 1);
+    assert!(blocked[0].reason.contains("cannot connect"), "{blocked:?}");
+    assert!(!blocked[0].reason.contains("hunter2"), "{blocked:?}");
     let rows = db.rows().await;
     assert_eq!(rows.len(), 5);
     assert!(
@@ -297,10 +323,7 @@ async fn unreachable_redis_costs_no_attempt() {
 /// The error text of an outage names the server without its password.
 #[tokio::test]
 async fn outage_message_is_redacted() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = tls_support::free_port();
     let redis = RedisStreamPublisher::builder(format!("redis://user:hunter2@127.0.0.1:{port}"))
         .stream("never")
         .build()
@@ -326,4 +349,295 @@ async fn outage_message_is_redacted() {
     let report = outbox.run(&publishers, 10).await.unwrap();
     assert_eq!(report.unavailable, 1, "{report:?}");
     db.done().await;
+}
+
+// ------------------------------------------- wrong settings lose nothing
+
+/// The local Redis's host and port (from `REDIS_URL`).
+fn host_port() -> (String, u16) {
+    let info = redis::IntoConnectionInfo::into_connection_info(url().as_str()).unwrap();
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+        other => panic!("REDIS_URL must be a redis:// TCP URL, not {other:?}"),
+    }
+}
+
+/// The event ids of a stream's entries, checking that none is there twice.
+async fn ids_once(conn: &mut MultiplexedConnection, key: &str) -> BTreeSet<String> {
+    let entries = xrange(conn, key).await;
+    let ids: BTreeSet<String> = entries
+        .iter()
+        .map(|e| field(e, "event_id").unwrap())
+        .collect();
+    assert_eq!(ids.len(), entries.len(), "an event is in {key} twice");
+    ids
+}
+
+fn id_set(expected: &[Expected]) -> BTreeSet<String> {
+    expected
+        .iter()
+        .map(|e| e.event_id.hyphenated().to_string())
+        .collect()
+}
+
+/// 500 events blocked behind a wrong setting: by hand for a second, then
+/// with the relay loop, nothing is published, charged or dead, and
+/// `Publishers::blocked()` and `stats().blocked` name the publisher and a
+/// reason containing `reason`. Then `fix` runs; the relay loop resumes by
+/// itself and the stream `key` gets every event exactly once.
+async fn blocked_until_fixed<F, Fut>(redis: RedisStreamPublisher, key: &str, reason: &str, fix: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let db = Lite::new().await;
+    let outbox = db.builder().max_attempts(3).build().await.unwrap();
+    let expected = db.record_paid(&outbox, 500, 10).await;
+    let publishers = Publishers::builder()
+        .publisher::<InvoicePaid, _>(redis)
+        .max_pause(Duration::from_millis(500))
+        .build()
+        .unwrap();
+
+    let report = run_for(&outbox, &publishers, Duration::from_secs(1)).await;
+    assert_eq!(
+        (report.published, report.retried, report.dead),
+        (0, 0, 0),
+        "{report:?}"
+    );
+    assert!(report.unavailable >= 500, "{report:?}");
+    assert_all_pending_uncharged(&db, &outbox, 500).await;
+    let blocked = publishers.blocked();
+    assert_eq!(blocked.len(), 1, "{blocked:?}");
+    assert_eq!(blocked[0].publisher, "billing.invoice_paid");
+    assert!(blocked[0].reason.contains(reason), "{blocked:?}");
+    assert!(!blocked[0].reason.contains("hunter2"), "{blocked:?}");
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead), (500, 0), "{stats:?}");
+    assert_eq!(stats.blocked.len(), 1, "{stats:?}");
+    assert_eq!(stats.blocked[0].publisher, "billing.invoice_paid");
+    assert_eq!(stats.blocked[0].reason, blocked[0].reason);
+
+    let relay = Running::start(&outbox, publishers);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_all_pending_uncharged(&db, &outbox, 500).await;
+    assert_eq!(outbox.stats().await.unwrap().blocked.len(), 1);
+
+    fix().await;
+    let mut conn = conn().await;
+    until("all 500 in the stream", Duration::from_secs(30), || async {
+        db.rows().await.is_empty()
+    })
+    .await;
+    until("the block is lifted", Duration::from_secs(10), || async {
+        outbox.stats().await.unwrap().blocked.is_empty()
+    })
+    .await;
+    let report = relay.stop().await;
+    assert_eq!(
+        (report.retried, report.dead, report.lost),
+        (0, 0, 0),
+        "{report:?}"
+    );
+    assert_eq!(ids_once(&mut conn, key).await, id_set(&expected));
+    del(&mut conn, &[key.to_owned()]).await;
+    db.done().await;
+}
+
+/// Asserts `n` entries pending, none charged, none dead.
+async fn assert_all_pending_uncharged(db: &Lite, outbox: &Outbox<Sqlite>, n: usize) {
+    let rows = db.rows().await;
+    assert_eq!(rows.len(), n);
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "pending" && r.attempts == 0),
+        "{:?}",
+        rows.iter()
+            .find(|r| r.status != "pending" || r.attempts != 0)
+    );
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+}
+
+/// "One wrong setting kills the backlog", with a stream key that holds a
+/// string: WRONGTYPE for every event until the key is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrongtype_key_blocks_and_loses_nothing_until_freed() {
+    let key = format!("{}:events", prefix());
+    let mut conn = conn().await;
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let redis = RedisStreamPublisher::builder(url())
+        .stream(key.clone())
+        .build()
+        .unwrap();
+    let bad = key.clone();
+    blocked_until_fixed(redis, &key, "WRONGTYPE", || async move {
+        del(&mut conn, &[bad]).await;
+    })
+    .await;
+}
+
+/// An ACL user made for one test, deleted on drop (also when it fails).
+struct AclUser(String);
+
+impl Drop for AclUser {
+    fn drop(&mut self) {
+        let mut conn = redis::Client::open(url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let _: i64 = redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(&self.0)
+            .query(&mut conn)
+            .unwrap();
+    }
+}
+
+/// "One wrong setting kills the backlog", with a wrong password: every
+/// connection is refused (WRONGPASS) until the user gets that password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_blocks_and_loses_nothing_until_fixed() {
+    let prefix = prefix();
+    let key = format!("{prefix}:events");
+    let user = AclUser(format!("outbox-test-{}", Uuid::new_v4().simple()));
+    let mut conn = conn().await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user.0)
+        .arg("reset")
+        .arg("on")
+        .arg(">right-password")
+        .arg(format!("~{prefix}:*"))
+        .arg("+@all")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (host, port) = host_port();
+    let redis = RedisStreamPublisher::builder(format!("redis://{}:hunter2@{host}:{port}", user.0))
+        .stream(key.clone())
+        .connection_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let name = user.0.clone();
+    blocked_until_fixed(redis, &key, "cannot connect", || async move {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&name)
+            .arg(">hunter2")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    })
+    .await;
+    drop(user);
+}
+
+// ------------------------------------------------------------------- TLS
+
+/// `rediss://` through stunnel4 (TLS in front of the local Redis) with a
+/// throwaway CA trusted: every event arrives once, with its fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_through_stunnel_with_a_trusted_test_ca_delivers() {
+    let ca = TestCa::new();
+    let tunnel = Stunnel::start(&ca, host_port().1);
+    let db = Lite::new().await;
+    let outbox = db.outbox().await;
+    let expected = db.record_mixed(&outbox, 50, 3).await;
+    let key = format!("{}:tls", prefix());
+    let redis = RedisStreamPublisher::builder(format!("rediss://127.0.0.1:{}", tunnel.port))
+        .stream(key.clone())
+        .tls_ca_pem(ca.ca_pem.clone())
+        .build()
+        .unwrap();
+    let publishers = Publishers::builder().fallback(redis).build().unwrap();
+    let mut published = 0;
+    loop {
+        let report = outbox.run(&publishers, 20).await.unwrap();
+        assert_eq!(report.published, report.claimed, "{report:?}");
+        if report.claimed == 0 {
+            break;
+        }
+        published += report.published;
+    }
+    assert_eq!(published, 50);
+    let mut conn = conn().await;
+    let got = xrange(&mut conn, &key).await;
+    assert_eq!(got.len(), 50);
+    for (entry, want) in got.iter().zip(&expected) {
+        assert_carries(entry, want);
+    }
+    del(&mut conn, &[key]).await;
+    db.done().await;
+}
+
+/// TLS or nothing: `rediss://` to the plaintext Redis port, and to stunnel
+/// without its CA trusted (the system roots do not know it), are
+/// unavailable: no attempt, the publisher blocked, nothing written. A TLS
+/// option with a `redis://` URL does not build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_never_falls_back_to_plaintext() {
+    let ca = TestCa::new();
+    let (host, port) = host_port();
+    let tunnel = Stunnel::start(&ca, port);
+    let key = format!("{}:never", prefix());
+    let cases = [
+        (
+            "rediss to the plaintext port",
+            RedisStreamPublisher::builder(format!("rediss://127.0.0.1:{port}"))
+                .tls_ca_pem(ca.ca_pem.clone()),
+        ),
+        (
+            "rediss to an untrusted certificate",
+            RedisStreamPublisher::builder(format!("rediss://127.0.0.1:{}", tunnel.port)),
+        ),
+    ];
+    for (case, builder) in cases {
+        let redis = builder
+            .stream(key.clone())
+            .connection_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let db = Lite::new().await;
+        let outbox = db.outbox().await;
+        db.record_mixed(&outbox, 5, 2).await;
+        let publishers = Publishers::builder().fallback(redis).build().unwrap();
+        let report = outbox.run(&publishers, 100).await.unwrap();
+        assert_eq!(
+            (
+                report.published,
+                report.retried,
+                report.dead,
+                report.unavailable
+            ),
+            (0, 0, 0, 5),
+            "{case}: {report:?}"
+        );
+        assert!(db.rows().await.iter().all(|r| r.attempts == 0), "{case}");
+        let blocked = publishers.blocked();
+        assert_eq!(blocked.len(), 1, "{case}");
+        assert!(
+            blocked[0].reason.contains("cannot connect"),
+            "{case}: {blocked:?}"
+        );
+        db.done().await;
+    }
+    let mut conn = conn().await;
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "nothing was written");
+
+    let err = RedisStreamPublisher::builder(format!("redis://{host}:{port}"))
+        .stream(key)
+        .tls_ca_pem(ca.ca_pem)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("not a rediss:// URL"), "{err}");
 }

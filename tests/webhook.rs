@@ -1,142 +1,29 @@
-//! The webhook publisher against a small HTTP server started inside each
-//! test (hyper on 127.0.0.1:0), with SQLite outboxes.
-//!
-//! The server answers by path: `/status/<code>` with that status and a short
-//! body, `/sleep/<ms>` with 200 after that long, anything else with 200.
-//! It keeps every request it received.
+//! The webhook publisher against a small HTTP(S) server started inside
+//! each test (`webhook_support`), with SQLite outboxes: what a request
+//! carries, what each kind of answer costs (the event, this event this
+//! time, or the endpoint), relays that go on past one bad event and pause
+//! (losing nothing) behind a wrong setting, and TLS.
 
 mod lite;
+mod relay_support;
+mod tls_support;
+mod webhook_support;
 
-use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use lite::{Expected, InvoicePaid, Lite, ParcelSent};
 use outbox::publisher::http::{WebhookPublisher, verify_signature, verify_timestamped_signature};
-use outbox::{Metadata, Publishers};
-use tokio::net::TcpListener;
-
-/// One request as the server saw it.
-#[derive(Debug, Clone)]
-struct Received {
-    method: String,
-    path: String,
-    headers: BTreeMap<String, String>,
-    body: Bytes,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(&name.to_ascii_lowercase())
-            .map(String::as_str)
-    }
-}
-
-struct Server {
-    addr: SocketAddr,
-    received: Arc<Mutex<Vec<Received>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Server {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let log = received.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(req, log.clone()));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self {
-            addr,
-            received,
-            task,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn handle(
-    req: Request<Incoming>,
-    log: Arc<Mutex<Vec<Received>>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(http_body_util::Collected::to_bytes)
-        .unwrap_or_default();
-    let path = parts.uri.path().to_owned();
-    log.lock().unwrap().push(Received {
-        method: parts.method.to_string(),
-        path: path.clone(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body,
-    });
-    let mut status = StatusCode::OK;
-    let mut text = String::new();
-    if let Some(code) = path.strip_prefix("/status/") {
-        let code: u16 = code.split('/').next().unwrap().parse().unwrap();
-        status = StatusCode::from_u16(code).unwrap();
-        if code >= 300 {
-            text = format!(
-                "{{\"error\": \"refused with {code}\",\n \"detail\": \"{}\"}}",
-                "x".repeat(400)
-            );
-        }
-    } else if let Some(ms) = path.strip_prefix("/sleep/") {
-        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
-    }
-    let mut response = Response::new(Full::new(Bytes::from(text)));
-    *response.status_mut() = status;
-    Ok(response)
-}
+use outbox::{Backoff, Metadata, Outbox, Publishers, Report};
+use relay_support::{Running, run_for, until};
+use sqlx::Sqlite;
+use tls_support::TestCa;
+use webhook_support::{Received, Reply, Server};
 
 /// Runs until nothing is claimed; returns the summed report.
-async fn drain(outbox: &outbox::Outbox<sqlx::Sqlite>, publishers: &Publishers) -> outbox::Report {
-    let mut total = outbox::Report::default();
+async fn drain(outbox: &Outbox<Sqlite>, publishers: &Publishers) -> Report {
+    let mut total = Report::default();
     loop {
         let report = outbox.run(publishers, 50).await.unwrap();
         if report.claimed == 0 {
@@ -267,10 +154,12 @@ async fn timestamped_signature_verifies() {
 
 /// What two runs over one event end in when the endpoint is `url`.
 struct Outcome {
-    first: outbox::Report,
-    second: outbox::Report,
+    first: Report,
+    second: Report,
     rows: Vec<lite::Row>,
     dead: Vec<outbox::DeadLetter>,
+    /// `Publishers::blocked()` after the second run.
+    blocked: Vec<outbox::publisher::Blocked>,
 }
 
 async fn outcome(url: String, timeout: Duration) -> Outcome {
@@ -306,14 +195,17 @@ async fn outcome(url: String, timeout: Duration) -> Outcome {
         second,
         rows: db.rows().await,
         dead: outbox.dead_letters(10).await.unwrap(),
+        blocked: publishers.blocked(),
     };
     db.done().await;
     out
 }
 
-/// 2xx is published; 4xx (but 408/429) and 3xx are rejections that cost an
-/// attempt and end dead with the status and the body's start as reason;
-/// 5xx, 408 and 429 are outages that cost nothing.
+/// 2xx is published. Other 4xx are rejections; 5xx, 408 and 429 are
+/// transient, and one event failing alone is the event's: both cost an
+/// attempt and end dead with the status and the body's start as reason.
+/// A refusal that is a setting (credentials, URL, a redirect) costs
+/// nothing: the publisher is blocked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_classes_map_to_outcomes() {
     let server = Server::start().await;
@@ -323,7 +215,7 @@ async fn status_classes_map_to_outcomes() {
         assert_eq!(out.first.published, 1, "{code}: {:?}", out.first);
         assert!(out.rows.is_empty(), "{code}");
     }
-    for code in [400, 401, 404, 409, 422, 301] {
+    for code in [400, 409, 413, 415, 422, 500, 502, 503, 408, 429] {
         let out = outcome(server.url(&format!("/status/{code}")), timeout).await;
         let requests = server
             .received()
@@ -343,16 +235,23 @@ async fn status_classes_map_to_outcomes() {
         );
         assert!(reason.len() < 400, "only an excerpt of the body: {reason}");
         assert!(!reason.contains('\n'), "{reason}");
+        assert!(out.blocked.is_empty(), "{code}: {:?}", out.blocked);
     }
-    for code in [500, 502, 503, 408, 429] {
+    for code in [401, 403, 404, 405, 407, 410, 421, 301, 308] {
         let out = outcome(server.url(&format!("/status/{code}")), timeout).await;
-        for report in [&out.first, &out.second] {
-            assert_eq!(
-                (report.unavailable, report.retried, report.dead),
-                (1, 0, 0),
-                "{code}: {report:?}"
-            );
-        }
+        assert_eq!(
+            (out.first.unavailable, out.first.retried, out.first.dead),
+            (1, 0, 0),
+            "{code}: {:?}",
+            out.first
+        );
+        // The entry waits out the publisher's pause: not claimed at once.
+        assert_eq!(
+            (out.second.published, out.second.retried, out.second.dead),
+            (0, 0, 0),
+            "{code}: {:?}",
+            out.second
+        );
         assert_eq!(out.rows.len(), 1);
         assert_eq!(
             (out.rows[0].status.as_str(), out.rows[0].attempts),
@@ -360,37 +259,70 @@ async fn status_classes_map_to_outcomes() {
             "{code}: no attempt counted"
         );
         assert!(out.dead.is_empty());
+        assert_eq!(out.blocked.len(), 1, "{code}");
+        assert_eq!(out.blocked[0].publisher, "billing.invoice_paid");
+        let reason = &out.blocked[0].reason;
+        assert!(reason.contains(&format!("answered {code} ")), "{reason}");
+        if code < 400 {
+            assert!(reason.contains("not followed"), "{reason}");
+        }
     }
 }
 
-/// Connection refused and a timeout are outages too.
+/// Connection refused costs nothing (the endpoint is down); a request that
+/// times out, or whose connection is closed before the answer, is this
+/// event's, this time: it costs an attempt when it fails alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_and_slow_endpoints_cost_no_attempt() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+async fn refused_is_the_endpoints_and_a_timeout_is_the_events() {
     let down = outcome(
-        format!("http://127.0.0.1:{port}/hook"),
+        format!("http://127.0.0.1:{}/hook", tls_support::free_port()),
         Duration::from_secs(2),
     )
     .await;
+    assert_eq!(
+        (down.first.unavailable, down.first.retried),
+        (1, 0),
+        "{:?}",
+        down.first
+    );
+    assert_eq!(
+        (down.second.published, down.second.retried, down.second.dead),
+        (0, 0, 0),
+        "{:?}",
+        down.second
+    );
+    assert_eq!(
+        (down.rows[0].status.as_str(), down.rows[0].attempts),
+        ("pending", 0)
+    );
+    assert!(down.dead.is_empty());
+    assert!(
+        down.blocked[0].reason.contains("unreachable"),
+        "{:?}",
+        down.blocked
+    );
+
     let server = Server::start().await;
     let slow = outcome(server.url("/sleep/3000"), Duration::from_millis(300)).await;
-    for out in [down, slow] {
-        assert_eq!(
-            (out.first.unavailable, out.first.retried),
-            (1, 0),
-            "{:?}",
-            out.first
-        );
-        assert_eq!(out.second.unavailable, 1, "{:?}", out.second);
-        assert_eq!(
-            (out.rows[0].status.as_str(), out.rows[0].attempts),
-            ("pending", 0)
-        );
-        assert!(out.dead.is_empty());
-    }
+    assert_eq!(slow.first.retried, 1, "{:?}", slow.first);
+    assert_eq!(slow.second.dead, 1, "{:?}", slow.second);
+    assert!(
+        slow.dead[0].reason.contains("timed out after 300ms"),
+        "{}",
+        slow.dead[0].reason
+    );
+    assert!(slow.blocked.is_empty(), "{:?}", slow.blocked);
+
+    let hang_up = Server::start_with(|_| Reply::hang_up()).await;
+    let cut = outcome(hang_up.url("/hooks"), Duration::from_secs(5)).await;
+    assert_eq!(cut.first.retried, 1, "{:?}", cut.first);
+    assert_eq!(cut.second.dead, 1, "{:?}", cut.second);
+    assert!(
+        cut.dead[0].reason.contains("failed before answering"),
+        "{}",
+        cut.dead[0].reason
+    );
+    assert_eq!(hang_up.received().len(), 2, "one request per attempt");
 }
 
 /// Errors name the endpoint without userinfo or path; the outage message
@@ -399,7 +331,7 @@ async fn unreachable_and_slow_endpoints_cost_no_attempt() {
 async fn messages_never_show_credentials() {
     let server = Server::start().await;
     let secret_url = format!(
-        "http://user:hunter2@{}/status/404/T0-topsecret?token=xyzzy",
+        "http://user:hunter2@{}/status/422/T0-topsecret?token=xyzzy",
         server.addr
     );
     let out = outcome(secret_url.clone(), Duration::from_secs(5)).await;
@@ -419,10 +351,7 @@ async fn messages_never_show_credentials() {
     );
 
     // The outage's message, seen through a wrapping publisher.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = tls_support::free_port();
     let webhook = WebhookPublisher::builder()
         .url(format!("http://user:hunter2@127.0.0.1:{port}/secret-path"))
         .build()
@@ -502,16 +431,16 @@ async fn url_fn_and_concurrency() {
     db.done().await;
 }
 
-/// With concurrency, an outage in the middle of a batch starts no new
-/// request, and the entries not sent cost nothing.
+/// With concurrency, a refusal that is the endpoint's (401) in the middle
+/// of a batch starts no new request, and the entries not sent cost nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outage_mid_batch_stops_sending() {
+async fn endpoint_refusal_mid_batch_stops_sending() {
     let server = Server::start().await;
     let db = Lite::new().await;
     let outbox = db.outbox().await;
     let expected = db.record_paid(&outbox, 40, 1).await;
     let poisoned = expected[10].event_id;
-    let (ok, down) = (server.url("/ok"), server.url("/status/503"));
+    let (ok, down) = (server.url("/ok"), server.url("/status/401"));
     let webhook = WebhookPublisher::builder()
         .url_fn(move |entry| {
             if entry.event_id() == poisoned {
@@ -537,4 +466,394 @@ async fn outage_mid_batch_stops_sending() {
     assert!(rows.iter().all(|r| r.attempts == 0), "{rows:?}");
     assert_eq!(rows.len(), 40 - report.published);
     db.done().await;
+}
+
+// ------------------------------------------------ relay loops and scopes
+
+/// How a webhook fails the one bad event.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Status(u16),
+    /// Answers only after the publisher's timeout.
+    Slow,
+}
+
+/// One event that the endpoint answers with `fault` while it takes every
+/// other, the bad one first in record order, the relay loop running: the
+/// other 59 are delivered once each, all before the bad one's second try
+/// (it does not hold the head of the queue), the publisher is never
+/// blocked, and the bad one is a dead letter with its reason after its 3
+/// attempts (one request each).
+async fn one_bad_event_among_good_ones(fault: Fault) {
+    let server = Server::start().await;
+    let db = Lite::new().await;
+    let outbox = db
+        .builder()
+        .max_attempts(3)
+        .backoff(Backoff::fixed(Duration::from_millis(200)))
+        .build()
+        .await
+        .unwrap();
+    let expected = db.record_paid(&outbox, 60, 6).await;
+    let bad = expected[0].event_id.hyphenated().to_string();
+    let b = bad.clone();
+    server.respond_with(move |req| {
+        if req.event_id() != b {
+            return Reply::status(200);
+        }
+        match fault {
+            Fault::Status(code) => Reply::status(code),
+            Fault::Slow => Reply::status(200).after(Duration::from_secs(3)),
+        }
+    });
+    let webhook = WebhookPublisher::builder()
+        .url(server.url("/hooks/paid"))
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let publishers = Publishers::builder()
+        .publisher::<InvoicePaid, _>(webhook)
+        .max_pause(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let relay = Running::start(&outbox, publishers);
+    until(
+        "the bad event is a dead letter",
+        Duration::from_secs(30),
+        || async { !outbox.dead_letters(10).await.unwrap().is_empty() },
+    )
+    .await;
+    let report = relay.stop().await;
+
+    let delivered = server.delivered();
+    for want in &expected[1..] {
+        let id = want.event_id.hyphenated().to_string();
+        assert_eq!(delivered.get(&id), Some(&1), "{fault:?}: {id} once");
+    }
+    let received = server.received();
+    let tries: Vec<usize> = (0..received.len())
+        .filter(|&i| received[i].event_id() == bad)
+        .collect();
+    assert_eq!(tries.len(), 3, "{fault:?}: one request per attempt");
+    let last_good = received.iter().rposition(|r| r.event_id() != bad).unwrap();
+    assert!(
+        last_good < tries[1],
+        "{fault:?}: every other event went out before the bad one's second try (requests {tries:?}, last other {last_good})"
+    );
+    assert_eq!(
+        (
+            report.published,
+            report.dead,
+            report.retried,
+            report.unavailable
+        ),
+        (59, 1, 2, 0),
+        "{fault:?}: never blocked: {report:?}"
+    );
+    let dead = outbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_id, expected[0].event_id);
+    assert_eq!(dead[0].attempts, 3);
+    let reason = &dead[0].reason;
+    match fault {
+        Fault::Status(code) => assert!(reason.contains(&format!("answered {code} ")), "{reason}"),
+        Fault::Slow => assert!(reason.contains("timed out after 300ms"), "{reason}"),
+    }
+    if matches!(fault, Fault::Status(429)) {
+        assert!(reason.contains("Retry-After: 1"), "{reason}");
+    }
+    let rows = db.rows().await;
+    assert_eq!(rows.len(), 1, "only the dead letter is left: {rows:?}");
+    assert!(outbox.stats().await.unwrap().blocked.is_empty());
+    db.done().await;
+}
+
+/// "One event stalls everything", with a 500 for that event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_answered_500_never_stalls_the_others() {
+    one_bad_event_among_good_ones(Fault::Status(500)).await;
+}
+
+/// "One event stalls everything", with a 429 for that event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_answered_429_never_stalls_the_others() {
+    one_bad_event_among_good_ones(Fault::Status(429)).await;
+}
+
+/// "One event stalls everything", with a timeout for that event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_timing_out_never_stalls_the_others() {
+    one_bad_event_among_good_ones(Fault::Slow).await;
+}
+
+/// Asserts `n` entries pending, none charged, none dead.
+async fn assert_all_pending_uncharged(db: &Lite, outbox: &Outbox<Sqlite>, n: usize) {
+    let rows = db.rows().await;
+    assert_eq!(rows.len(), n);
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "pending" && r.attempts == 0),
+        "{:?}",
+        rows.iter()
+            .find(|r| r.status != "pending" || r.attempts != 0)
+    );
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+}
+
+/// Asserts every expected event was delivered exactly once, and nothing else.
+fn assert_each_delivered_once(server: &Server, expected: &[Expected]) {
+    let delivered = server.delivered();
+    let want: BTreeSet<String> = expected
+        .iter()
+        .map(|e| e.event_id.hyphenated().to_string())
+        .collect();
+    let got: BTreeSet<String> = delivered.keys().cloned().collect();
+    assert_eq!(got, want, "every event, and only those");
+    let twice: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+}
+
+/// "One wrong setting kills the backlog": an endpoint that answers `code`
+/// to every request. 500 events stay pending with no attempt and no dead
+/// letter; `Publishers::blocked()` and `stats().blocked` name the publisher
+/// and the reason. Once the endpoint answers 200 the relay loop resumes by
+/// itself and delivers each event exactly once.
+async fn refusing_endpoint_blocks_and_loses_nothing(code: u16) {
+    let server = Server::start_with(move |_| Reply::status(code)).await;
+    let db = Lite::new().await;
+    let outbox = db.builder().max_attempts(3).build().await.unwrap();
+    let expected = db.record_paid(&outbox, 500, 10).await;
+    let webhook = WebhookPublisher::builder()
+        .url(server.url("/hooks/paid"))
+        .build()
+        .unwrap();
+    let publishers = Publishers::builder()
+        .publisher::<InvoicePaid, _>(webhook)
+        .max_pause(Duration::from_millis(500))
+        .build()
+        .unwrap();
+
+    let report = run_for(&outbox, &publishers, Duration::from_secs(1)).await;
+    assert_eq!(
+        (report.published, report.retried, report.dead),
+        (0, 0, 0),
+        "{code}: {report:?}"
+    );
+    assert!(report.unavailable >= 500, "{code}: {report:?}");
+    assert_all_pending_uncharged(&db, &outbox, 500).await;
+    let blocked = publishers.blocked();
+    assert_eq!(blocked.len(), 1, "{code}: {blocked:?}");
+    assert_eq!(blocked[0].publisher, "billing.invoice_paid");
+    assert!(
+        blocked[0].reason.contains(&format!("answered {code} ")),
+        "{blocked:?}"
+    );
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead), (500, 0), "{stats:?}");
+    assert_eq!(stats.blocked.len(), 1, "{stats:?}");
+    assert_eq!(stats.blocked[0].publisher, "billing.invoice_paid");
+    assert_eq!(stats.blocked[0].reason, blocked[0].reason);
+    let probes = server.received().len();
+    assert!(
+        probes < 50,
+        "{code}: a blocked publisher only probes, one request at a time: {probes}"
+    );
+
+    // The relay loop takes over, still refused: nothing moves.
+    let relay = Running::start(&outbox, publishers);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(server.delivered().is_empty());
+    assert_all_pending_uncharged(&db, &outbox, 500).await;
+    assert_eq!(outbox.stats().await.unwrap().blocked.len(), 1);
+
+    // The endpoint is fixed; the relay resumes by itself.
+    server.respond_with(|_| Reply::status(200));
+    until("all 500 delivered", Duration::from_secs(30), || async {
+        server.delivered().len() == 500
+    })
+    .await;
+    until("the block is lifted", Duration::from_secs(10), || async {
+        outbox.stats().await.unwrap().blocked.is_empty()
+    })
+    .await;
+    let report = relay.stop().await;
+    assert_eq!(
+        (report.retried, report.dead, report.lost),
+        (0, 0, 0),
+        "{report:?}"
+    );
+    assert_each_delivered_once(&server, &expected);
+    assert!(db.rows().await.is_empty());
+    db.done().await;
+}
+
+/// A webhook answering 401 to everything (wrong credentials).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_answering_401_blocks_and_loses_nothing() {
+    refusing_endpoint_blocks_and_loses_nothing(401).await;
+}
+
+/// A webhook answering 404 to everything (a wrong URL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_answering_404_blocks_and_loses_nothing() {
+    refusing_endpoint_blocks_and_loses_nothing(404).await;
+}
+
+/// 503 for everything: transient failures with no answer in between block
+/// the publisher, so at most 2 entries are charged one attempt and none is
+/// dead; once the endpoint answers again the relay resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_answering_503_to_everything_costs_at_most_two_attempts() {
+    for concurrency in [1, 4] {
+        let server = Server::start_with(|_| Reply::status(503)).await;
+        let db = Lite::new().await;
+        let outbox = db.builder().max_attempts(3).build().await.unwrap();
+        let expected = db.record_paid(&outbox, 50, 5).await;
+        let webhook = WebhookPublisher::builder()
+            .url(server.url("/hooks/paid"))
+            .concurrency(concurrency)
+            .build()
+            .unwrap();
+        let publishers = Publishers::builder()
+            .publisher::<InvoicePaid, _>(webhook)
+            .max_pause(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let relay = Running::start(&outbox, publishers);
+        until(
+            "the publisher is blocked",
+            Duration::from_secs(10),
+            || async { !outbox.stats().await.unwrap().blocked.is_empty() },
+        )
+        .await;
+        // A few pauses and probes later, still at most 2 charged.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let rows = db.rows().await;
+        let charged: Vec<_> = rows.iter().filter(|r| r.attempts > 0).collect();
+        assert!(charged.len() <= 2, "{concurrency}: {charged:?}");
+        assert!(charged.iter().all(|r| r.attempts == 1), "{charged:?}");
+        assert!(rows.iter().all(|r| r.status == "pending"), "{rows:?}");
+        let blocked = outbox.stats().await.unwrap().blocked;
+        assert!(blocked[0].reason.contains("answered 503 "), "{blocked:?}");
+
+        server.respond_with(|_| Reply::status(200));
+        until("all 50 delivered", Duration::from_secs(30), || async {
+            server.delivered().len() == 50
+        })
+        .await;
+        let report = relay.stop().await;
+        assert_eq!((report.dead, report.lost), (0, 0), "{report:?}");
+        assert_each_delivered_once(&server, &expected);
+        assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+        db.done().await;
+    }
+}
+
+// ------------------------------------------------------------------- TLS
+
+/// `https://` to an in-test TLS endpoint whose certificate a throwaway CA
+/// signed: with that CA trusted every event arrives once, over TLS; an
+/// `http://` URL next to the TLS option is a build error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_trusted_test_ca_delivers() {
+    let ca = TestCa::new();
+    let server = Server::start_tls(&ca.cert_pem, &ca.key_pem).await;
+    assert!(server.url("/").starts_with("https://"));
+    let db = Lite::new().await;
+    let outbox = db.outbox().await;
+    let expected = db.record_mixed(&outbox, 20, 3).await;
+    let webhook = WebhookPublisher::builder()
+        .url(server.url("/hooks/all"))
+        .header("Authorization", "Bearer static-token")
+        .tls_ca_pem(ca.ca_pem.clone())
+        .build()
+        .unwrap();
+    let publishers = Publishers::builder().fallback(webhook).build().unwrap();
+    assert_eq!(drain(&outbox, &publishers).await.published, 20);
+    for (req, want) in server.received().iter().zip(&expected) {
+        assert_carries(req, want);
+    }
+    assert_each_delivered_once(&server, &expected);
+
+    let err = WebhookPublisher::builder()
+        .url(format!("http://{}/hooks/all", server.addr))
+        .tls_ca_pem(ca.ca_pem.clone())
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("not an https:// URL"), "{err}");
+    db.done().await;
+}
+
+/// What one run over 5 events does with `webhook` as the catch-all.
+async fn run_once(
+    webhook: WebhookPublisher,
+) -> (Report, Vec<lite::Row>, Vec<outbox::publisher::Blocked>) {
+    let db = Lite::new().await;
+    let outbox = db.outbox().await;
+    db.record_mixed(&outbox, 5, 2).await;
+    let publishers = Publishers::builder().fallback(webhook).build().unwrap();
+    let report = outbox.run(&publishers, 100).await.unwrap();
+    let rows = db.rows().await;
+    db.done().await;
+    (report, rows, publishers.blocked())
+}
+
+/// TLS or nothing: `https://` to a plaintext port, to a certificate no
+/// trusted CA signed, and an `http://` URL from a `url_fn` while a TLS
+/// option is set are all unavailable (no attempt, the publisher blocked),
+/// and no request ever reaches the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_never_falls_back_to_plaintext() {
+    let ca = TestCa::new();
+    let plain = Server::start().await;
+    let untrusted = Server::start_tls(&ca.cert_pem, &ca.key_pem).await;
+    let plain_url = format!("http://{}/hooks", plain.addr);
+    let cases = [
+        (
+            "https to a plaintext port",
+            WebhookPublisher::builder()
+                .url(format!("https://{}/hooks", plain.addr))
+                .tls_ca_pem(ca.ca_pem.clone())
+                .build()
+                .unwrap(),
+        ),
+        (
+            "https to an untrusted certificate",
+            WebhookPublisher::builder()
+                .url(untrusted.url("/hooks"))
+                .build()
+                .unwrap(),
+        ),
+        (
+            "http from a url_fn with a TLS option",
+            WebhookPublisher::builder()
+                .url_fn(move |_| plain_url.clone())
+                .tls_ca_pem(ca.ca_pem.clone())
+                .build()
+                .unwrap(),
+        ),
+    ];
+    for (case, webhook) in cases {
+        let (report, rows, blocked) = run_once(webhook).await;
+        assert_eq!(
+            (
+                report.published,
+                report.retried,
+                report.dead,
+                report.unavailable
+            ),
+            (0, 0, 0, 5),
+            "{case}: {report:?}"
+        );
+        assert!(rows.iter().all(|r| r.attempts == 0), "{case}: {rows:?}");
+        assert_eq!(blocked.len(), 1, "{case}");
+        let reason = &blocked[0].reason;
+        if case.starts_with("http from") {
+            assert!(reason.contains("TLS is required"), "{case}: {reason}");
+        } else {
+            assert!(reason.contains("unreachable"), "{case}: {reason}");
+        }
+    }
+    assert!(plain.received().is_empty(), "{:?}", plain.received());
+    assert!(untrusted.received().is_empty());
 }

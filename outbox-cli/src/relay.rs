@@ -29,7 +29,7 @@ use crate::out;
 /// Options of `outbox relay`.
 #[derive(Debug, Args)]
 pub(crate) struct RelayArgs {
-    /// Where to: amqp://, nats://, redis:// or http(s):// (a webhook).
+    /// Where to: amqp://, nats://, redis:// (rediss:// for TLS) or http(s):// (a webhook).
     #[arg(long, value_name = "URL")]
     to: String,
 
@@ -47,7 +47,8 @@ pub(crate) struct RelayArgs {
     #[arg(long, value_name = "PREFIX", help_heading = "NATS JetStream (nats://)")]
     subject_prefix: Option<String>,
 
-    /// TLS: also trust the CA certificate(s) in this PEM file (amqps://; nats:// or tls://, which it makes TLS-only).
+    /// TLS: also trust the CA certificate(s) in this PEM file (amqps://; nats:// or tls://, which it makes TLS-only;
+    /// https://, which it makes TLS-only; rediss://, instead of the system roots).
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
 
@@ -187,10 +188,10 @@ impl Broker {
         match scheme.as_str() {
             "amqp" | "amqps" => Ok(Self::Amqp),
             "nats" | "tls" => Ok(Self::Nats),
-            "redis" => Ok(Self::Redis),
+            "redis" | "rediss" => Ok(Self::Redis),
             "http" | "https" => Ok(Self::Webhook),
             _ => Err(Failure::new(format!(
-                "unsupported --to URL {} (use amqp://, nats://, redis://, http:// or https://)",
+                "unsupported --to URL {} (use amqp://, nats://, redis://, rediss://, http:// or https://)",
                 redact_url(url, false)
             ))),
         }
@@ -227,11 +228,6 @@ fn check_options(args: &RelayArgs, broker: Broker) -> Result<(), Failure> {
         ),
         ("--concurrency", args.concurrency.is_some(), Broker::Webhook),
     ];
-    if args.tls_ca.is_some() && !matches!(broker, Broker::Amqp | Broker::Nats) {
-        return Err(Failure::new(
-            "--tls-ca applies only to amqps:// and nats:// (tls://) targets",
-        ));
-    }
     for (flag, set, owner) in given {
         if set && owner != broker {
             let scheme = match owner {
@@ -319,6 +315,9 @@ async fn publishers(
             if let Some(timeout) = args.timeout {
                 b = b.connection_timeout(timeout).response_timeout(timeout);
             }
+            if let Some(pem) = tls_ca(args)? {
+                b = b.tls_ca_pem(pem);
+            }
             builder.fallback(Counting::new(b.build()?, counter))
         }
         Broker::Webhook => {
@@ -339,6 +338,9 @@ async fn publishers(
             }
             if let Some(timeout) = args.timeout {
                 b = b.timeout(timeout);
+            }
+            if let Some(pem) = tls_ca(args)? {
+                b = b.tls_ca_pem(pem);
             }
             builder.fallback(Counting::new(b.build()?, counter))
         }

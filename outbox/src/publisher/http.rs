@@ -63,19 +63,58 @@
 //!
 //! # Outcomes
 //!
-//! | response | outcome |
-//! |---|---|
-//! | 2xx | published |
-//! | 408, 429, 5xx, timeout, connection refused or lost | [`PublishError::unavailable`]: no attempt counted |
-//! | any other status (4xx, or 3xx: redirects are not followed) | [`PublishError::rejected`], with the status and the start of the response body |
+//! Each failure has a scope (see "Failure scopes" in [`publisher`](super)):
+//! the event, this event this time, or the endpoint. A wrong URL or wrong
+//! credentials is a setting, not the event: it pauses the publisher instead
+//! of turning the backlog into dead letters.
+//!
+//! | response | kind | why |
+//! |---|---|---|
+//! | 2xx | published | |
+//! | 400, 409, 411, 412, 413, 414, 415, 422, 451 and every other 4xx not below | [`rejected`](PublishError::rejected) | the endpoint refused this event |
+//! | 408, 423, 425, 429, and 5xx but 501, 505, 511 | [`transient`](PublishError::transient) | this event, this time: it backs off on its own (an attempt while the endpoint answers others; 3 entries in a row with no answer in between block the publisher) |
+//! | a request timeout ([`timeout`](WebhookPublisherBuilder::timeout)), or the connection lost after it was made (reset or closed before the response) | [`transient`](PublishError::transient) | as above: the endpoint was reached |
+//! | 401, 403, 407 (credentials), 404, 405, 410, 421 (URL), 426 (use TLS), 501, 505 (the endpoint cannot take this request at all), 511 (a proxy wants credentials) | [`unavailable`](PublishError::unavailable) | a setting of the endpoint: every event would get the same; no attempt, the publisher pauses and resumes when the endpoint takes a request again |
+//! | 3xx (redirects are not followed; the message names the `Location`) | [`unavailable`](PublishError::unavailable) | the URL is outdated: update it |
+//! | connection refused, DNS failure, connect timeout, TLS handshake failure (untrusted or mismatched certificate, a plaintext server behind `https://`) | [`unavailable`](PublishError::unavailable) | the endpoint is down or unreachable |
+//! | an `http://` URL from a [`url_fn`](WebhookPublisherBuilder::url_fn) while a TLS option is set | [`unavailable`](PublishError::unavailable) | a setting: it is never sent in plaintext |
+//!
+//! Error messages carry the status, the start of the response body, and
+//! `Retry-After` when the endpoint sent one. `Retry-After` is not honoured:
+//! the entry's next attempt follows the outbox's
+//! [`backoff`](crate::OutboxBuilder::backoff) (and, while the publisher is
+//! blocked, its pause).
+//!
+//! A publisher keeps one health per event type it is registered for (the
+//! catch-all has one for all its events), so with [`route`]s or a
+//! [`url_fn`] one refusing URL pauses every event of that publisher; register
+//! separate publishers for endpoints that should fail apart.
+//!
+//! [`route`]: WebhookPublisherBuilder::route
+//! [`url_fn`]: WebhookPublisherBuilder::url_fn
+//!
+//! # TLS
+//!
+//! `https://` URLs use rustls (on the `ring` provider) with the system's
+//! root certificates. [`tls_ca_pem`](WebhookPublisherBuilder::tls_ca_pem)
+//! trusts one more CA (a private one, or a test CA) and makes TLS required:
+//! every configured URL must then be `https://` (checked at
+//! [`build`](WebhookPublisherBuilder::build)), and an `http://` URL from a
+//! `url_fn` is refused before anything is sent. A handshake that fails is
+//! an outage of the endpoint; nothing ever falls back to plaintext.
 //!
 //! # Order and concurrency
 //!
 //! By default (`concurrency(1)`) a batch is sent one request at a time, in
-//! record order, and stops at the first outage. With
+//! record order. With
 //! [`concurrency(n)`](WebhookPublisherBuilder::concurrency), up to `n`
 //! requests of a batch are in flight at once: faster, but events (even of one
-//! stream key) may then arrive in any order within a batch.
+//! stream key) may then arrive in any order within a batch. Either way no
+//! new request of the batch starts after an
+//! [`unavailable`](PublishError::unavailable) failure, or after 3
+//! [`transient`](PublishError::transient) ones before the endpoint answered
+//! anything (it is then presumed down); the requests in flight are awaited,
+//! and the entries not sent cost nothing.
 //!
 //! URLs may hold credentials (userinfo is sent as basic auth) or secret path
 //! segments: `Debug` output and error messages show only the scheme, host
@@ -94,7 +133,7 @@ use reqwest::{StatusCode, Url};
 use sha2::Sha256;
 
 use super::redact::redact_url;
-use super::{PublishError, PublishResult, Publisher, RawPublisher};
+use super::{ErrorKind, PublishError, PublishResult, Publisher, RawPublisher, Stopper};
 use crate::entry::{Entry, Recorded};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -210,6 +249,8 @@ struct Inner {
     timestamped: bool,
     timeout: Duration,
     concurrency: usize,
+    /// A TLS option is set: only `https://` URLs are sent to.
+    tls_required: bool,
 }
 
 impl fmt::Debug for WebhookPublisher {
@@ -222,6 +263,7 @@ impl fmt::Debug for WebhookPublisher {
             .field("timestamped", &inner.timestamped)
             .field("timeout", &inner.timeout)
             .field("concurrency", &inner.concurrency)
+            .field("tls_required", &inner.tls_required)
             .finish()
     }
 }
@@ -237,6 +279,7 @@ pub struct WebhookPublisherBuilder {
     timestamped: bool,
     timeout: Duration,
     concurrency: usize,
+    tls_ca: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for WebhookPublisherBuilder {
@@ -260,6 +303,7 @@ impl fmt::Debug for WebhookPublisherBuilder {
             .field("timestamped", &self.timestamped)
             .field("timeout", &self.timeout)
             .field("concurrency", &self.concurrency)
+            .field("tls_ca", &self.tls_ca.is_some())
             .finish()
     }
 }
@@ -276,6 +320,7 @@ impl WebhookPublisher {
             timestamped: false,
             timeout: Duration::from_secs(10),
             concurrency: 1,
+            tls_ca: None,
         }
     }
 
@@ -334,6 +379,12 @@ impl WebhookPublisher {
     async fn send(&self, entry: &Entry) -> PublishResult {
         let inner = &self.inner;
         let target = inner.routes.target(entry)?;
+        if inner.tls_required && target.url.scheme() != "https" {
+            return Err(PublishError::unavailable(format!(
+                "webhook {}: not an https:// URL, and TLS is required (a TLS option is set); nothing was sent",
+                target.shown
+            )));
+        }
         let headers = self.headers_for(entry)?;
         let response = inner
             .client
@@ -349,16 +400,19 @@ impl WebhookPublisher {
     }
 
     /// Sends `entries` with up to `concurrency` requests in flight; results
-    /// in entry order. After the first outage no new request starts; the
-    /// ones in flight are awaited and reported.
+    /// in entry order. No new request starts after an unavailable failure,
+    /// or after 3 transient ones before anything was answered (the relay's
+    /// rule for one-at-a-time publishing); the ones in flight are awaited
+    /// and reported.
     async fn send_all(&self, entries: &[&Entry]) -> Vec<PublishResult> {
         let limit = self.inner.concurrency;
         let mut results = Vec::with_capacity(entries.len());
         let mut waiting = entries.iter();
         let mut in_flight = FuturesOrdered::new();
-        let mut stopped = false;
+        let mut stopper = Stopper::default();
+        let mut no_more = false;
         loop {
-            while !stopped && in_flight.len() < limit {
+            while !no_more && in_flight.len() < limit {
                 match waiting.next() {
                     Some(entry) => in_flight.push_back(self.send(entry)),
                     None => break,
@@ -367,7 +421,7 @@ impl WebhookPublisher {
             let Some(result) = in_flight.next().await else {
                 break;
             };
-            stopped |= result.as_ref().is_err_and(PublishError::is_unavailable);
+            no_more |= stopper.stop_after(&result);
             results.push(result);
         }
         results
@@ -417,7 +471,10 @@ impl WebhookPublisherBuilder {
     }
 
     /// The longest one request may take, from connecting to the end of the
-    /// response (default 10 s); a timeout is an outage.
+    /// response (default 10 s), and the longest a connection may take to
+    /// open. A request that times out is [transient](PublishError::transient)
+    /// (this event, this time); a connection that cannot be opened in time
+    /// is [unavailable](PublishError::unavailable).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -430,11 +487,23 @@ impl WebhookPublisherBuilder {
         self
     }
 
+    /// Trusts the CA certificate(s) in `pem` (PEM text, one or more
+    /// `CERTIFICATE` blocks) for `https://` endpoints, in addition to the
+    /// system's roots, and requires TLS: [`build`](Self::build) fails for an
+    /// `http://` URL, and an `http://` URL from a [`url_fn`](Self::url_fn)
+    /// is refused (unavailable) without sending anything.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca = Some(pem.into());
+        self
+    }
+
     /// Checks the configuration and finishes.
     ///
     /// Fails with [`Error::PublisherConfig`] for a URL that does not parse
     /// or is not http(s), no URL at all, both a `url_fn` and URLs, an
-    /// invalid header, a timestamp without a secret, or a concurrency of 0.
+    /// invalid header, a timestamp without a secret, a concurrency of 0, or
+    /// a [`tls_ca_pem`](Self::tls_ca_pem) with no certificate in it or with
+    /// an `http://` URL.
     pub fn build(self) -> Result<WebhookPublisher> {
         let config_error = |reason: String| Error::PublisherConfig {
             publisher: "webhook",
@@ -488,11 +557,38 @@ impl WebhookPublisherBuilder {
         if self.concurrency == 0 {
             return Err(config_error("concurrency must be at least 1".to_owned()));
         }
-        let client = reqwest::Client::builder()
+        let tls_required = self.tls_ca.is_some();
+        if tls_required
+            && let Routes::Table { default, by_name } = &routes
+            && let Some(plain) = default
+                .iter()
+                .chain(by_name.values())
+                .find(|target| target.url.scheme() != "https")
+        {
+            return Err(config_error(format!(
+                "{} is not an https:// URL, but `tls_ca_pem` asks for TLS",
+                plain.shown
+            )));
+        }
+        let mut client = reqwest::Client::builder()
             .timeout(self.timeout)
             .connect_timeout(self.timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("outbox/", env!("CARGO_PKG_VERSION")))
+            .https_only(tls_required)
+            .user_agent(concat!("outbox/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &self.tls_ca {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|err| config_error(format!("tls_ca_pem: {err}")))?;
+            if certs.is_empty() {
+                return Err(config_error(
+                    "tls_ca_pem: no CERTIFICATE block in the PEM text".to_owned(),
+                ));
+            }
+            for cert in certs {
+                client = client.add_root_certificate(cert);
+            }
+        }
+        let client = client
             .build()
             .map_err(|err| config_error(format!("HTTP client: {err}")))?;
         Ok(WebhookPublisher {
@@ -504,6 +600,7 @@ impl WebhookPublisherBuilder {
                 timestamped: self.timestamped,
                 timeout: self.timeout,
                 concurrency: self.concurrency,
+                tls_required,
             }),
         })
     }
@@ -523,6 +620,18 @@ async fn judge(target: &Target, mut response: reqwest::Response) -> PublishResul
         }
         return Ok(());
     }
+    let scope = status_scope(status);
+    let mut notes = Vec::new();
+    if status.is_redirection() {
+        let location = header_text(&response, reqwest::header::LOCATION)
+            .map_or_else(|| "nowhere".to_owned(), |to| redact_url(&to));
+        notes.push(format!(
+            "redirect to {location} not followed: update the URL"
+        ));
+    }
+    if let Some(after) = header_text(&response, reqwest::header::RETRY_AFTER) {
+        notes.push(format!("Retry-After: {after}"));
+    }
     let mut body = Vec::new();
     while body.len() < EXCERPT_BYTES {
         match response.chunk().await {
@@ -531,39 +640,60 @@ async fn judge(target: &Target, mut response: reqwest::Response) -> PublishResul
         }
     }
     let excerpt = excerpt(&body);
-    let message = if excerpt.is_empty() {
-        format!("webhook {} answered {status}", target.shown)
-    } else {
-        format!("webhook {} answered {status}: {excerpt}", target.shown)
-    };
-    if is_transient(status) {
-        Err(PublishError::unavailable(message))
-    } else {
-        Err(PublishError::rejected(message))
+    let mut message = format!("webhook {} answered {status}", target.shown);
+    if !excerpt.is_empty() {
+        message.push_str(": ");
+        message.push_str(&excerpt);
+    }
+    if !notes.is_empty() {
+        message.push_str(" (");
+        message.push_str(&notes.join("; "));
+        message.push(')');
+    }
+    Err(match scope {
+        ErrorKind::Unavailable => PublishError::unavailable(message),
+        ErrorKind::Transient => PublishError::transient(message),
+        _ => PublishError::rejected(message),
+    })
+}
+
+/// A response header as text (printable ASCII only), for messages.
+fn header_text(response: &reqwest::Response, name: HeaderName) -> Option<String> {
+    let value = response.headers().get(name)?.to_str().ok()?;
+    let value: String = value.chars().take(EXCERPT_BYTES).collect();
+    Some(value)
+}
+
+/// The scope of a status other than 2xx (the table in the module docs).
+fn status_scope(status: StatusCode) -> ErrorKind {
+    match status.as_u16() {
+        // Redirects are not followed: the URL is outdated. Credentials (401,
+        // 403, 407), the URL (404, 405, 410, 421), plaintext refused (426),
+        // a method or protocol the endpoint never takes (501, 505), a proxy
+        // that wants credentials (511): the same for every event.
+        300..=399 | 401 | 403 | 404 | 405 | 407 | 410 | 421 | 426 | 501 | 505 | 511 => {
+            ErrorKind::Unavailable
+        }
+        // Not now: this event may pass on a later try.
+        408 | 423 | 425 | 429 | 500..=599 => ErrorKind::Transient,
+        // The endpoint refused this event.
+        _ => ErrorKind::Rejected,
     }
 }
 
-/// 408, 429 and 5xx mean "not now".
-fn is_transient(status: StatusCode) -> bool {
-    status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error()
-}
-
-/// No response at all: always an outage (the endpoint may or may not have
-/// the event; the idempotency key makes sending it again safe).
+/// No response: a connection that could not be made (refused, DNS, connect
+/// timeout, TLS handshake) is an outage of the endpoint; a request that
+/// timed out or lost its connection after it was made is transient (the
+/// endpoint may or may not have the event; the idempotency key makes
+/// sending it again safe).
 fn transport_error(target: &Target, timeout: Duration, err: &reqwest::Error) -> PublishError {
-    if err.is_timeout() {
-        return PublishError::unavailable(format!(
+    let connect = err.is_connect();
+    if err.is_timeout() && !connect {
+        return PublishError::transient(format!(
             "webhook {} timed out after {timeout:?}",
             target.shown
         ));
     }
-    let what = if err.is_connect() {
-        "unreachable"
-    } else {
-        "failed"
-    };
     // The error's own text without the URL, then its causes.
     let mut text = err_without_url(err);
     let mut source = std::error::Error::source(err);
@@ -573,7 +703,14 @@ fn transport_error(target: &Target, timeout: Duration, err: &reqwest::Error) -> 
         source = cause.source();
     }
     let text = text.replace(target.url.as_str(), &target.shown);
-    PublishError::unavailable(format!("webhook {} {what}: {text}", target.shown))
+    if connect || err.is_builder() {
+        PublishError::unavailable(format!("webhook {} unreachable: {text}", target.shown))
+    } else {
+        PublishError::transient(format!(
+            "webhook {} failed before answering: {text}",
+            target.shown
+        ))
+    }
 }
 
 fn err_without_url(err: &reqwest::Error) -> String {
@@ -817,11 +954,19 @@ mod tests {
 
     #[test]
     fn statuses_and_excerpts() {
-        for code in [408, 429, 500, 502, 503] {
-            assert!(is_transient(StatusCode::from_u16(code).unwrap()), "{code}");
+        let scope = |code| status_scope(StatusCode::from_u16(code).unwrap());
+        for code in [408, 423, 425, 429, 500, 502, 503, 504, 599] {
+            assert_eq!(scope(code), ErrorKind::Transient, "{code}");
         }
-        for code in [301, 400, 401, 404, 409, 422] {
-            assert!(!is_transient(StatusCode::from_u16(code).unwrap()), "{code}");
+        for code in [
+            300, 301, 302, 307, 308, 401, 403, 404, 405, 407, 410, 421, 426, 501, 505, 511,
+        ] {
+            assert_eq!(scope(code), ErrorKind::Unavailable, "{code}");
+        }
+        for code in [
+            400, 402, 406, 409, 411, 412, 413, 414, 415, 416, 422, 451, 499,
+        ] {
+            assert_eq!(scope(code), ErrorKind::Rejected, "{code}");
         }
         assert_eq!(
             excerpt(b"  {\"error\":\n  \"bad\"}\r\n"),
@@ -872,4 +1017,46 @@ mod tests {
         }
         assert!(debug.contains("https://***@hooks.example/***"), "{debug}");
     }
+
+    #[test]
+    fn a_tls_option_needs_https_and_a_certificate() {
+        let err = WebhookPublisher::builder()
+            .url("https://a.example/x")
+            .route("e", "http://u:hunter2@b.example/secret")
+            .tls_ca_pem(TEST_CA)
+            .build()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("http://***@b.example/***"), "{text}");
+        assert!(text.contains("not an https:// URL"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        for pem in ["", "not pem at all"] {
+            let err = WebhookPublisher::builder()
+                .url("https://a.example/x")
+                .tls_ca_pem(pem)
+                .build()
+                .unwrap_err();
+            assert!(err.to_string().contains("tls_ca_pem"), "{err}");
+        }
+        let p = WebhookPublisher::builder()
+            .url("https://a.example/x")
+            .tls_ca_pem(TEST_CA)
+            .build()
+            .unwrap();
+        assert!(format!("{p:?}").contains("tls_required: true"), "{p:?}");
+    }
+
+    /// A self-signed CA certificate (only parsed here, never trusted).
+    const TEST_CA: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIBkjCCATmgAwIBAgIUSQiltfQ3EgMCmHjdqfzaYnt2SfswCgYIKoZIzj0EAwIw\n\
+HjEcMBoGA1UEAwwTb3V0Ym94IHVuaXQgdGVzdCBDQTAgFw0yNjExMzAxMDU3NTBa\n\
+GA8yMTI2MTEwNjEwNTc1MFowHjEcMBoGA1UEAwwTb3V0Ym94IHVuaXQgdGVzdCBD\n\
+QTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABMicZbdo/CzDoEA78wxJJpj7yJnL\n\
+rxFhXZdHXjIqAEAE2nMCKeRMcVurT3ZxqbuBnuOOrEBqdGhsidThq5B6AaijUzBR\n\
+MB0GA1UdDgQWBBRnjRqO4P3+g+j0dUt7TIEX3/MvPzAfBgNVHSMEGDAWgBRnjRqO\n\
+4P3+g+j0dUt7TIEX3/MvPzAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0cA\n\
+MEQCIBtkO3aRwOnHUCY3HefqDPKKrtrHyNKVxGp2RmjozRsEAiAZIMr/IVLimxAu\n\
+J1PKnA/5BzGCioSB4L31fOjb9Mg60g==\n\
+-----END CERTIFICATE-----\n";
 }

@@ -43,28 +43,52 @@
 //!
 //! # Errors
 //!
-//! - Connection refused, lost or timed out, and the server's transient
-//!   replies (`LOADING`, `BUSY`, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`,
-//!   `READONLY`, `OOM`, `NOREPLICAS`), failed authentication and `NOPERM`
-//!   (a credentials or ACL problem, the same for every event):
-//!   [`PublishError::unavailable`], which costs no attempt.
-//! - Any other error reply to the `XADD` (e.g. `WRONGTYPE` because the key
-//!   holds a string): [`PublishError::rejected`] with the server's message.
+//! Each failure has a scope (see "Failure scopes" in [`publisher`](super)):
+//! the event, this event this time, or the server. A wrong setting (a
+//! password, an ACL, a key that holds something else) pauses the publisher
+//! instead of turning the backlog into dead letters.
 //!
-//! # Connection
+//! | failure | kind | why |
+//! |---|---|---|
+//! | connection refused, lost or timed out; no reply to a batch within the [response timeout](RedisStreamPublisherBuilder::response_timeout); a TLS handshake that fails (untrusted certificate, a plaintext server behind `rediss://`) | [`unavailable`](PublishError::unavailable) | the server is down or unreachable |
+//! | `NOAUTH`, `WRONGPASS` (and any failed `AUTH` while connecting), `NOPERM` | [`unavailable`](PublishError::unavailable) | credentials or ACL: a setting, the same for every event |
+//! | `WRONGTYPE` (the stream key holds a string, a list, ...) | [`unavailable`](PublishError::unavailable) | a setting: every event for that key fails the same way until the key is freed or the stream name changed; dead-lettering the backlog would not fix it |
+//! | `ERR unknown command` (no `XADD`: Redis before 5.0, or the command renamed or disabled), `MOVED`, `ASK`, `CROSSSLOT`, `CLUSTERDOWN` (a cluster behind a non-cluster client) | [`unavailable`](PublishError::unavailable) | the server cannot take `XADD` as configured |
+//! | `LOADING`, `BUSY`, `MASTERDOWN`, `READONLY`, `OOM`, `MISCONF`, `NOREPLICAS` | [`unavailable`](PublishError::unavailable) | the whole server refuses writes for now; the publisher pauses and resumes when a write passes |
+//! | `TRYAGAIN` | [`transient`](PublishError::transient) | this key, this time (a slot being migrated) |
+//! | any other error reply to the `XADD` | [`rejected`](PublishError::rejected), with the server's message | the server refused this entry |
+//!
+//! A publisher keeps one health per event type it is registered for (the
+//! catch-all has one for all its events): with a
+//! [`stream_fn`](RedisStreamPublisherBuilder::stream_fn), a `WRONGTYPE` on
+//! one key pauses every event of that publisher (the others of the batch
+//! that went through are published) until the key is fixed.
+//!
+//! # Connection and TLS
 //!
 //! [`build`](RedisStreamPublisherBuilder::build) only checks the URL; the
 //! connection is made on the first publish (so a relay can start while Redis
 //! is down) and kept by a `redis` `ConnectionManager`, which reconnects after
 //! a lost connection. The URL, which may hold a password, appears in `Debug`
-//! output and error messages only redacted. TLS (`rediss://`) is not enabled.
+//! output and error messages only redacted.
+//!
+//! `rediss://host:port` connects with TLS (rustls on the `ring` provider),
+//! verifying the server's certificate and name against the system's root
+//! certificates, or only against the CA given with
+//! [`tls_ca_pem`](RedisStreamPublisherBuilder::tls_ca_pem). There is no way
+//! to turn verification off (`rediss://..#insecure` is refused at build),
+//! and a TLS option with a `redis://` URL is an error: nothing falls back to
+//! plaintext. The `redis` crate builds its TLS configuration from rustls'
+//! process-wide default provider; if none is installed when a `rediss://`
+//! publisher is built, `ring`'s is installed (an application that installs
+//! its own first keeps it).
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Value};
+use redis::{ConnectionAddr, RedisError, Value};
 use tokio::sync::OnceCell;
 
 use super::redact::redact_url;
@@ -138,6 +162,7 @@ pub struct RedisStreamPublisherBuilder {
     max_len: Option<usize>,
     connection_timeout: Duration,
     response_timeout: Duration,
+    tls_ca: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for RedisStreamPublisherBuilder {
@@ -148,13 +173,15 @@ impl fmt::Debug for RedisStreamPublisherBuilder {
             .field("max_len", &self.max_len)
             .field("connection_timeout", &self.connection_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("tls_ca", &self.tls_ca.is_some())
             .finish()
     }
 }
 
 impl RedisStreamPublisher {
     /// Starts configuring a publisher for the server at `url`
-    /// (`redis://[[user]:password@]host[:port][/db]`).
+    /// (`redis://[[user]:password@]host[:port][/db]`, or `rediss://` for
+    /// TLS).
     pub fn builder(url: impl Into<String>) -> RedisStreamPublisherBuilder {
         RedisStreamPublisherBuilder {
             url: url.into(),
@@ -162,6 +189,7 @@ impl RedisStreamPublisher {
             max_len: None,
             connection_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(10),
+            tls_ca: None,
         }
     }
 
@@ -292,10 +320,21 @@ impl RedisStreamPublisherBuilder {
         self
     }
 
+    /// Verifies a `rediss://` server against the CA certificate(s) in `pem`
+    /// (PEM text, one or more `CERTIFICATE` blocks) instead of the system's
+    /// roots. Needs a `rediss://` URL: [`build`](Self::build) fails for a
+    /// plaintext one.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca = Some(pem.into());
+        self
+    }
+
     /// Checks the URL and finishes. Connects on the first publish, not here.
     ///
-    /// Fails with [`Error::PublisherConfig`] when the URL does not parse or
-    /// no stream was given.
+    /// Fails with [`Error::PublisherConfig`] when the URL does not parse, no
+    /// stream was given, a `rediss://` URL asks for no certificate
+    /// verification (`#insecure`), or [`tls_ca_pem`](Self::tls_ca_pem) has
+    /// no certificate in it or comes with a plaintext URL.
     pub fn build(self) -> Result<RedisStreamPublisher> {
         let url = redact_url(&self.url);
         let config_error = |reason: String| Error::PublisherConfig {
@@ -305,8 +344,45 @@ impl RedisStreamPublisherBuilder {
         let stream = self.stream.ok_or_else(|| {
             config_error("no stream: call `.stream(key)` or `.stream_fn(..)`".to_owned())
         })?;
-        let client = redis::Client::open(self.url.as_str())
+        let info = redis::IntoConnectionInfo::into_connection_info(self.url.as_str())
             .map_err(|err| config_error(format!("{url}: {}", describe(&err))))?;
+        let tls = match info.addr() {
+            ConnectionAddr::TcpTls { insecure: true, .. } => {
+                return Err(config_error(format!(
+                    "{url}: certificate verification cannot be turned off (`#insecure`)"
+                )));
+            }
+            ConnectionAddr::TcpTls { .. } => true,
+            _ => false,
+        };
+        let client = match &self.tls_ca {
+            Some(_) if !tls => {
+                return Err(config_error(format!(
+                    "{url} is not a rediss:// URL, but `tls_ca_pem` asks for TLS"
+                )));
+            }
+            Some(pem) => {
+                use rustls::pki_types::pem::PemObject as _;
+                let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|err| config_error(format!("tls_ca_pem: {err}")))?;
+                if certs.is_empty() {
+                    return Err(config_error(
+                        "tls_ca_pem: no CERTIFICATE block in the PEM text".to_owned(),
+                    ));
+                }
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                };
+                redis::Client::build_with_tls(info, certificates)
+            }
+            None => redis::Client::open(info),
+        }
+        .map_err(|err| config_error(format!("{url}: {}", describe(&err))))?;
+        if tls {
+            install_ring_provider();
+        }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connection_timeout))
             .set_response_timeout(Some(self.response_timeout))
@@ -326,33 +402,59 @@ impl RedisStreamPublisherBuilder {
     }
 }
 
+/// Installs `ring` as rustls' process-wide provider unless one is
+/// installed: the `redis` crate builds its TLS configuration from the
+/// process default, which rustls cannot choose by itself when both of its
+/// providers are compiled in.
+fn install_ring_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Another thread may install one first; theirs then stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 /// The text of a client-side error (never contains the URL).
 fn describe(err: &RedisError) -> String {
     err.to_string()
 }
 
-/// Reply codes that say "not now" rather than "not this event".
-const TRANSIENT: &[&str] = &[
+/// Reply codes that are the server's or a setting's, not the event's: the
+/// same for every event (the table in the module docs).
+const DESTINATION: &[&str] = &[
+    // Credentials and ACL.
+    "NOAUTH",
+    "WRONGPASS",
+    "NOPERM",
+    // The stream key holds another type.
+    "WRONGTYPE",
+    // A cluster behind a non-cluster client.
+    "MOVED",
+    "ASK",
+    "CROSSSLOT",
+    "CLUSTERDOWN",
+    // The whole server refuses writes for now.
     "LOADING",
     "BUSY",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
     "MASTERDOWN",
     "READONLY",
     "OOM",
+    "MISCONF",
     "NOREPLICAS",
-    "NOAUTH",
-    "NOPERM",
-    "WRONGPASS",
 ];
+
+/// Reply codes that say "this key, not now".
+const TRANSIENT: &[&str] = &["TRYAGAIN"];
 
 fn classify_reply(url: &str, stream: &str, code: &str, detail: Option<&str>) -> PublishError {
     let reply = match detail {
         Some(detail) => format!("{code} {detail}"),
         None => code.to_owned(),
     };
-    if TRANSIENT.contains(&code) {
+    let unknown_command = code == "ERR" && detail.is_some_and(|d| d.starts_with("unknown command"));
+    if DESTINATION.contains(&code) || unknown_command {
         PublishError::unavailable(format!("redis {url}: XADD to `{stream}`: {reply}"))
+    } else if TRANSIENT.contains(&code) {
+        PublishError::transient(format!("redis {url}: XADD to `{stream}`: {reply}"))
     } else {
         PublishError::rejected(format!("redis rejected XADD to `{stream}`: {reply}"))
     }
@@ -399,28 +501,51 @@ fn first(results: Vec<PublishResult>) -> PublishResult {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ErrorKind;
     use super::*;
 
     #[test]
     fn replies_are_classified_by_code() {
         let wrongtype = classify_reply(
-            "redis://h:6379",
+            "redis://***@h:6379",
             "s",
             "WRONGTYPE",
             Some("Operation against a key holding the wrong kind of value"),
         );
-        assert!(!wrongtype.is_unavailable());
+        assert!(wrongtype.is_unavailable());
         assert_eq!(
             wrongtype.message(),
-            "redis rejected XADD to `s`: WRONGTYPE Operation against a key holding the wrong kind of value"
+            "redis redis://***@h:6379: XADD to `s`: WRONGTYPE Operation against a key holding the wrong kind of value"
         );
-        for code in ["LOADING", "OOM", "READONLY", "NOPERM", "TRYAGAIN"] {
-            assert!(
-                classify_reply("u", "s", code, None).is_unavailable(),
-                "{code}"
-            );
+        for code in [
+            "NOAUTH",
+            "WRONGPASS",
+            "NOPERM",
+            "LOADING",
+            "BUSY",
+            "MASTERDOWN",
+            "READONLY",
+            "OOM",
+            "MISCONF",
+            "NOREPLICAS",
+            "MOVED",
+            "CLUSTERDOWN",
+        ] {
+            let err = classify_reply("u", "s", code, None);
+            assert_eq!(err.kind(), ErrorKind::Unavailable, "{code}");
         }
-        assert!(!classify_reply("u", "s", "ERR", Some("syntax")).is_unavailable());
+        let unknown = classify_reply("u", "s", "ERR", Some("unknown command 'XADD', with args"));
+        assert_eq!(unknown.kind(), ErrorKind::Unavailable);
+        let busy_key = classify_reply("u", "s", "TRYAGAIN", Some("Multiple keys request"));
+        assert_eq!(busy_key.kind(), ErrorKind::Transient);
+        for (code, detail) in [
+            ("ERR", Some("syntax error")),
+            ("EXECABORT", None),
+            ("X", None),
+        ] {
+            let err = classify_reply("u", "s", code, detail);
+            assert_eq!(err.kind(), ErrorKind::Rejected, "{code}");
+        }
     }
 
     #[test]
@@ -441,5 +566,39 @@ mod tests {
         let debug = format!("{p:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("redis://***@127.0.0.1:6379/0"), "{debug}");
+    }
+
+    #[test]
+    fn tls_is_required_and_verified_or_refused() {
+        let err = RedisStreamPublisher::builder("redis://:hunter2@127.0.0.1:6379")
+            .stream("s")
+            .tls_ca_pem(b"-----BEGIN CERTIFICATE-----".to_vec())
+            .build()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("not a rediss:// URL"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let err = RedisStreamPublisher::builder("rediss://127.0.0.1:6380/#insecure")
+            .stream("s")
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot be turned off"), "{err}");
+        for pem in ["", "no pem here"] {
+            let err = RedisStreamPublisher::builder("rediss://127.0.0.1:6380")
+                .stream("s")
+                .tls_ca_pem(pem)
+                .build()
+                .unwrap_err();
+            assert!(err.to_string().contains("tls_ca_pem"), "{err}");
+        }
+        let p = RedisStreamPublisher::builder("rediss://127.0.0.1:6380")
+            .stream("s")
+            .build()
+            .unwrap();
+        assert!(
+            format!("{p:?}").contains("rediss://127.0.0.1:6380"),
+            "{p:?}"
+        );
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
     }
 }
