@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use broker_support::blocked::{assert_blocked_at_no_cost, probe, relay_after};
+use broker_support::blocked::{assert_blocked_at_no_cost, check_exactly_once, probe, relay_after};
 use broker_support::{
     Expected, OrderPlaced, Received, check_contents, check_exactly, record, sqlite_outbox, unique,
 };
@@ -331,7 +331,7 @@ async fn missing_exchange_blocks_until_it_is_declared_then_delivers_everything()
     .await;
     assert_eq!(report.published, 20, "{report:?}");
     let received = drain(&channel, &queue_name).await;
-    check_exactly(
+    check_exactly_once(
         &expected,
         &received,
         STREAM_KEY_HEADER,
@@ -376,7 +376,7 @@ async fn unbound_routing_key_blocks_until_a_queue_is_bound_then_delivers_everyth
     .await;
     assert_eq!(report.published, 20, "{report:?}");
     let received = drain(&channel, &queue_name).await;
-    check_exactly(
+    check_exactly_once(
         &expected,
         &received,
         STREAM_KEY_HEADER,
@@ -530,7 +530,7 @@ async fn refused_login_and_refused_write_block_until_fixed_then_deliver_everythi
     .await;
     assert_eq!(report.published, 20, "{report:?}");
     let received = drain(&channel, &queue_name).await;
-    check_exactly(
+    check_exactly_once(
         &expected,
         &received,
         STREAM_KEY_HEADER,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
-use broker_support::blocked::{assert_blocked_at_no_cost, probe, relay_after};
+use broker_support::blocked::{assert_blocked_at_no_cost, check_exactly_once, probe, relay_after};
 use broker_support::{
     OrderPlaced, Received, check_contents, check_exactly, record, sqlite_outbox, unique,
 };
@@ -308,7 +308,7 @@ async fn subject_without_a_stream_blocks_until_the_stream_exists_then_delivers_e
     assert_eq!(report.published, 20, "{report:?}");
     assert_eq!(stored(&js, &name).await, 20);
     let received = consume(&js, &name, 20).await;
-    check_exactly(
+    check_exactly_once(
         &expected,
         &received,
         STREAM_KEY_HEADER,

@@ -7,6 +7,8 @@ use std::time::Duration;
 use outbox::{Outbox, Publishers, Report};
 use sqlx::{Sqlite, SqlitePool};
 
+use super::{Expected, Received, check_contents};
+
 /// Runs the outbox again and again for `within` while its publishers are
 /// blocked, and returns the totals.
 pub async fn probe(outbox: &Outbox<Sqlite>, publishers: &Publishers, within: Duration) -> Report {
@@ -87,4 +89,19 @@ pub async fn relay_after(
     assert!(outbox.dead_letters(100).await.unwrap().is_empty());
     assert!(outbox.stats().await.unwrap().blocked.is_empty());
     report
+}
+
+/// Every recorded event arrived exactly once, in any order: entries that a
+/// blocked publisher gave back go out again in the order they fall due,
+/// which without `ordered_streams` need not be the order they were
+/// recorded in.
+pub fn check_exactly_once(
+    expected: &[Expected],
+    received: &[Received],
+    stream_key_header: &str,
+    correlation_header: &str,
+) {
+    assert_eq!(received.len(), expected.len(), "message count");
+    let duplicates = check_contents(expected, received, stream_key_header, correlation_header);
+    assert_eq!(duplicates, 0, "duplicates");
 }

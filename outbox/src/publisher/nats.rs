@@ -323,11 +323,11 @@ fn client_config(pem: &[u8]) -> Result<ClientConfig, String> {
 fn is_tls_failure(err: &async_nats::ConnectError) -> bool {
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
+        let wrapped = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
         if cause.is::<rustls::Error>()
-            || cause
-                .downcast_ref::<std::io::Error>()
-                .and_then(std::io::Error::get_ref)
-                .is_some_and(|inner| inner.is::<rustls::Error>())
+            || matches!(wrapped, Some(inner) if inner.is::<rustls::Error>())
         {
             return true;
         }
