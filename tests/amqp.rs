@@ -1,8 +1,11 @@
 //! The RabbitMQ publisher against the local broker (`AMQP_URL`, default
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`). Each test declares its own
-//! uniquely named exchange and queue and deletes them at the end.
+//! uniquely named exchange and queue and deletes them at the end. The TLS
+//! tests put `stunnel4` (with a throwaway CA) in front of the broker's
+//! plaintext port 5672.
 
 mod broker_support;
+mod tls_support;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -25,6 +28,7 @@ use outbox::publisher::amqp::{
 };
 use outbox::{Backoff, Outbox, Publishers, Report};
 use sqlx::Sqlite;
+use tls_support::{Stunnel, TestCa};
 
 fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -539,6 +543,24 @@ async fn refused_login_and_refused_write_block_until_fixed_then_deliver_everythi
     delete(&channel, &exchange, &queue_name).await;
 }
 
+/// A virtual host that does not exist (`530 NOT_ALLOWED`) is unavailable,
+/// and the reason names the vhost to check.
+#[tokio::test]
+async fn missing_vhost_is_unavailable_with_the_reason() {
+    let vhost = unique("outbox-test-vhost");
+    let rabbit = AmqpPublisher::builder(format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"))
+        .build()
+        .unwrap();
+    let err = rabbit.connect().await.unwrap_err();
+    eprintln!("connect error: {err}");
+    assert!(err.is_unavailable(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("530 NOT_ALLOWED") && text.contains(&format!("virtual host `{vhost}`")),
+        "{text}"
+    );
+}
+
 /// `declare_exchange` that contradicts the existing exchange (`406
 /// PRECONDITION_FAILED`) is a setting to fix: unavailable, with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -692,4 +714,106 @@ async fn unreachable_broker_is_unavailable_and_costs_nothing() {
     );
     assert!(outbox.dead_letters(10).await.unwrap().is_empty());
     assert_eq!(broker_support::pending(&pool).await, 5);
+}
+
+/// The plaintext port of the local broker, which stunnel fronts with TLS.
+const AMQP_PORT: u16 = 5672;
+
+/// `amqps://` is TLS: through stunnel (in front of RabbitMQ, with a server
+/// certificate of a throwaway CA) the publisher that trusts the CA delivers
+/// every entry, while one that knows only the system roots fails the
+/// handshake (unavailable, saying why) and never falls back to plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_with_a_custom_ca_delivers_everything_over_tls() {
+    let ca = TestCa::new();
+    let tunnel = Stunnel::start(&ca, AMQP_PORT);
+    let url = format!("amqps://guest:guest@127.0.0.1:{}/%2f", tunnel.port);
+    let queue_name = unique("outbox-test-tls-q");
+    let (_conn, channel) = client().await;
+    queue(&channel, &queue_name, "", "").await;
+    let to_queue = queue_name.clone();
+    let route = move |_entry: &outbox::Entry| to_queue.clone();
+
+    let untrusted = AmqpPublisher::builder(&url)
+        .routing_key(route.clone())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let err = untrusted.connect().await.unwrap_err();
+    eprintln!("without the CA: {err}");
+    assert!(err.is_unavailable(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("TLS handshake") && text.contains("certificate"),
+        "{text}"
+    );
+    assert!(!text.contains("guest:guest"), "{text}");
+
+    let rabbit = AmqpPublisher::builder(&url)
+        .routing_key(route)
+        .tls_ca_pem(ca.ca_pem.clone())
+        .build()
+        .unwrap();
+    rabbit.connect().await.expect("TLS with the test CA");
+    let (outbox, pool) = sqlite_outbox(|b| b).await;
+    let expected = record(&outbox, &pool, 0, 20).await;
+    let publishers = Publishers::builder().fallback(rabbit).build().unwrap();
+    let mut total = Report::default();
+    for _ in 0..10 {
+        let report = outbox.run(&publishers, 100).await.unwrap();
+        total += report;
+        if report.claimed == 0 {
+            break;
+        }
+    }
+    assert_eq!(total.published, 20, "{total:?}");
+    let received = drain(&channel, &queue_name).await;
+    check_exactly(
+        &expected,
+        &received,
+        STREAM_KEY_HEADER,
+        CORRELATION_ID_HEADER,
+    );
+    channel
+        .queue_delete(queue_name.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    drop(tunnel);
+}
+
+/// `amqps://` to the broker's plaintext port fails the TLS handshake: the
+/// publishers are blocked at no cost with the reason, and nothing reaches
+/// the queue (before, lapin without a TLS feature connected in plaintext).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_to_a_plaintext_port_fails_and_sends_nothing() {
+    let queue_name = unique("outbox-test-tls-q");
+    let (_conn, channel) = client().await;
+    queue(&channel, &queue_name, "", "").await;
+    let to_queue = queue_name.clone();
+    let rabbit = AmqpPublisher::builder(format!("amqps://guest:guest@127.0.0.1:{AMQP_PORT}/%2f"))
+        .routing_key(move |_entry| to_queue.clone())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (outbox, pool) = sqlite_outbox(|b| b.max_attempts(1)).await;
+    record(&outbox, &pool, 0, 20).await;
+    let publishers = both(&rabbit);
+    let total = probe(&outbox, &publishers, Duration::from_secs(1)).await;
+    assert_blocked_at_no_cost(
+        &outbox,
+        &pool,
+        &publishers,
+        &total,
+        20,
+        &["TLS handshake", "is the port a TLS port"],
+    )
+    .await;
+    assert!(
+        drain(&channel, &queue_name).await.is_empty(),
+        "sent in plaintext"
+    );
+    channel
+        .queue_delete(queue_name.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
 }

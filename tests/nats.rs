@@ -1,10 +1,16 @@
 //! The NATS JetStream publisher against the local server (`NATS_URL`,
 //! default `nats://127.0.0.1:4222`). Each test creates its own uniquely
-//! named stream and deletes it at the end.
+//! named stream and deletes it at the end. The TLS test starts a second
+//! `nats-server` of its own that speaks only TLS (a throwaway CA).
 
 mod broker_support;
+mod tls_support;
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -19,6 +25,7 @@ use outbox::publisher::nats::{
 use outbox::{
     Backoff, Entry, Metadata, PublishResult, Publisher, Publishers, RawPublisher, Recorded, Report,
 };
+use tls_support::{TestCa, free_port, wait_listening};
 
 fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
@@ -422,4 +429,202 @@ async fn unreachable_server_is_unavailable_and_costs_nothing() {
         .unwrap();
     assert_eq!(report.unavailable, 5, "{report:?}");
     assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+}
+
+/// A second `nats-server` with JetStream that requires TLS (a certificate
+/// of `ca` for 127.0.0.1), with its monitoring port; killed and its files
+/// removed on drop, also when the test fails.
+struct TlsNats {
+    port: u16,
+    monitor: u16,
+    ca_file: PathBuf,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl TlsNats {
+    fn start(ca: &TestCa) -> Self {
+        let binary =
+            std::env::var("NATS_SERVER").unwrap_or_else(|_| "/usr/sbin/nats-server".to_owned());
+        let dir = std::env::temp_dir().join(unique("outbox-nats-tls"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key, ca_file) = (
+            dir.join("server.pem"),
+            dir.join("server.key"),
+            dir.join("ca.pem"),
+        );
+        std::fs::write(&cert, &ca.cert_pem).unwrap();
+        std::fs::write(&key, &ca.key_pem).unwrap();
+        std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+        // A port taken between `free_port` and the server's bind makes it
+        // exit: try a few.
+        for _ in 0..5 {
+            let (port, monitor) = (free_port(), free_port());
+            let mut child = Command::new(&binary)
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-m", &monitor.to_string(), "--tls", "--tlscert"])
+                .arg(&cert)
+                .arg("--tlskey")
+                .arg(&key)
+                .arg("-sd")
+                .arg(dir.join("jetstream"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server at /usr/sbin/nats-server or NATS_SERVER");
+            if wait_listening(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_secs(10),
+            ) {
+                return Self {
+                    port,
+                    monitor,
+                    ca_file,
+                    child,
+                    dir,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        panic!("nats-server did not start listening");
+    }
+
+    /// The server's open connections, from its monitoring endpoint.
+    fn connections(&self) -> Vec<serde_json::Value> {
+        let mut http = TcpStream::connect(("127.0.0.1", self.monitor)).unwrap();
+        http.write_all(b"GET /connz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        http.read_to_string(&mut response).unwrap();
+        let body = response.split_once("\r\n\r\n").expect("an HTTP response").1;
+        let connz: serde_json::Value = serde_json::from_str(body).unwrap();
+        connz["connections"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for TlsNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `tls://` with a custom CA: against a server that speaks only TLS the
+/// publisher delivers every entry, and the server reports the publisher's
+/// connection as TLS. Without the CA (whether the URL says `tls://` or
+/// `nats://`) the handshake fails: unavailable, saying why, never plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_custom_ca_delivers_everything_over_tls() {
+    let ca = TestCa::new();
+    let server = TlsNats::start(&ca);
+    let url = format!("tls://127.0.0.1:{}", server.port);
+    let prefix = unique("outbox-test-tls");
+
+    for unverified in [url.clone(), format!("nats://127.0.0.1:{}", server.port)] {
+        let nats = NatsPublisher::builder(&unverified)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let err = nats.connect().await.unwrap_err();
+        eprintln!("without the CA: {err}");
+        assert!(err.is_unavailable(), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("UnknownIssuer") && text.contains("the TLS connection to NATS"),
+            "{text}"
+        );
+    }
+
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(server.ca_file.clone())
+        .require_tls(true)
+        .connect(url.as_str())
+        .await
+        .expect("the test's own client, over TLS");
+    let js = jetstream::new(client);
+    let name = create_stream(&js, &prefix, stream::Config::default()).await;
+
+    let nats = NatsPublisher::builder(&url)
+        .subject_prefix(format!("{prefix}."))
+        .tls_ca_pem(ca.ca_pem.clone())
+        .build()
+        .unwrap();
+    let (outbox, pool) = sqlite_outbox(|b| b).await;
+    let expected = record(&outbox, &pool, 0, 20).await;
+    let publishers = both(&nats);
+    let mut total = Report::default();
+    for _ in 0..10 {
+        let report = outbox.run(&publishers, 100).await.unwrap();
+        total += report;
+        if report.claimed == 0 {
+            break;
+        }
+    }
+    assert_eq!(total.published, 20, "{total:?}");
+    assert_eq!(stored(&js, &name).await, 20);
+    let received = consume(&js, &name, 20).await;
+    check_exactly(
+        &expected,
+        &received,
+        STREAM_KEY_HEADER,
+        CORRELATION_ID_HEADER,
+    );
+
+    let connections = server.connections();
+    let ours: Vec<_> = connections
+        .iter()
+        .filter(|c| c["name"] == "outbox")
+        .collect();
+    assert_eq!(ours.len(), 1, "{connections:#?}");
+    let version = ours[0]["tls_version"].as_str().unwrap_or_default();
+    eprintln!("the publisher's connection: TLS {version}");
+    assert!(version.starts_with("1."), "{:#?}", ours[0]);
+    drop(server);
+}
+
+/// `tls://` (or `require_tls`) to the plaintext local server fails the
+/// handshake: the publishers are blocked at no cost with the reason, and
+/// the stream receives nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_a_plaintext_server_fails_and_sends_nothing() {
+    let prefix = unique("outbox-test-tls");
+    let (js, name) = stream(&prefix).await;
+    let plain = nats_url();
+    let port = plain.rsplit(':').next().unwrap_or("4222");
+    let required = NatsPublisher::builder(&plain)
+        .require_tls(true)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let err = required.connect().await.unwrap_err();
+    eprintln!("require_tls: {err}");
+    assert!(
+        err.is_unavailable() && err.to_string().contains("TLS"),
+        "{err}"
+    );
+
+    let nats = NatsPublisher::builder(format!("tls://127.0.0.1:{port}"))
+        .subject_prefix(format!("{prefix}."))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (outbox, pool) = sqlite_outbox(|b| b.max_attempts(1)).await;
+    record(&outbox, &pool, 0, 20).await;
+    let publishers = both(&nats);
+    let total = probe(&outbox, &publishers, Duration::from_secs(1)).await;
+    assert_blocked_at_no_cost(
+        &outbox,
+        &pool,
+        &publishers,
+        &total,
+        20,
+        &["the TLS connection to NATS", "does the server speak TLS"],
+    )
+    .await;
+    assert_eq!(stored(&js, &name).await, 0, "sent in plaintext");
+    js.delete_stream(&name).await.unwrap();
 }
