@@ -65,7 +65,7 @@
 //! | fails the TLS handshake of an `amqps://` URI (untrusted certificate, wrong host name, a plaintext port) | unavailable | the TLS handshake failed, and why |
 //! | closes the connection (`320 CONNECTION_FORCED` on `rabbitmqctl stop_app`, any other connection error, a lost socket, missed heartbeats) | unavailable | the broker's text; the connection is opened again on the next call |
 //! | sends no confirm within the [`timeout`](AmqpPublisherBuilder::timeout) (also while a memory or disk alarm blocks publishers) | unavailable | no confirm within the timeout; the connection is opened again |
-//! | nacks the message (a queue's `reject-publish` overflow, an internal error in a queue) | rejected | RabbitMQ nacked the message |
+//! | nacks the message (a queue's `reject-publish` overflow, an internal error in a queue) | transient: an attempt while other messages are acked; when every message is nacked (a full queue) the publisher is blocked instead | RabbitMQ nacked the message |
 //! | closes the channel over one message: `406 PRECONDITION_FAILED` (e.g. over the broker's `max_message_size`), `311 CONTENT_TOO_LARGE` | rejected | the broker's text |
 //! | (the entry cannot be expressed in AMQP: a routing key, event name or header name over 255 bytes) | rejected | which field is too long |
 //!
@@ -727,8 +727,11 @@ impl AmqpPublisher {
                 ))),
                 true,
             ),
+            // A nack is the broker's "not now" (a full queue under
+            // `reject-publish`): charged to the entry while other messages
+            // are acked, the destination's when every message is nacked.
             Ok(Ok(Confirmation::Nack(None))) => (
-                Err(PublishError::rejected(
+                Err(PublishError::transient(
                     "RabbitMQ nacked the message (it could not take responsibility for it, \
                      e.g. a queue's reject-publish overflow)",
                 )),

@@ -153,7 +153,13 @@ impl Health {
     }
 
     /// Marks the publisher blocked (or still blocked) and doubles its pause.
-    fn block(&self, state: &mut State, reason: &str, now: Instant, max_pause: Duration) -> Duration {
+    fn block(
+        &self,
+        state: &mut State,
+        reason: &str,
+        now: Instant,
+        max_pause: Duration,
+    ) -> Duration {
         if let Some(block) = &mut state.blocked {
             block.pause = block.pause.saturating_mul(2).min(max_pause);
             block.until = now + block.pause;

@@ -380,11 +380,14 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs one publish; a panic becomes a rejection of that entry.
 async fn guarded(fut: impl Future<Output = PublishResult>) -> PublishResult {
-    AssertUnwindSafe(fut).catch_unwind().await.unwrap_or_else(|panic| {
-        let msg = panic_message(&*panic);
-        tracing::error!(panic = %msg, "publisher panicked");
-        Err(PublishError::rejected(format!("publisher panicked: {msg}")))
-    })
+    AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let msg = panic_message(&*panic);
+            tracing::error!(panic = %msg, "publisher panicked");
+            Err(PublishError::rejected(format!("publisher panicked: {msg}")))
+        })
 }
 
 /// Runs a batch publish; if it panics, the batch is published again one
@@ -422,12 +425,11 @@ impl<E: Event, P: Publisher<E>> Dispatch for Typed<E, P> {
         let mut out = not_attempted(entries.len());
         let (index, records) = decode_all::<E>(entries, &mut out);
         if !records.is_empty() {
-            let results = batch_or_one_by_one(
-                &records,
-                self.publisher.publish_batch(&records),
-                |record| self.publisher.publish(record),
-            )
-            .await;
+            let results =
+                batch_or_one_by_one(&records, self.publisher.publish_batch(&records), |record| {
+                    self.publisher.publish(record)
+                })
+                .await;
             merge(&mut out, &index, results);
         }
         out
@@ -555,7 +557,9 @@ impl Publishers {
     /// Blocked-state changes not yet written to the database: rows to
     /// write (`Ok`) or labels to delete (`Err`).
     pub(crate) fn take_changes(&self) -> Vec<Result<Blocked, String>> {
-        self.routes().filter_map(|r| r.health.take_change()).collect()
+        self.routes()
+            .filter_map(|r| r.health.take_change())
+            .collect()
     }
 }
 
