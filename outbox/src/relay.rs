@@ -101,16 +101,17 @@ impl std::ops::AddAssign for Report {
     }
 }
 
-fn to_entry(row: ClaimedRow) -> std::result::Result<Entry, (i64, String)> {
+fn to_entry(row: ClaimedRow) -> std::result::Result<Entry, (i64, String, String)> {
     let headers: Headers = if row.headers == "{}" {
         Headers::new()
     } else {
-        serde_json::from_str(&row.headers).map_err(|err| {
-            (
-                row.id,
-                format!("headers do not decode as a string map: {err}"),
-            )
-        })?
+        match serde_json::from_str(&row.headers) {
+            Ok(headers) => headers,
+            Err(err) => {
+                let reason = format!("headers do not decode as a string map: {err}");
+                return Err((row.id, row.name, reason));
+            }
+        }
     };
     let attempts = u32::try_from(row.attempts).unwrap_or(0);
     Ok(Entry {
@@ -314,7 +315,13 @@ impl<DB: Backend> Outbox<DB> {
                 report.unroutable += group.len();
                 metrics::counter!("outbox_unroutable_total", "event" => name.clone())
                     .increment(group.len() as u64);
-                set_aside(&group, inner.unroutable_delay, ordered, &mut held, &mut settlement);
+                set_aside(
+                    &group,
+                    inner.unroutable_delay,
+                    ordered,
+                    &mut held,
+                    &mut settlement,
+                );
                 continue;
             };
             if route.health.paused_for(Instant::now()).is_some() {
@@ -325,29 +332,7 @@ impl<DB: Backend> Outbox<DB> {
                 set_aside(&group, delay, ordered, &mut held, &mut settlement);
                 continue;
             }
-            let mut meta = Vec::with_capacity(group.len());
-            let mut entries = Vec::with_capacity(group.len());
-            for row in group {
-                let (id, attempts) = (row.id, row.attempts);
-                let stream = if ordered {
-                    row.stream_key.clone()
-                } else {
-                    None
-                };
-                let event_id = row.event_id;
-                match to_entry(row) {
-                    Ok(entry) => {
-                        meta.push((id, event_id, attempts, stream));
-                        entries.push(entry);
-                    }
-                    Err((id, reason)) => {
-                        tracing::warn!(position = id, %event_id, name = %name, %reason, "dead letter: headers do not decode");
-                        report.dead += 1;
-                        held.extend(stream);
-                        settlement.updates.push(dead(id, attempts, reason));
-                    }
-                }
-            }
+            let (meta, entries) = to_entries(group, ordered, report, &mut held, &mut settlement);
             if entries.is_empty() {
                 continue;
             }
@@ -464,6 +449,44 @@ impl<DB: Backend> Outbox<DB> {
     }
 }
 
+/// What the relay keeps of each dispatched entry: position, event id,
+/// attempts made, and (with per-stream order) its stream.
+type Meta = (i64, Uuid, i32, Option<String>);
+
+/// Turns claimed rows into entries; one whose headers do not decode is a
+/// dead letter at once (and holds its stream in ordered mode).
+fn to_entries(
+    group: Vec<ClaimedRow>,
+    ordered: bool,
+    report: &mut Report,
+    held: &mut HashSet<String>,
+    settlement: &mut Settlement,
+) -> (Vec<Meta>, Vec<Entry>) {
+    let mut meta = Vec::with_capacity(group.len());
+    let mut entries = Vec::with_capacity(group.len());
+    for row in group {
+        let (id, attempts, event_id) = (row.id, row.attempts, row.event_id);
+        let stream = if ordered {
+            row.stream_key.clone()
+        } else {
+            None
+        };
+        match to_entry(row) {
+            Ok(entry) => {
+                meta.push((id, event_id, attempts, stream));
+                entries.push(entry);
+            }
+            Err((id, name, reason)) => {
+                tracing::warn!(position = id, %event_id, name = %name, %reason, "dead letter: headers do not decode");
+                report.dead += 1;
+                held.extend(stream);
+                settlement.updates.push(dead(id, attempts, reason));
+            }
+        }
+    }
+    (meta, entries)
+}
+
 /// Gives `group` back without an attempt, due again after `delay`; with
 /// per-stream order, its streams are held for the rest of the batch.
 fn set_aside(
@@ -493,12 +516,7 @@ struct Outcome<'a> {
 }
 
 /// Asks the publisher's health which scope this dispatch's failures have.
-fn judge(
-    route: &Route,
-    meta: &[(i64, Uuid, i32, Option<String>)],
-    deliveries: &[Delivery],
-    max_pause: Duration,
-) -> Judgement {
+fn judge(route: &Route, meta: &[Meta], deliveries: &[Delivery], max_pause: Duration) -> Judgement {
     let mut answered = 0;
     let mut transient = Vec::new();
     let mut unavailable = None;

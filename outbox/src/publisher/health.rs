@@ -104,16 +104,21 @@ impl Health {
         let mut state = self.lock();
         if answered > 0 {
             state.streak.clear();
-            if let Some(block) = state.blocked.take() {
-                tracing::info!(
-                    publisher = %self.label,
-                    blocked_since = %block.info.since,
-                    "publisher resumed: its destination answers again"
-                );
-                metrics::gauge!("outbox_publisher_blocked", "publisher" => self.label.clone())
-                    .set(0.0);
-                state.dirty = true;
-            }
+        }
+        // An answer unblocks, unless the same dispatch also found the
+        // destination failing (one bad route of several): then the block
+        // stays, with its first `since`, instead of flapping.
+        if answered > 0
+            && unavailable.is_none()
+            && let Some(block) = state.blocked.take()
+        {
+            tracing::info!(
+                publisher = %self.label,
+                blocked_since = %block.info.since,
+                "publisher resumed: its destination answers again"
+            );
+            metrics::gauge!("outbox_publisher_blocked", "publisher" => self.label.clone()).set(0.0);
+            state.dirty = true;
         }
         let reason = match (unavailable, transient.first()) {
             (Some(reason), _) => reason,
@@ -274,6 +279,20 @@ mod tests {
         assert_eq!(&pauses[..4], &[100, 200, 400, 800]);
         assert_eq!(*pauses.last().unwrap(), 30_000);
         assert_eq!(health.blocked().unwrap().publisher, "*");
+    }
+
+    #[test]
+    fn answers_next_to_an_outage_keep_the_block_and_its_since() {
+        let health = Health::new("e".into());
+        health.judge(0, &[], Some("WRONGTYPE on key b"), MAX);
+        let since = health.blocked().unwrap().since;
+        for _ in 0..3 {
+            let j = health.judge(5, &[], Some("WRONGTYPE on key b"), MAX);
+            assert!(j.destination);
+        }
+        assert_eq!(health.blocked().unwrap().since, since, "no flapping");
+        health.judge(5, &[], None, MAX);
+        assert!(health.blocked().is_none());
     }
 
     #[test]
