@@ -2,7 +2,10 @@
 //! loop publishing to RabbitMQ through `AmqpPublisher`) are killed with SIGKILL at
 //! random moments while they drain a PostgreSQL outbox, and started again
 //! each time. A real consumer then checks, by event id, that every
-//! committed event arrived, and counts the duplicates.
+//! committed event arrived, and counts the duplicates: there must be some
+//! (the proof that kills landed between a broker's confirm and the outcome
+//! commit, the window the relays widen with a 20 ms pause), and no more
+//! than one batch per kill.
 //!
 //! Its own test binary with a single test: it starts and kills processes
 //! and should not share the machine's two cores with another suite.
@@ -23,6 +26,14 @@ const BATCH: usize = 100;
 /// Events recorded before the relays start; more are added while the
 /// backlog runs low, so every kill lands mid-drain.
 const BACKLOG: i64 = 10_000;
+/// The relays' lease: a killed relay's batch is published again once it expires.
+const LEASE: Duration = Duration::from_secs(5);
+/// The pause between a batch's confirm and its outcome commit in the relay
+/// processes: the window a kill must land in to leave a duplicate.
+const SETTLE_DELAY_MS: u64 = 20;
+/// Everything is published this long after the last kill: the killed
+/// relay's lease, then the rest of the backlog (under 10,000 entries).
+const DRAIN_BOUND: Duration = Duration::from_secs(20);
 
 /// Kills the relay processes still running when dropped (a failed test
 /// leaves none behind).
@@ -44,8 +55,9 @@ fn spawn(world: &World) -> Child {
         .env("DATABASE_URL", database_url())
         .env("AMQP_URL", amqp_url())
         .env("FAULT_BATCH", BATCH.to_string())
-        .env("FAULT_LEASE_MS", "5000")
-        .env("FAULT_SETTLE_DELAY_MS", "20")
+        .env("FAULT_LEASE_MS", LEASE.as_millis().to_string())
+        .env("FAULT_SETTLE_DELAY_MS", SETTLE_DELAY_MS.to_string())
+        .env("FAULT_MAX_PAUSE_MS", "2000")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -103,7 +115,7 @@ async fn sigkilled_relay_processes_lose_nothing() {
     stop_topping.send(true).unwrap();
     let recorded = topper.await.unwrap();
     let last_kill = started.elapsed();
-    let drained_after = world.wait_drained(Duration::from_secs(120)).await;
+    let drained_after = world.wait_drained(DRAIN_BOUND).await;
     drop(relays);
 
     let committed = world.committed().await;
@@ -120,7 +132,7 @@ async fn sigkilled_relay_processes_lose_nothing() {
     eprintln!(
         "relay crash: {} events, {KILLS} SIGKILLs over {last_kill:?} (pending at each kill: min {}, max {}), \
          {} messages consumed, {} duplicates (bound {} = batch {BATCH} x {KILLS} kills), {} lost; \
-         drained {drained_after:?} after the last kill (lease 5 s)",
+         drained {drained_after:?} after the last kill (lease {LEASE:?}, bound {DRAIN_BOUND:?})",
         t.events,
         pending_at_kill.iter().min().unwrap(),
         pending_at_kill.iter().max().unwrap(),
@@ -134,6 +146,10 @@ async fn sigkilled_relay_processes_lose_nothing() {
         t.duplicates <= BATCH * KILLS,
         "{} duplicates for {KILLS} kills of batches of {BATCH}",
         t.duplicates
+    );
+    assert!(
+        t.duplicates > 0,
+        "no kill landed between a confirm and its outcome commit (the {SETTLE_DELAY_MS} ms window)"
     );
     assert!(
         pending_at_kill.iter().all(|&p| p > 0),

@@ -4,7 +4,8 @@
 //! Relays the PostgreSQL outbox `TABLE` (at `DATABASE_URL`) to the RabbitMQ
 //! queue `QUEUE` (at `AMQP_URL`, through the default exchange) with the
 //! library's `AmqpPublisher`, in batches of `FAULT_BATCH` (default 100),
-//! with a lease of `FAULT_LEASE_MS` (default 2000). After each confirmed
+//! with a lease of `FAULT_LEASE_MS` (default 2000) and a blocked publisher
+//! paused for at most `FAULT_MAX_PAUSE_MS` (default 2000). After each confirmed
 //! batch it waits `FAULT_SETTLE_DELAY_MS` (default 20) before the relay
 //! records the outcomes, which widens the window in which a SIGKILL leaves
 //! published-but-unrecorded entries behind (the duplicates the suite
@@ -54,6 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batch = usize::try_from(env_u64("FAULT_BATCH", 100))?;
     let lease = Duration::from_millis(env_u64("FAULT_LEASE_MS", 2_000));
     let delay = Duration::from_millis(env_u64("FAULT_SETTLE_DELAY_MS", 20));
+    let max_pause = Duration::from_millis(env_u64("FAULT_MAX_PAUSE_MS", 2_000));
 
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(3)
@@ -71,6 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .timeout(Duration::from_secs(5))
         .build()?;
     let publishers = Publishers::builder()
+        .max_pause(max_pause)
         .fallback(SlowSettle { rabbit, delay })
         .build()?;
     outbox
