@@ -4,6 +4,7 @@
 //! migrations, `db.table` names, and times independent of the session zone.
 
 mod common;
+mod gauges_support;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -327,5 +328,14 @@ async fn session_time_zone_does_not_matter() {
     );
     east.close().await;
     west.close().await;
+    My::cleanup(&pool, &table).await;
+}
+
+/// The relay loop's gauges (pending and dead entries only) equal the
+/// totals of `stats()` (a scan of the whole table).
+#[tokio::test]
+async fn gauges_equal_the_totals_of_stats() {
+    let (pool, table) = My::fresh().await;
+    gauges_support::gauges_equal_stats(&pool, &table).await;
     My::cleanup(&pool, &table).await;
 }

@@ -2,6 +2,7 @@
 //! `test` database): every test gets its own table.
 
 mod common;
+mod gauges_support;
 
 use common::{Harness, Row};
 use sqlx::postgres::PgPoolOptions;
@@ -252,4 +253,180 @@ async fn killed_relay_process_loses_nothing() {
     assert!(Pg::rows(&pool, &table).await.is_empty());
     std::fs::remove_file(&log).unwrap();
     Pg::cleanup(&pool, &table).await;
+}
+
+/// The relay loop's gauges (pending and dead entries only) equal the
+/// totals of `stats()` (a scan of the whole table).
+#[tokio::test]
+async fn gauges_equal_the_totals_of_stats() {
+    let (pool, table) = Pg::fresh().await;
+    gauges_support::gauges_equal_stats(&pool, &table).await;
+    Pg::cleanup(&pool, &table).await;
+}
+
+/// `seq_scan` of `table` in `pg_stat_user_tables`, after `flusher`'s backend
+/// flushed its pending counters (they are flushed when it goes idle).
+async fn seq_and_index_scans(admin: &PgPool, flusher: &PgPool, table: &str) -> (i64, i64) {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(flusher)
+        .await
+        .unwrap();
+    // Autocommit: a fresh statistics snapshot.
+    sqlx::query_as(
+        "SELECT seq_scan, COALESCE(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = $1",
+    )
+    .bind(table)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+/// The gauge refresh reads pending and dead entries through their partial
+/// indexes: with 20,000 kept published rows (analyzed) it makes no
+/// sequential scan of the table, where `stats()` does.
+#[tokio::test]
+async fn gauges_make_no_sequential_scan() {
+    let (pool, table) = Pg::fresh().await;
+    let publishers = gauges_support::publishers();
+    let kept = gauges_support::outbox(&pool, &table, 1).await;
+    gauges_support::record(&pool, &kept, 10, gauges_support::Fate::Reject).await;
+    for _ in 0..20 {
+        gauges_support::record(&pool, &kept, 1000, gauges_support::Fate::Publish).await;
+    }
+    gauges_support::drain(&kept, &publishers).await;
+    gauges_support::record(&pool, &kept, 30, gauges_support::Fate::Publish).await;
+    sqlx::query(&format!("VACUUM ANALYZE \"{table}\""))
+        .execute(&pool)
+        .await
+        .unwrap();
+    // One connection: the backend whose counters are flushed is the one
+    // that ran the query.
+    let single = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url())
+        .await
+        .unwrap();
+    let watched = outbox::Outbox::builder(single.clone())
+        .table(&table)
+        .migrate(false)
+        .build()
+        .await
+        .unwrap();
+
+    let before = seq_and_index_scans(&pool, &single, &table).await;
+    let gauges = watched.gauges().await.unwrap();
+    let after = seq_and_index_scans(&pool, &single, &table).await;
+    assert_eq!((gauges.pending, gauges.dead), (30, 10), "{gauges:?}");
+    assert_eq!(
+        after.0, before.0,
+        "the gauges scanned the table: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.1 > before.1,
+        "no index scan counted: {before:?} -> {after:?}"
+    );
+
+    // The counter works: `stats()` reads every row.
+    let stats = watched.stats().await.unwrap();
+    assert_eq!(stats.published, 20_000);
+    let full = seq_and_index_scans(&pool, &single, &table).await;
+    assert!(
+        full.0 > after.0,
+        "stats() made no sequential scan: {after:?} -> {full:?}"
+    );
+    single.close().await;
+    Pg::cleanup(&pool, &table).await;
+}
+
+/// `Follow` sees entries when their transactions commit, not in position
+/// order: T1 writes, T2 writes, T2 commits, a read sees T2's entry; T1
+/// commits, the next read sees T1's (an earlier position) once, even after
+/// a relay published it meanwhile (kept published entries).
+#[tokio::test]
+async fn follow_sees_each_commit_once_in_commit_order() {
+    let (pool, table) = Pg::fresh().await;
+    let kept = gauges_support::outbox(&pool, &table, 3).await;
+    let mut follow = kept.follow().await.unwrap();
+    assert_eq!(follow.pending_at_start(), 0);
+
+    let mut t1 = pool.begin().await.unwrap();
+    let first = kept
+        .record(
+            &mut *t1,
+            &gauges_support::Probe {
+                fate: gauges_support::Fate::Publish,
+            },
+        )
+        .await
+        .unwrap()
+        .event_id()
+        .unwrap();
+    let mut t2 = pool.begin().await.unwrap();
+    let second = kept
+        .record(
+            &mut *t2,
+            &gauges_support::Probe {
+                fate: gauges_support::Fate::Publish,
+            },
+        )
+        .await
+        .unwrap()
+        .event_id()
+        .unwrap();
+    t2.commit().await.unwrap();
+
+    let (tick, seen) = read(&mut follow).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].event_id, second.to_string());
+    assert_eq!((tick.arrived, tick.pending), (1, 1));
+    let (tick, seen) = read(&mut follow).await;
+    assert!(seen.is_empty(), "{seen:?}");
+    assert_eq!(tick.arrived, 0);
+
+    t1.commit().await.unwrap();
+    // Published (and kept) before the next read: still seen.
+    let report = kept.run(&gauges_support::publishers(), 10).await.unwrap();
+    assert_eq!(report.published, 2);
+    let (tick, later) = read(&mut follow).await;
+    assert_eq!(later.len(), 1, "{later:?}");
+    assert_eq!(later[0].event_id, first.to_string());
+    assert!(
+        later[0].position < seen_position(&pool, &table, second).await,
+        "T1's entry has the earlier position"
+    );
+    assert_eq!((tick.arrived, tick.pending), (1, 0));
+    let (tick, seen) = read(&mut follow).await;
+    assert!(seen.is_empty(), "{seen:?}");
+    assert_eq!(tick.arrived, 0);
+
+    // A rolled-back entry is never seen.
+    let mut t3 = pool.begin().await.unwrap();
+    kept.record(
+        &mut *t3,
+        &gauges_support::Probe {
+            fate: gauges_support::Fate::Publish,
+        },
+    )
+    .await
+    .unwrap();
+    t3.rollback().await.unwrap();
+    let (_, seen) = read(&mut follow).await;
+    assert!(seen.is_empty(), "{seen:?}");
+    Pg::cleanup(&pool, &table).await;
+}
+
+async fn read(
+    follow: &mut outbox::Follow<Postgres>,
+) -> (outbox::FollowTick, Vec<outbox::Followed>) {
+    let mut seen = Vec::new();
+    let tick = follow.next(|entry| seen.push(entry)).await.unwrap();
+    (tick, seen)
+}
+
+async fn seen_position(pool: &PgPool, table: &str, event_id: Uuid) -> i64 {
+    sqlx::query_scalar(&format!("SELECT id FROM \"{table}\" WHERE event_id = $1"))
+        .bind(event_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }

@@ -1,6 +1,7 @@
 //! The shared suite on SQLite: a fresh database file per test.
 
 mod common;
+mod gauges_support;
 
 use common::{Harness, Row};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -94,4 +95,13 @@ async fn schema_names_are_refused_on_sqlite() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("schema"), "{err}");
+}
+
+/// The relay loop's gauges (pending and dead entries only) equal the
+/// totals of `stats()` (a scan of the whole table).
+#[tokio::test]
+async fn gauges_equal_the_totals_of_stats() {
+    let (pool, table) = Lite::fresh().await;
+    gauges_support::gauges_equal_stats(&pool, &table).await;
+    Lite::cleanup(&pool, &table).await;
 }

@@ -39,6 +39,7 @@ mod child;
 mod common;
 mod diagnose;
 mod drain;
+mod gauges;
 mod latency;
 mod lite;
 mod record;
@@ -75,6 +76,10 @@ const FIGURES: &[(&str, &str)] = &[
         "commit to publisher call at 200 events/s, NOTIFY and polling",
     ),
     ("poll_with_dead", "an empty poll with 100,000 dead letters"),
+    (
+        "gauges",
+        "the relay's gauge refresh vs stats() with 1,000,000 kept published entries",
+    ),
     ("drain_sqlite", "the no-op drain on SQLite"),
     (
         "memory",
@@ -250,6 +255,9 @@ async fn figures(b: &Bench, wants: &dyn Fn(&str) -> bool) -> Res<()> {
     }
     if wants("poll_with_dead") {
         latency::poll_with_dead(b).await?;
+    }
+    if wants("gauges") {
+        gauges::gauges(b).await?;
     }
     if wants("drain_sqlite") {
         lite::drain_sqlite(b).await?;

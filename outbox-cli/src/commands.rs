@@ -50,6 +50,22 @@ fn secs(d: Option<Duration>) -> Value {
     d.map_or(Value::Null, |d| json!(d.as_secs_f64()))
 }
 
+/// A blocked row whose relay has not confirmed it for this long may be
+/// left over from a relay that stopped: shown as stale, not unhealthy. (A
+/// relay refreshes the row about every 10 s while the destination keeps
+/// failing.)
+const BLOCKED_STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// How long ago `t` was (zero if it is in the future).
+fn age_of(t: DateTime<Utc>) -> Duration {
+    (Utc::now() - t).to_std().unwrap_or_default()
+}
+
+/// Whether no relay has confirmed `blocked` for over a minute.
+fn is_stale(blocked: &outbox::publisher::Blocked) -> bool {
+    age_of(blocked.seen_at) > BLOCKED_STALE_AFTER
+}
+
 /// `outbox status [--max-age D]`.
 pub(crate) async fn status<DB: Db>(
     ctx: &Ctx<DB>,
@@ -58,23 +74,43 @@ pub(crate) async fn status<DB: Db>(
     let outbox = ctx.outbox().await?;
     let stats = outbox.stats().await?;
     let oldest = stats.oldest_pending_age;
-    let healthy = match (max_age, oldest) {
-        (Some(max), Some(age)) => age <= max,
-        _ => true,
+    let too_old = match (max_age, oldest) {
+        (Some(max), Some(age)) => (age > max).then_some((age, max)),
+        _ => None,
     };
+    let blocked: Vec<&outbox::publisher::Blocked> =
+        stats.blocked.iter().filter(|b| !is_stale(b)).collect();
+    let healthy = too_old.is_none() && blocked.is_empty();
     if ctx.json {
         status_json(ctx, &stats, max_age, healthy)?;
     } else {
-        status_human(ctx, &stats, max_age, healthy)?;
+        status_human(ctx, &stats, max_age, too_old.is_none())?;
     }
-    match (healthy, max_age, oldest) {
-        (false, Some(max), Some(age)) => Err(Failure::unhealthy(format!(
-            "unhealthy: the oldest pending entry of \"{}\" is {} old, over --max-age {}",
+    let mut problems = Vec::new();
+    if let Some((age, max)) = too_old {
+        problems.push(format!(
+            "the oldest pending entry of \"{}\" is {} old, over --max-age {}",
             ctx.table.name,
             human(age),
             human(max)
-        ))),
-        _ => Ok(()),
+        ));
+    }
+    for b in blocked {
+        problems.push(format!(
+            "publisher \"{}\" of \"{}\" is blocked since {} ago: {}",
+            b.publisher,
+            ctx.table.name,
+            human(age_of(b.since)),
+            clip(&b.reason, 200)
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::unhealthy(format!(
+            "unhealthy: {}",
+            problems.join("; ")
+        )))
     }
 }
 
@@ -98,6 +134,20 @@ fn status_json<DB: Db>(
             })
         })
         .collect();
+    let blocked: Vec<Value> = stats
+        .blocked
+        .iter()
+        .map(|b| {
+            json!({
+                "publisher": b.publisher,
+                "since": time(b.since),
+                "blocked_for_seconds": age_of(b.since).as_secs_f64(),
+                "reason": b.reason,
+                "seen_at": time(b.seen_at),
+                "stale": is_stale(b),
+            })
+        })
+        .collect();
     out::json(
         &json!({
             "table": ctx.table.name,
@@ -108,9 +158,29 @@ fn status_json<DB: Db>(
             "oldest_pending_age_seconds": secs(stats.oldest_pending_age),
             "max_age_seconds": secs(max_age),
             "healthy": healthy,
+            "blocked": blocked,
             "by_name": by_name,
         }),
         true,
+    )
+}
+
+/// One line per blocked publisher: `blocked since <time> (<age> ago): <reason>`.
+fn blocked_line(b: &outbox::publisher::Blocked) -> String {
+    let stale = if is_stale(b) {
+        format!(
+            " [stale: no relay has confirmed it for {}]",
+            human(age_of(b.seen_at))
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "  blocked    {}: blocked since {} ({} ago): {}{stale}",
+        b.publisher,
+        time(b.since),
+        human(age_of(b.since)),
+        crate::error::one_line(&b.reason)
     )
 }
 
@@ -118,7 +188,7 @@ fn status_human<DB: Db>(
     ctx: &Ctx<DB>,
     stats: &Stats,
     max_age: Option<Duration>,
-    healthy: bool,
+    young_enough: bool,
 ) -> Result<(), Failure> {
     let oldest = stats.oldest_pending_age;
     let mut text = vec![format!(
@@ -134,8 +204,9 @@ fn status_human<DB: Db>(
     if stats.published > 0 {
         text.push(format!("  published  {} (kept)", stats.published));
     }
+    text.extend(stats.blocked.iter().map(blocked_line));
     if let Some(max) = max_age {
-        let verdict = match (healthy, oldest) {
+        let verdict = match (young_enough, oldest) {
             (_, None) => "ok: nothing pending".to_owned(),
             (true, Some(age)) => format!("ok: oldest pending {} <= {}", human(age), human(max)),
             (false, Some(age)) => {

@@ -1,7 +1,8 @@
 //! The database side: which backend a URL names, connecting with a timeout,
-//! URLs without their secrets, and the few plain-SQL queries on the table
-//! contract that the library has no call for (table existence, the schema
-//! version, cheap counts, and `tail`'s reads).
+//! URLs without their secrets, and the two catalog queries the library has
+//! no call for (table existence, the schema version). Everything that reads
+//! the table itself (`status`, `tail`, the relay's progress) goes through
+//! the library.
 
 use std::future::Future;
 use std::str::FromStr;
@@ -232,37 +233,6 @@ impl Table {
     }
 }
 
-/// One entry as `tail` shows it.
-#[derive(Debug, Clone)]
-pub(crate) struct NewEntry {
-    pub(crate) position: i64,
-    pub(crate) event_id: String,
-    pub(crate) name: String,
-    pub(crate) stream_key: Option<String>,
-}
-
-/// What `tail` reads per tick, from one consistent snapshot.
-#[derive(Debug, Default)]
-pub(crate) struct Snapshot {
-    /// Entries after the given position, in order.
-    pub(crate) entries: Vec<NewEntry>,
-    /// Whether every entry after the position was read (not cut at the cap).
-    pub(crate) complete: bool,
-    /// Pending entries at the snapshot.
-    pub(crate) pending: i64,
-}
-
-/// Entries `tail` reads per query, and per tick at most.
-const TAIL_PAGE: i64 = 1_000;
-const TAIL_PAGES: usize = 5;
-
-/// Pending and dead counts, for progress lines.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Counts {
-    pub(crate) pending: i64,
-    pub(crate) dead: i64,
-}
-
 /// PostgreSQL LISTEN on the outbox's channel.
 pub(crate) struct Wakeups(sqlx::postgres::PgListener);
 
@@ -310,25 +280,6 @@ pub(crate) trait Db: outbox::Backend {
         pool: &Pool<Self>,
         table: &Table,
     ) -> impl Future<Output = sqlx::Result<Option<i64>>> + Send;
-
-    /// Pending and dead counts (partial or `(status, id)` indexes: no table scan).
-    fn counts(
-        pool: &Pool<Self>,
-        table: &Table,
-    ) -> impl Future<Output = sqlx::Result<Counts>> + Send;
-
-    /// The highest position in the table (0 when empty).
-    fn last_position(
-        pool: &Pool<Self>,
-        table: &Table,
-    ) -> impl Future<Output = sqlx::Result<i64>> + Send;
-
-    /// Entries after `after` and the pending count, from one snapshot.
-    fn snapshot(
-        pool: &Pool<Self>,
-        table: &Table,
-        after: i64,
-    ) -> impl Future<Output = sqlx::Result<Snapshot>> + Send;
 
     /// LISTEN for inserts where the database can (PostgreSQL).
     fn wakeups(
@@ -402,10 +353,6 @@ pub(crate) async fn require_table<DB: Db>(pool: &Pool<DB>, table: &Table) -> Res
     }
 }
 
-fn count(n: i64) -> i64 {
-    n.max(0)
-}
-
 impl Db for Postgres {
     const LABEL: &'static str = "PostgreSQL";
     const QUOTE: char = '"';
@@ -436,95 +383,11 @@ impl Db for Postgres {
         sqlx::query_scalar(&sql).fetch_one(pool).await
     }
 
-    async fn counts(pool: &Pool<Self>, table: &Table) -> sqlx::Result<Counts> {
-        let t = &table.quoted;
-        let sql = format!(
-            "SELECT (SELECT count(*) FROM {t} WHERE status = 'pending'), \
-             (SELECT count(*) FROM {t} WHERE status = 'dead')"
-        );
-        let (pending, dead): (i64, i64) = sqlx::query_as(&sql).fetch_one(pool).await?;
-        Ok(Counts { pending, dead })
-    }
-
-    async fn last_position(pool: &Pool<Self>, table: &Table) -> sqlx::Result<i64> {
-        let sql = format!("SELECT COALESCE(MAX(id), 0)::int8 FROM {}", table.quoted);
-        sqlx::query_scalar(&sql).fetch_one(pool).await
-    }
-
-    async fn snapshot(pool: &Pool<Self>, table: &Table, after: i64) -> sqlx::Result<Snapshot> {
-        let t = &table.quoted;
-        let mut tx = pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let page = format!(
-            "SELECT id, event_id::text, name, stream_key FROM {t} WHERE id > $1 ORDER BY id LIMIT $2"
-        );
-        let pending = format!("SELECT count(*) FROM {t} WHERE status = 'pending'");
-        let snapshot = read_snapshot::<Self>(&mut tx, &page, &pending, after).await?;
-        tx.commit().await?;
-        Ok(snapshot)
-    }
-
     async fn wakeups(pool: &Pool<Self>, table: &Table) -> sqlx::Result<Option<Wakeups>> {
         let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
         listener.listen(&format!("outbox_{}", table.bare)).await?;
         Ok(Some(Wakeups(listener)))
     }
-}
-
-/// Appends a page of rows; `true` if the page was full (more may follow).
-/// Reads up to `TAIL_PAGES` pages of entries after `after` with `page`
-/// (parameters: last id, page size), then the pending count with
-/// `pending`, on the caller's read transaction, so both come from one
-/// snapshot.
-async fn read_snapshot<DB>(
-    conn: &mut DB::Connection,
-    page: &str,
-    pending: &str,
-    after: i64,
-) -> sqlx::Result<Snapshot>
-where
-    DB: sqlx::Database,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    i64: for<'q> sqlx::Encode<'q, DB> + for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
-    (i64, String, String, Option<String>): for<'r> sqlx::FromRow<'r, DB::Row>,
-    usize: sqlx::ColumnIndex<DB::Row>,
-{
-    let mut snapshot = Snapshot::default();
-    let mut last = after;
-    for _ in 0..TAIL_PAGES {
-        let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(page)
-            .bind(last)
-            .bind(TAIL_PAGE)
-            .fetch_all(&mut *conn)
-            .await?;
-        snapshot.complete = !push_rows(&mut snapshot.entries, &mut last, rows);
-        if snapshot.complete {
-            break;
-        }
-    }
-    snapshot.pending = count(sqlx::query_scalar(pending).fetch_one(&mut *conn).await?);
-    Ok(snapshot)
-}
-
-fn push_rows(
-    out: &mut Vec<NewEntry>,
-    last: &mut i64,
-    rows: Vec<(i64, String, String, Option<String>)>,
-) -> bool {
-    let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= TAIL_PAGE;
-    for (position, event_id, name, stream_key) in rows {
-        *last = position;
-        out.push(NewEntry {
-            position,
-            event_id,
-            name,
-            stream_key,
-        });
-    }
-    full
 }
 
 impl Db for MySql {
@@ -549,38 +412,6 @@ impl Db for MySql {
             table.versions
         );
         sqlx::query_scalar(&sql).fetch_one(pool).await
-    }
-
-    async fn counts(pool: &Pool<Self>, table: &Table) -> sqlx::Result<Counts> {
-        let t = &table.quoted;
-        let sql = format!(
-            "SELECT (SELECT COUNT(*) FROM {t} WHERE status = 'pending'), \
-             (SELECT COUNT(*) FROM {t} WHERE status = 'dead')"
-        );
-        let (pending, dead): (i64, i64) = sqlx::query_as(&sql).fetch_one(pool).await?;
-        Ok(Counts { pending, dead })
-    }
-
-    async fn last_position(pool: &Pool<Self>, table: &Table) -> sqlx::Result<i64> {
-        let sql = format!(
-            "SELECT CAST(COALESCE(MAX(id), 0) AS SIGNED) FROM {}",
-            table.quoted
-        );
-        sqlx::query_scalar(&sql).fetch_one(pool).await
-    }
-
-    async fn snapshot(pool: &Pool<Self>, table: &Table, after: i64) -> sqlx::Result<Snapshot> {
-        let t = &table.quoted;
-        // InnoDB's REPEATABLE READ (the default) reads every SELECT of the
-        // transaction from the snapshot its first read took.
-        let mut tx = pool.begin().await?;
-        let page = format!(
-            "SELECT id, event_id, name, stream_key FROM {t} WHERE id > ? ORDER BY id LIMIT ?"
-        );
-        let pending = format!("SELECT COUNT(*) FROM {t} WHERE status = 'pending'");
-        let snapshot = read_snapshot::<Self>(&mut tx, &page, &pending, after).await?;
-        tx.commit().await?;
-        Ok(snapshot)
     }
 }
 
@@ -616,34 +447,6 @@ impl Db for Sqlite {
         }
         let sql = format!("SELECT MAX(version) FROM {}", table.versions);
         sqlx::query_scalar(&sql).fetch_one(pool).await
-    }
-
-    async fn counts(pool: &Pool<Self>, table: &Table) -> sqlx::Result<Counts> {
-        let t = &table.quoted;
-        let sql = format!(
-            "SELECT (SELECT COUNT(*) FROM {t} WHERE status = 'pending'), \
-             (SELECT COUNT(*) FROM {t} WHERE status = 'dead')"
-        );
-        let (pending, dead): (i64, i64) = sqlx::query_as(&sql).fetch_one(pool).await?;
-        Ok(Counts { pending, dead })
-    }
-
-    async fn last_position(pool: &Pool<Self>, table: &Table) -> sqlx::Result<i64> {
-        let sql = format!("SELECT COALESCE(MAX(id), 0) FROM {}", table.quoted);
-        sqlx::query_scalar(&sql).fetch_one(pool).await
-    }
-
-    async fn snapshot(pool: &Pool<Self>, table: &Table, after: i64) -> sqlx::Result<Snapshot> {
-        let t = &table.quoted;
-        // A read transaction sees one snapshot of the database.
-        let mut tx = pool.begin().await?;
-        let page = format!(
-            "SELECT id, event_id, name, stream_key FROM {t} WHERE id > ?1 ORDER BY id LIMIT ?2"
-        );
-        let pending = format!("SELECT COUNT(*) FROM {t} WHERE status = 'pending'");
-        let snapshot = read_snapshot::<Self>(&mut tx, &page, &pending, after).await?;
-        tx.commit().await?;
-        Ok(snapshot)
     }
 }
 

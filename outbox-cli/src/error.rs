@@ -95,6 +95,14 @@ impl From<sqlx::Error> for Failure {
     }
 }
 
+/// A library error in a user's words (database errors as [`describe`] puts them).
+pub(crate) fn describe_outbox(err: &outbox::Error) -> String {
+    match err {
+        outbox::Error::Database(err) => describe(err),
+        other => other.to_string(),
+    }
+}
+
 /// A database error in a user's words.
 pub(crate) fn describe(err: &sqlx::Error) -> String {
     match err {

@@ -14,13 +14,13 @@ use outbox::publisher::amqp::{AmqpPublisher, ExchangeKind};
 use outbox::publisher::http::WebhookPublisher;
 use outbox::publisher::nats::NatsPublisher;
 use outbox::publisher::redis::RedisStreamPublisher;
-use outbox::{Backoff, Entry, PublishResult, Publishers, RawPublisher, Report};
+use outbox::{Backoff, Entry, Gauges, PublishResult, Publishers, RawPublisher, Report};
 use serde_json::json;
 use tokio::time::Instant;
 
 use crate::Ctx;
 use crate::commands;
-use crate::db::{Counts, Db, redact_url};
+use crate::db::{Db, redact_url};
 use crate::duration;
 use crate::error::Failure;
 use crate::logging::PROGRESS_SHOWN;
@@ -391,8 +391,8 @@ pub(crate) async fn relay<DB: Db>(ctx: &Ctx<DB>, args: &RelayArgs) -> Result<(),
         tokio::select! {
             totals = &mut run => break totals,
             _ = ticks.tick() => {
-                let counts = tokio::time::timeout(Duration::from_secs(2), DB::counts(&ctx.pool, &ctx.table)).await;
-                progress.show(published.load(Ordering::Relaxed), counts.ok().and_then(Result::ok));
+                let gauges = tokio::time::timeout(Duration::from_secs(2), outbox.gauges()).await;
+                progress.show(published.load(Ordering::Relaxed), gauges.ok().and_then(Result::ok));
             }
         }
     };
@@ -452,13 +452,13 @@ impl Progress {
     }
 
     #[allow(clippy::cast_precision_loss)] // Reason: a rate for people; counts far below 2^52.
-    fn show(&mut self, published: u64, counts: Option<Counts>) {
+    fn show(&mut self, published: u64, gauges: Option<Gauges>) {
         let now = Instant::now();
         let (then, before) = self.last;
         let elapsed = now.duration_since(then).as_secs_f64().max(0.001);
         let rate = published.saturating_sub(before) as f64 / elapsed;
         self.last = (now, published);
-        let (pending, dead) = counts.map_or_else(
+        let (pending, dead) = gauges.map_or_else(
             || ("?".to_owned(), "?".to_owned()),
             |c| (c.pending.to_string(), c.dead.to_string()),
         );

@@ -1,23 +1,23 @@
-//! `outbox tail`: follows the table live with plain SQL on the table
-//! contract.
+//! `outbox tail`: follows the table live through the library's
+//! [`outbox::Follow`] cursor.
 //!
-//! Each tick reads, from one consistent snapshot, the entries after the
-//! last position seen (`id > last`, an index range) and the pending count
-//! (a partial index on PostgreSQL and SQLite, `(status, id)` on MySQL); it
-//! never scans the whole table. What left the pending set since the last
-//! tick is then `pending before + entries new since - pending now`:
+//! Each tick hands over the entries that arrived since the previous one and
+//! the pending count, from one snapshot (on PostgreSQL an entry arrives
+//! when its transaction commits, whatever its position; see `Follow` for
+//! what holds on each database). What left the pending set since the last
+//! tick is then `pending before + entries arrived since - pending now`:
 //! published entries, and dead ones, net of requeued ones.
 
 use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 
+use outbox::Followed;
 use serde_json::json;
 
 use crate::Ctx;
-use crate::commands;
-use crate::db::{Db, NewEntry, Snapshot};
-use crate::error::{Failure, describe};
+use crate::db::Db;
+use crate::error::{Failure, describe, describe_outbox};
 use crate::out;
 
 /// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is
@@ -48,7 +48,7 @@ pub(crate) fn stop_signal() -> Result<impl Future<Output = ()>, Failure> {
 /// `outbox tail [--interval D]`.
 pub(crate) async fn tail<DB: Db>(ctx: &Ctx<DB>, interval: Duration) -> Result<(), Failure> {
     let mut stop = pin!(stop_signal()?);
-    commands::require(ctx).await?;
+    let outbox = ctx.outbox().await?;
     let (pool, table) = (&ctx.pool, &ctx.table);
     let mut wakeups = match DB::wakeups(pool, table).await {
         Ok(wakeups) => wakeups,
@@ -57,78 +57,67 @@ pub(crate) async fn tail<DB: Db>(ctx: &Ctx<DB>, interval: Duration) -> Result<()
             None
         }
     };
-    let mut last = DB::last_position(pool, table).await?;
-    let mut snapshot = DB::snapshot(pool, table, last).await?;
+    let mut follow = outbox.follow().await?;
+    let (after, mut before) = (follow.started_after(), follow.pending_at_start());
     if ctx.json {
         out::json(
-            &json!({ "type": "start", "table": table.name, "after": last, "pending": snapshot.pending }),
+            &json!({ "type": "start", "table": table.name, "after": after, "pending": before }),
             false,
         )?;
     } else {
         out::line(format!(
-            "following \"{}\" after position {last} ({} pending); Ctrl-C to stop",
-            table.name, snapshot.pending
+            "following \"{}\" after position {after} ({before} pending); Ctrl-C to stop",
+            table.name
         ))?;
     }
-    // Pending at the last complete snapshot, and entries seen since it.
-    let mut baseline: Option<i64> = None;
-    let mut entered: i64 = 0;
     let mut failing = false;
     loop {
-        for entry in &snapshot.entries {
-            show_entry(ctx.json, entry)?;
-            last = entry.position;
-        }
-        entered += i64::try_from(snapshot.entries.len()).unwrap_or(i64::MAX);
-        if snapshot.complete {
-            if let Some(before) = baseline {
-                show_left(
-                    ctx.json,
-                    before + entered - snapshot.pending,
-                    snapshot.pending,
-                )?;
-            }
-            baseline = Some(snapshot.pending);
-            entered = 0;
-        }
-        // A cut snapshot (a burst of inserts) is followed at once by the rest.
-        if snapshot.complete || failing {
-            let woken = async {
-                match wakeups.as_mut() {
-                    Some(w) => w.next().await,
-                    None => std::future::pending().await,
+        // An entry is printed as soon as it is read; a closed stdout stops.
+        let mut shown: Result<(), Failure> = Ok(());
+        let read = follow
+            .next(|entry| {
+                if shown.is_ok() {
+                    shown = show_entry(ctx.json, &entry);
                 }
-            };
-            tokio::select! {
-                () = &mut stop => return Ok(()),
-                () = tokio::time::sleep(interval) => {}
-                ok = woken => if !ok { wakeups = None; },
-            }
-        }
-        snapshot = match DB::snapshot(pool, table, last).await {
-            Ok(snapshot) => {
+            })
+            .await;
+        shown?;
+        match read {
+            Ok(tick) => {
                 if failing {
                     tracing::warn!(target: "outbox_cli", "database reachable again");
                     failing = false;
                 }
-                snapshot
+                let (arrived, pending) = (signed(tick.arrived), signed(tick.pending));
+                show_left(ctx.json, signed(before) + arrived - pending, pending)?;
+                before = tick.pending;
             }
             Err(err) => {
                 if !failing {
-                    tracing::warn!(target: "outbox_cli", error = %describe(&err), "reading the outbox failed; retrying");
+                    tracing::warn!(target: "outbox_cli", error = %describe_outbox(&err), "reading the outbox failed; retrying");
                     failing = true;
                 }
-                Snapshot::default()
+            }
+        }
+        let woken = async {
+            match wakeups.as_mut() {
+                Some(w) => w.next().await,
+                None => std::future::pending().await,
             }
         };
-        if failing {
-            // Nothing was read: keep the accounting as it was.
-            snapshot.complete = false;
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            () = tokio::time::sleep(interval) => {}
+            ok = woken => if !ok { wakeups = None; },
         }
     }
 }
 
-fn show_entry(json: bool, e: &NewEntry) -> Result<(), Failure> {
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn show_entry(json: bool, e: &Followed) -> Result<(), Failure> {
     if json {
         return out::json(
             &json!({

@@ -208,10 +208,12 @@ async fn pg() -> PgPool {
 }
 
 async fn pg_drop(pool: &PgPool, table: &str) {
-    sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {table}, {table}_schema"))
-        .execute(pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql(&format!(
+        "DROP TABLE IF EXISTS {table}, {table}_schema, {table}_blocked"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 async fn pg_count(pool: &PgPool, table: &str, filter: &str) -> i64 {
@@ -244,19 +246,19 @@ async fn migrate_creates_the_table_once_postgres() {
     let run = outbox(&pg_url(), &t, &["migrate"]).ok();
     assert_eq!(
         run.stdout.trim(),
-        format!("table \"{t}\" created (schema version 1) in {}", pg_url())
+        format!("table \"{t}\" created (schema version 2) in {}", pg_url())
     );
     assert_eq!(pg_count(&pool, &t, "true").await, 0);
     let again = outbox(&pg_url(), &t, &["migrate"]).ok();
     assert!(
         again
             .stdout
-            .contains("already up to date (schema version 1)"),
+            .contains("already up to date (schema version 2)"),
         "{again:?}"
     );
     let json = outbox(&pg_url(), &t, &["--json", "migrate"]).ok().json();
     assert_eq!(json["created"], false);
-    assert_eq!(json["schema_version"], 1);
+    assert_eq!(json["schema_version"], 2);
     assert_eq!(json["table"], t.as_str());
     pg_drop(&pool, &t).await;
 }
@@ -1074,7 +1076,7 @@ async fn sqlite_migrate_contract_status_and_dead_letters() {
     let run = outbox(&url, "outbox", &["migrate"]).ok();
     assert_eq!(
         run.stdout.trim(),
-        format!("table \"outbox\" created (schema version 1) in {url}")
+        format!("table \"outbox\" created (schema version 2) in {url}")
     );
     let pool = SqlitePool::connect(&url).await.unwrap();
     sqlx::raw_sql(&readme_sql("SQLite", "outbox"))
@@ -1132,7 +1134,7 @@ async fn mariadb_migrate_contract_and_status() {
     let run = outbox(&mariadb, &t, &["migrate"]).ok();
     assert!(
         run.stdout
-            .starts_with(&format!("table \"{t}\" created (schema version 1)")),
+            .starts_with(&format!("table \"{t}\" created (schema version 2)")),
         "{run:?}"
     );
     outbox(&mysql_url(), &t, &["migrate"]).ok();
@@ -1162,10 +1164,12 @@ async fn mariadb_migrate_contract_and_status() {
     outbox(&mysql_url(), &t, &["status", "--max-age", "1h"]).fails(2, "unhealthy");
     let run = outbox(&mysql_url(), &t, &["dead", "list"]).ok();
     assert_eq!(run.stdout.trim(), format!("no dead letters in \"{t}\""));
-    sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {t}, {t}_schema"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql(&format!(
+        "DROP TABLE IF EXISTS {t}, {t}_schema, {t}_blocked"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
 }
 
 // ---------------------------------------------------------------- bad input
@@ -1367,4 +1371,102 @@ fn bench_runs_the_benchmarks_against_the_given_database() {
     let bad = outbox(&pg_url(), "unused", &["bench", "--only", "no_such_figure"]);
     assert_ne!(bad.code, 0, "{bad:?}");
     assert!(!bad.stderr.contains("panicked"), "{bad:?}");
+}
+
+// ---------------------------------------------------------------- blocked
+
+/// A relay to a RabbitMQ exchange that does not exist blocks its publisher
+/// (no attempts spent); `outbox status` shows it, one line, and exits 2
+/// while the row is fresh. A row no relay has confirmed for over a minute
+/// is marked stale and no longer fails the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_blocked_publisher_and_fails_while_it_is_fresh_postgres() {
+    let pool = pg().await;
+    let t = table("blocked");
+    let missing = format!("outbox-cli-missing-{}", Uuid::new_v4().simple());
+    outbox(&pg_url(), &t, &["migrate"]).ok();
+    pg_insert(&pool, &t, "shop.order_placed", 3).await;
+    outbox(&pg_url(), &t, &["status"]).ok();
+
+    let relay = Spawned::start(command(
+        &pg_url(),
+        &t,
+        &["relay", "--to", &amqp_url(), "--exchange", &missing],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let run = loop {
+        let run = outbox(&pg_url(), &t, &["status"]);
+        if run.code != 0 {
+            break run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no blocked publisher within 20 s: {run:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let run = run.fails(2, "unhealthy: publisher \"*\"");
+    assert!(run.stderr.contains("is blocked"), "{run:?}");
+    assert!(run.stderr.contains(&missing), "{run:?}");
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("blocked"))
+        .unwrap_or_else(|| panic!("no blocked line: {run:?}"));
+    assert!(line.contains("*: blocked since "), "{line}");
+    assert!(line.contains(" ago): "), "{line}");
+    assert!(line.contains(&missing), "{line}");
+    assert!(line.contains("404"), "{line}");
+    assert!(!line.contains("stale"), "{line}");
+    assert_eq!(
+        run.stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with("blocked"))
+            .count(),
+        1,
+        "{run:?}"
+    );
+
+    let run = outbox(&pg_url(), &t, &["--json", "status"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let json = run.json();
+    assert_eq!(json["healthy"], false);
+    let blocked = json["blocked"].as_array().unwrap();
+    assert_eq!(blocked.len(), 1, "{json}");
+    assert_eq!(blocked[0]["publisher"], "*");
+    assert_eq!(blocked[0]["stale"], false);
+    assert!(
+        blocked[0]["reason"].as_str().unwrap().contains(&missing),
+        "{json}"
+    );
+    // No attempt was spent on the entries.
+    assert_eq!(
+        pg_count(&pool, &t, "attempts = 0 AND status = 'pending'").await,
+        3
+    );
+
+    let (code, _, stderr) = relay.terminate();
+    assert_eq!(code, 0, "{stderr}");
+    // A relay that stopped leaves its row behind; once nobody has
+    // confirmed it for a minute it is stale: shown, but healthy.
+    sqlx::query(&format!(
+        "UPDATE {t}_blocked SET seen_at = now() - interval '5 minutes'"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let run = outbox(&pg_url(), &t, &["status"]).ok();
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("blocked"))
+        .unwrap_or_else(|| panic!("no blocked line: {run:?}"));
+    assert!(
+        line.contains("[stale: no relay has confirmed it for 5m"),
+        "{line}"
+    );
+    let json = outbox(&pg_url(), &t, &["--json", "status"]).ok().json();
+    assert_eq!(json["healthy"], true);
+    assert_eq!(json["blocked"][0]["stale"], true);
+    pg_drop(&pool, &t).await;
 }

@@ -126,6 +126,7 @@
 mod entry;
 mod error;
 mod event;
+mod follow;
 mod handle;
 pub mod publisher;
 mod registry;
@@ -135,12 +136,13 @@ mod store;
 pub use entry::{Entry, Headers, Metadata, Recorded};
 pub use error::{Error, Result};
 pub use event::Event;
+pub use follow::{Follow, FollowTick};
 pub use handle::{Batch, FilterReason, Outbox, OutboxBuilder, Recording, migrate};
 pub use publisher::{
     ErrorKind, PublishError, PublishResult, Publisher, Publishers, PublishersBuilder, RawPublisher,
 };
 pub use relay::{Backoff, Relay, Report};
-pub use store::{Backend, DeadLetter, NameStats, Stats, TableName};
+pub use store::{Backend, DeadLetter, Followed, Gauges, NameStats, Stats, TableName};
 
 /// `#[derive(Event)]`: see the attribute reference in the crate docs.
 #[cfg(feature = "derive")]

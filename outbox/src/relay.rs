@@ -646,7 +646,7 @@ fn dead(id: i64, attempts: i32, reason: String) -> Update {
 ///   [`lease`](crate::OutboxBuilder::lease), so a slow batch keeps its
 ///   claim; an outcome that finds its claim gone anyway is reported
 ///   ([`Report::lost`]), never counted as done.
-/// - It refreshes the `metrics` gauges ([`Outbox::stats`]) every 15 s and,
+/// - It refreshes the `metrics` gauges ([`Outbox::gauges`]) every 15 s and,
 ///   with [`keep_published`](crate::OutboxBuilder::keep_published), deletes
 ///   expired published entries every minute.
 /// - It keeps one connection of the pool from one batch to the next while
@@ -692,7 +692,7 @@ impl<DB: Backend> Relay<DB> {
     }
 
     /// How often the loop refreshes the `metrics` gauges with
-    /// [`Outbox::stats`] (default every 15 s; `None` never).
+    /// [`Outbox::gauges`] (default every 15 s; `None` never).
     pub fn stats_interval(mut self, interval: Option<Duration>) -> Self {
         self.stats_interval = interval;
         self
@@ -742,8 +742,8 @@ impl<DB: Backend> Relay<DB> {
                 next_stats = now + interval;
                 // Never wait for a second connection while holding one.
                 conn = None;
-                if let Err(err) = outbox.stats().await {
-                    tracing::warn!(error = %err, "outbox stats failed");
+                if let Err(err) = outbox.gauges().await {
+                    tracing::warn!(error = %err, "outbox gauges failed");
                 }
             }
             if inner.retention.is_some() && now >= next_cleanup {

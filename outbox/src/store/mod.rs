@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::publisher::Blocked;
 
-pub(crate) use private::{ClaimedRow, NewRow, Settlement, SqlOptions, Update, Which};
+pub(crate) use private::{ClaimedRow, FollowCursor, NewRow, Settlement, SqlOptions, Update, Which};
 
 /// A database the outbox can live in: implemented for `sqlx::Postgres`
 /// (feature `postgres`), `sqlx::Sqlite` (feature `sqlite`) and `sqlx::MySql`
@@ -213,6 +213,34 @@ impl Stats {
     }
 }
 
+/// The three numbers the relay loop keeps in its `metrics` gauges: see
+/// [`Outbox::gauges`](crate::Outbox::gauges). The same totals as
+/// [`Stats`], read from the pending and dead entries only.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Gauges {
+    /// Entries waiting to be published, as [`Stats::pending`].
+    pub pending: u64,
+    /// Dead letters, as [`Stats::dead`].
+    pub dead: u64,
+    /// Age of the oldest pending entry, as [`Stats::oldest_pending_age`].
+    pub oldest_pending_age: Option<Duration>,
+}
+
+/// One entry a [`Follow`](crate::Follow) cursor saw arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Followed {
+    /// The entry's position (record order).
+    pub position: i64,
+    /// The event id as stored (the library writes a UUID).
+    pub event_id: String,
+    /// The event name.
+    pub name: String,
+    /// The stream key, if any.
+    pub stream_key: Option<String>,
+}
+
 /// Decodes one row of a backend's per-name stats query (columns `name`,
 /// `pending`, `retrying`, `dead`, `published`, `oldest` in seconds).
 pub(crate) fn name_stats<'r, R>(row: &'r R) -> std::result::Result<NameStats, sqlx::Error>
@@ -241,6 +269,57 @@ pub(crate) fn age(seconds: Option<f64>) -> Option<Duration> {
 
 pub(crate) fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
+}
+
+/// Rows per page of a follow read.
+const FOLLOW_PAGE: i64 = 1_000;
+
+/// A follow read by position (MySQL, SQLite), on the caller's read
+/// transaction so that every page and the pending count come from one
+/// snapshot: the entries past `after` in pages of `page` (parameters: last
+/// position, page size; columns: position, event id, name, stream key),
+/// then the pending count with `pending`. Returns the new last position
+/// and the count.
+#[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))] // Reason: PostgreSQL follows commits instead.
+pub(crate) async fn follow_by_position<DB, F>(
+    conn: &mut DB::Connection,
+    page: &str,
+    pending: &str,
+    after: i64,
+    mut each: F,
+) -> std::result::Result<(i64, u64), sqlx::Error>
+where
+    DB: sqlx::Database,
+    F: FnMut(Followed) + Send,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    (i64, String, String, Option<String>): for<'r> sqlx::FromRow<'r, DB::Row>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let mut last = after;
+    loop {
+        let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(page)
+            .bind(last)
+            .bind(FOLLOW_PAGE)
+            .fetch_all(&mut *conn)
+            .await?;
+        let full = rows.len() >= usize::try_from(FOLLOW_PAGE).unwrap_or(usize::MAX);
+        for (position, event_id, name, stream_key) in rows {
+            last = position;
+            each(Followed {
+                position,
+                event_id,
+                name,
+                stream_key,
+            });
+        }
+        if !full {
+            break;
+        }
+    }
+    let pending: i64 = sqlx::query_scalar(pending).fetch_one(&mut *conn).await?;
+    Ok((last, count(pending)))
 }
 
 /// Decodes one claimed row with `decode`; a row that does not decode (or
@@ -278,7 +357,7 @@ pub(crate) fn millis(d: Duration) -> i64 {
 pub(crate) mod private {
     #![allow(unreachable_pub)] // Reason: sealed-trait pattern; nameable only inside the crate.
 
-    use super::{DeadLetter, Result, Stats, TableName};
+    use super::{DeadLetter, Followed, Gauges, Result, Stats, TableName};
     use crate::publisher::Blocked;
     use chrono::{DateTime, Utc};
     use std::future::Future;
@@ -364,6 +443,20 @@ pub(crate) mod private {
         pub error: Option<String>,
         /// When it is due again (ignored for dead rows).
         pub delay: Duration,
+    }
+
+    /// Where a follow cursor is. MySQL and SQLite follow positions
+    /// (`after`); PostgreSQL follows commits: an entry is new when its
+    /// transaction is visible now and was not in `snapshot`.
+    #[derive(Debug, Clone, Default)]
+    pub struct FollowCursor {
+        /// The highest position seen (PostgreSQL: at the start only).
+        pub after: i64,
+        /// PostgreSQL: the previous read's snapshot (`pg_snapshot` text).
+        pub snapshot: String,
+        /// PostgreSQL: when that read began (its `now()`); entries
+        /// published after it was taken were published after this.
+        pub taken_at: Option<DateTime<Utc>>,
     }
 
     /// Which dead letters an administrative call acts on.
@@ -465,6 +558,30 @@ pub(crate) mod private {
             sql: &Self::Sql,
             older_than: Duration,
             limit: usize,
+        ) -> impl Future<Output = Result<u64>> + Send;
+
+        /// Pending count, dead count and the oldest pending age, reading
+        /// only pending and dead entries (through their indexes).
+        fn gauges(
+            pool: &sqlx::Pool<Self>,
+            sql: &Self::Sql,
+        ) -> impl Future<Output = Result<Gauges>> + Send;
+
+        /// Where a follow cursor starts: everything committed now counts as
+        /// seen. Also returns the pending count at that point.
+        fn follow_start(
+            pool: &sqlx::Pool<Self>,
+            sql: &Self::Sql,
+        ) -> impl Future<Output = Result<(FollowCursor, u64)>> + Send;
+
+        /// Hands `each` the entries that arrived since `cursor`, in position
+        /// order, from one snapshot, and returns the pending count in that
+        /// snapshot. `cursor` moves only when the read succeeded.
+        fn follow_next<F: FnMut(Followed) + Send>(
+            pool: &sqlx::Pool<Self>,
+            sql: &Self::Sql,
+            cursor: &mut FollowCursor,
+            each: F,
         ) -> impl Future<Output = Result<u64>> + Send;
 
         /// A wake-up source for idle relays (PostgreSQL LISTEN); `None` where

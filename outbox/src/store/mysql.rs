@@ -576,6 +576,64 @@ impl Store for MySql {
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
         Ok(done.rows_affected())
     }
+
+    async fn gauges(pool: &MySqlPool, sql: &Sql) -> Result<super::Gauges> {
+        let t = sql.table.quoted('`', "");
+        // Two ranges of the (status, id) index; published rows are not read.
+        let gauges = format!(
+            "SELECT p.pending, d.dead, p.oldest FROM \
+             (SELECT COUNT(*) AS pending, TIMESTAMPDIFF(MICROSECOND, MIN(created_at), \
+             UTC_TIMESTAMP(6)) / 1e6 AS oldest FROM {t} WHERE status = 'pending') AS p \
+             CROSS JOIN (SELECT COUNT(*) AS dead FROM {t} WHERE status = 'dead') AS d"
+        );
+        let (pending, dead, oldest): (i64, i64, Option<f64>) =
+            sqlx::query_as(&gauges).fetch_one(pool).await?;
+        Ok(super::Gauges {
+            pending: super::count(pending),
+            dead: super::count(dead),
+            oldest_pending_age: super::age(oldest),
+        })
+    }
+
+    async fn follow_start(pool: &MySqlPool, sql: &Sql) -> Result<(super::FollowCursor, u64)> {
+        let t = sql.table.quoted('`', "");
+        let start = format!(
+            "SELECT CAST(COALESCE(MAX(id), 0) AS SIGNED), \
+             (SELECT COUNT(*) FROM {t} WHERE status = 'pending') FROM {t}"
+        );
+        let (after, pending): (i64, i64) = sqlx::query_as(&start).fetch_one(pool).await?;
+        let cursor = super::FollowCursor {
+            after,
+            ..super::FollowCursor::default()
+        };
+        Ok((cursor, super::count(pending)))
+    }
+
+    async fn follow_next<F: FnMut(super::Followed) + Send>(
+        pool: &MySqlPool,
+        sql: &Sql,
+        cursor: &mut super::FollowCursor,
+        each: F,
+    ) -> Result<u64> {
+        let t = sql.table.quoted('`', "");
+        let mut conn = pool.acquire().await?;
+        // Every read of a REPEATABLE READ transaction comes from the
+        // snapshot its first read took.
+        (&mut *conn)
+            .execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await?;
+        let mut tx = conn.begin().await?;
+        let page = format!(
+            "SELECT id, event_id, name, stream_key FROM {t} WHERE id > ? ORDER BY id LIMIT ?"
+        );
+        let pending = format!("SELECT COUNT(*) FROM {t} WHERE status = 'pending'");
+        let (last, pending) =
+            super::follow_by_position::<MySql, F>(&mut tx, &page, &pending, cursor.after, each)
+                .await?;
+        tx.commit().await?;
+        cursor.after = last;
+        Ok(pending)
+    }
 }
 
 /// The condition selecting `which` dead letters, with at most one parameter.

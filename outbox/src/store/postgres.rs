@@ -534,6 +534,135 @@ impl Store for Postgres {
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
         Ok(done.rows_affected())
     }
+
+    async fn gauges(pool: &PgPool, sql: &Sql) -> Result<super::Gauges> {
+        let (pending, dead, oldest): (i64, i64, Option<f64>) =
+            sqlx::query_as(&gauges_sql(&sql.table))
+                .fetch_one(pool)
+                .await?;
+        Ok(super::Gauges {
+            pending: super::count(pending),
+            dead: super::count(dead),
+            oldest_pending_age: super::age(oldest),
+        })
+    }
+
+    async fn follow_start(pool: &PgPool, sql: &Sql) -> Result<(super::FollowCursor, u64)> {
+        let t = sql.table.quoted('"', "");
+        // One statement, one snapshot: what it sees counts as seen.
+        let start = format!(
+            "SELECT pg_current_snapshot()::text, now(), \
+             (SELECT COALESCE(max(id), 0)::int8 FROM {t}), \
+             (SELECT count(*) FROM {t} WHERE status = 'pending')"
+        );
+        let (snapshot, taken_at, after, pending): (String, _, i64, i64) =
+            sqlx::query_as(&start).fetch_one(pool).await?;
+        let cursor = super::FollowCursor {
+            after,
+            snapshot,
+            taken_at: Some(taken_at),
+        };
+        Ok((cursor, super::count(pending)))
+    }
+
+    async fn follow_next<F: FnMut(super::Followed) + Send>(
+        pool: &PgPool,
+        sql: &Sql,
+        cursor: &mut super::FollowCursor,
+        mut each: F,
+    ) -> Result<u64> {
+        let t = sql.table.quoted('"', "");
+        let mut tx = pool.begin().await?;
+        tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        // The transaction's snapshot (taken by its first query).
+        let (snapshot, taken_at): (String, chrono::DateTime<chrono::Utc>) =
+            sqlx::query_as("SELECT pg_current_snapshot()::text, now()")
+                .fetch_one(&mut *tx)
+                .await?;
+        // An entry new since the previous snapshot committed after it, so
+        // any claim that saw it, and the outcome that published it, came
+        // later: `published_at` is after the previous read's `now()`. A few
+        // seconds of slack cover a clock step.
+        let published_since = cursor
+            .taken_at
+            .map(|at| at - chrono::Duration::seconds(FOLLOW_CLOCK_SLACK_SECS));
+        let page = follow_page_sql(&t);
+        let mut last = 0_i64;
+        loop {
+            let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(&page)
+                .bind(&cursor.snapshot)
+                .bind(published_since)
+                .bind(last)
+                .bind(FOLLOW_PAGE)
+                .fetch_all(&mut *tx)
+                .await?;
+            let full = rows.len() >= usize::try_from(FOLLOW_PAGE).unwrap_or(usize::MAX);
+            for (position, event_id, name, stream_key) in rows {
+                last = position;
+                each(super::Followed {
+                    position,
+                    event_id,
+                    name,
+                    stream_key,
+                });
+            }
+            if !full {
+                break;
+            }
+        }
+        let pending: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {t} WHERE status = 'pending'"
+        ))
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        cursor.snapshot = snapshot;
+        cursor.taken_at = Some(taken_at);
+        Ok(super::count(pending))
+    }
+}
+
+/// Rows per page of a follow read.
+const FOLLOW_PAGE: i64 = 1_000;
+
+/// How far back a follow read looks for published entries beyond the
+/// previous snapshot's time.
+const FOLLOW_CLOCK_SLACK_SECS: i64 = 5;
+
+/// The gauges: the pending entries (count, oldest) through the pending
+/// partial index and the dead count through the dead one; kept published
+/// entries are never read.
+fn gauges_sql(table: &TableName) -> String {
+    let t = table.quoted('"', "");
+    format!(
+        "SELECT p.pending, d.dead, p.oldest FROM \
+         (SELECT count(*) AS pending, \
+         EXTRACT(EPOCH FROM now() - min(created_at))::float8 AS oldest \
+         FROM {t} WHERE status = 'pending') AS p CROSS JOIN \
+         (SELECT count(*) AS dead FROM {t} WHERE status = 'dead') AS d"
+    )
+}
+
+/// One page of a follow read: entries whose transaction is visible in the
+/// reading snapshot but was not in the previous one (`$1`), past position
+/// `$3`, at most `$4`, in position order. An entry's transaction id (the
+/// `xid` column) only says whether it had committed; a commit in between
+/// is seen at the next read, whatever its position. Such an entry is
+/// pending, dead, or published since `$2` (kept), so each branch reads
+/// through a partial index; rows without an xid (written before migration
+/// 2) are never new.
+fn follow_page_sql(t: &str) -> String {
+    let new = "AND xid >= pg_snapshot_xmin($1::text::pg_snapshot) \
+               AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot) AND id > $3";
+    let columns = "id, event_id::text, name, stream_key";
+    format!(
+        "SELECT {columns} FROM {t} WHERE status = 'pending' {new} \
+         UNION ALL SELECT {columns} FROM {t} WHERE status = 'dead' {new} \
+         UNION ALL SELECT {columns} FROM {t} WHERE status = 'published' \
+         AND published_at >= $2 {new} \
+         ORDER BY id LIMIT $4"
+    )
 }
 
 /// The condition selecting `which` dead letters; its parameter, if any, is `$1`.

@@ -417,6 +417,61 @@ impl Store for Sqlite {
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
         Ok(done.rows_affected())
     }
+
+    async fn gauges(pool: &SqlitePool, sql: &Sql) -> Result<super::Gauges> {
+        let t = sql.table.quoted('"', "");
+        // Each subquery matches a partial index; published rows are not read.
+        let gauges = format!(
+            "SELECT p.pending, d.dead, p.oldest FROM \
+             (SELECT COUNT(*) AS pending, (?1 - MIN(created_at)) / 1000.0 AS oldest \
+             FROM {t} WHERE status = 'pending') AS p, \
+             (SELECT COUNT(*) AS dead FROM {t} WHERE status = 'dead') AS d"
+        );
+        let (pending, dead, oldest): (i64, i64, Option<f64>) = sqlx::query_as(&gauges)
+            .bind(now_millis())
+            .fetch_one(pool)
+            .await?;
+        Ok(super::Gauges {
+            pending: super::count(pending),
+            dead: super::count(dead),
+            oldest_pending_age: super::age(oldest),
+        })
+    }
+
+    async fn follow_start(pool: &SqlitePool, sql: &Sql) -> Result<(super::FollowCursor, u64)> {
+        let t = sql.table.quoted('"', "");
+        let start = format!(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM {t}), \
+             (SELECT COUNT(*) FROM {t} WHERE status = 'pending')"
+        );
+        let (after, pending): (i64, i64) = sqlx::query_as(&start).fetch_one(pool).await?;
+        let cursor = super::FollowCursor {
+            after,
+            ..super::FollowCursor::default()
+        };
+        Ok((cursor, super::count(pending)))
+    }
+
+    async fn follow_next<F: FnMut(super::Followed) + Send>(
+        pool: &SqlitePool,
+        sql: &Sql,
+        cursor: &mut super::FollowCursor,
+        each: F,
+    ) -> Result<u64> {
+        let t = sql.table.quoted('"', "");
+        // A read transaction sees one snapshot of the database.
+        let mut tx = pool.begin().await?;
+        let page = format!(
+            "SELECT id, event_id, name, stream_key FROM {t} WHERE id > ?1 ORDER BY id LIMIT ?2"
+        );
+        let pending = format!("SELECT COUNT(*) FROM {t} WHERE status = 'pending'");
+        let (last, pending) =
+            super::follow_by_position::<Sqlite, F>(&mut tx, &page, &pending, cursor.after, each)
+                .await?;
+        tx.commit().await?;
+        cursor.after = last;
+        Ok(pending)
+    }
 }
 
 /// The condition selecting `which` dead letters; its parameter, if any, is `?1`.
