@@ -63,6 +63,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// The table is missing, is not an outbox table, or has an older
+    /// schema than this build needs.
+    #[error(
+        "table {table} is not an outbox table this version can use: {reason}; \
+         run `outbox migrate --table {table}` (or `outbox::migrate`, or build with `.migrate(true)`)"
+    )]
+    NotAnOutboxTable {
+        /// The table as configured.
+        table: String,
+        /// What was found instead.
+        reason: String,
+    },
+
     /// The database reported an error (connection lost, constraint, ...).
     #[error("outbox database error: {0}")]
     Database(#[from] sqlx::Error),

@@ -261,7 +261,9 @@ impl<DB: Backend> OutboxBuilder<DB> {
     }
 
     /// Validates the configuration, checks that no two event types share a
-    /// name ([`Error::DuplicateEventName`]), and runs the migrations.
+    /// name ([`Error::DuplicateEventName`]), runs the migrations, and checks
+    /// that the table is an outbox table at the current schema version
+    /// ([`Error::NotAnOutboxTable`] says what to run otherwise).
     pub async fn build(self) -> Result<Outbox<DB>> {
         registry::check()?;
         let table = TableName::new(&self.table)?;
@@ -271,9 +273,20 @@ impl<DB: Backend> OutboxBuilder<DB> {
                 reason: "this database takes no schema-qualified table names".to_owned(),
             });
         }
-        if self.migrate {
-            DB::migrate(&self.pool, &table).await?;
+        if self.migrate
+            && let Err(err) = DB::migrate(&self.pool, &table).await
+        {
+            // A table of the same name that is not ours makes the migration
+            // fail on a missing column: say so rather than that.
+            return Err(match DB::check(&self.pool, &table).await {
+                Err(Error::NotAnOutboxTable { table, reason }) => Error::NotAnOutboxTable {
+                    table,
+                    reason: format!("{reason} (migrating it failed: {err})"),
+                },
+                _ => err,
+            });
         }
+        DB::check(&self.pool, &table).await?;
         Ok(Outbox {
             inner: Arc::new(Inner {
                 sql: DB::sql(&table, self.options),

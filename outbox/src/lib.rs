@@ -139,10 +139,16 @@ pub use event::Event;
 pub use follow::{Follow, FollowTick};
 pub use handle::{Batch, FilterReason, Outbox, OutboxBuilder, Recording, migrate};
 pub use publisher::{
-    ErrorKind, PublishError, PublishResult, Publisher, Publishers, PublishersBuilder, RawPublisher,
+    Blocked, ErrorKind, PublishError, PublishResult, Publisher, Publishers, PublishersBuilder,
+    RawPublisher,
 };
 pub use relay::{Backoff, Relay, Report};
 pub use store::{Backend, DeadLetter, Followed, Gauges, NameStats, Stats, TableName};
+
+/// The sqlx this crate is built with (0.9): name its types through this
+/// path (`outbox::sqlx::PgPool`) to be sure they are the ones the outbox
+/// takes.
+pub use sqlx;
 
 /// `#[derive(Event)]`: see the attribute reference in the crate docs.
 #[cfg(feature = "derive")]

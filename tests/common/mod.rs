@@ -1936,6 +1936,51 @@ pub async fn claims_never_pass_an_open_transaction<H: Harness>() {
     ctx.done().await;
 }
 
+/// A table that is not an outbox table (or has an older schema) is
+/// reported as such, with what to run, instead of a missing-column error
+/// at the first claim.
+pub async fn foreign_or_outdated_table_is_named<H: Harness>() {
+    let ctx = Ctx::<H>::new().await;
+    H::create_business(&ctx.pool, &ctx.table).await;
+    let foreign = format!("{}_biz", ctx.table);
+    for migrate in [false, true] {
+        let err = Outbox::builder(ctx.pool.clone())
+            .table(foreign.clone())
+            .migrate(migrate)
+            .build()
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::NotAnOutboxTable { .. }), "{text}");
+        assert!(
+            text.contains(&foreign) && text.contains("outbox migrate"),
+            "{text}"
+        );
+    }
+    // A missing table.
+    let err = Outbox::builder(ctx.pool.clone())
+        .table(format!("{}_missing", ctx.table))
+        .migrate(false)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotAnOutboxTable { .. }), "{err}");
+    // An outbox table whose schema is older than this build.
+    ctx.outbox().await;
+    let q = if H::KIND == "mysql" { '`' } else { '"' };
+    H::execute(
+        &ctx.pool,
+        &format!("DELETE FROM {q}{}_schema{q} WHERE version > 1", ctx.table),
+    )
+    .await;
+    let err = ctx.builder().migrate(false).build().await.unwrap_err();
+    assert!(
+        err.to_string().contains("version 1, this build needs"),
+        "{err}"
+    );
+    ctx.done().await;
+}
+
 // ------------------------------------------------------- model-based test
 
 /// What the scripted publisher answers for the k-th call of a run.
@@ -2273,6 +2318,7 @@ macro_rules! backend_suite {
             hanging_publish_times_out_as_transient,
             panic_in_a_batch_is_charged_to_its_entry,
             poison_row_holds_back_its_stream,
+            foreign_or_outdated_table_is_named,
             model_based_sequences_match_the_model,
         );
     };

@@ -28,6 +28,13 @@ pub(crate) use private::{ClaimedRow, FollowCursor, NewRow, Settlement, SqlOption
 /// A database the outbox can live in: implemented for `sqlx::Postgres`
 /// (feature `postgres`), `sqlx::Sqlite` (feature `sqlite`) and `sqlx::MySql`
 /// (feature `mysql`, MySQL 8.0.16+ or MariaDB 10.6+). Sealed.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an outbox backend: enable its feature of `outbox`",
+    label = "needs a feature of `outbox` for this database",
+    note = "`outbox = {{ version = \"0.1\", features = [\"postgres\"] }}` for `sqlx::Postgres`, \
+            `\"mysql\"` for `sqlx::MySql`, `\"sqlite\"` for `sqlx::Sqlite`",
+    note = "and the same sqlx as `outbox` uses (`outbox::sqlx`, sqlx 0.9)"
+)]
 pub trait Backend: sqlx::Database + private::Store {}
 
 impl<DB: sqlx::Database + private::Store> Backend for DB {}
@@ -354,6 +361,40 @@ pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The columns every outbox table has at the current schema version.
+pub(crate) const COLUMNS: &str = "id, event_id, name, payload, stream_key, headers, correlation_id, \
+     causation_id, created_at, status, attempts, last_error, available_at, claim_token, published_at";
+
+/// Turns the outcome of probing `table` into the check's verdict: `probe`
+/// is the result of selecting [`COLUMNS`] from it, `version` the newest
+/// schema version recorded, `latest` the newest this build knows.
+pub(crate) fn verdict(
+    table: &TableName,
+    probe: std::result::Result<(), sqlx::Error>,
+    version: std::result::Result<Option<i32>, sqlx::Error>,
+    latest: i32,
+) -> Result<()> {
+    let not = |reason: String| Error::NotAnOutboxTable {
+        table: table.to_string(),
+        reason,
+    };
+    match probe {
+        Err(sqlx::Error::Database(err)) => return Err(not(err.message().to_owned())),
+        Err(err) => return Err(err.into()),
+        Ok(()) => {}
+    }
+    match version {
+        Err(sqlx::Error::Database(_)) | Ok(None) => Err(not(format!(
+            "its migration record `{table}_schema` is missing"
+        ))),
+        Err(err) => Err(err.into()),
+        Ok(Some(found)) if found < latest => Err(not(format!(
+            "its schema is at version {found}, this build needs {latest}"
+        ))),
+        Ok(Some(_)) => Ok(()),
+    }
+}
+
 pub(crate) mod private {
     #![allow(unreachable_pub)] // Reason: sealed-trait pattern; nameable only inside the crate.
 
@@ -470,6 +511,12 @@ pub(crate) mod private {
     }
 
     /// The SQL of one backend. Methods are crate-internal.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not an outbox backend: enable its feature of `outbox`",
+        label = "needs a feature of `outbox` for this database",
+        note = "`outbox = {{ version = \"0.1\", features = [\"postgres\"] }}` for `sqlx::Postgres`, \
+                `\"mysql\"` for `sqlx::MySql`, `\"sqlite\"` for `sqlx::Sqlite`"
+    )]
     pub trait Store: sqlx::Database {
         /// Prepared SQL text for one table, built once per outbox.
         type Sql: Send + Sync + 'static;
@@ -480,6 +527,13 @@ pub(crate) mod private {
         fn sql(table: &TableName, options: SqlOptions) -> Self::Sql;
 
         fn migrate(
+            pool: &sqlx::Pool<Self>,
+            table: &TableName,
+        ) -> impl Future<Output = Result<()>> + Send;
+
+        /// Checks that `table` is an outbox table at the current schema
+        /// version; [`Error::NotAnOutboxTable`] says what to run otherwise.
+        fn check(
             pool: &sqlx::Pool<Self>,
             table: &TableName,
         ) -> impl Future<Output = Result<()>> + Send;

@@ -61,7 +61,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         1,
         include_str!("../../migrations/mysql/0001_create_outbox.up.sql"),
     ),
-    (2, include_str!("../../migrations/mysql/0002_blocked.up.sql")),
+    (
+        2,
+        include_str!("../../migrations/mysql/0002_blocked.up.sql"),
+    ),
 ];
 
 /// Rows per INSERT statement (7 parameters each, far below MySQL's 65,535).
@@ -209,9 +212,7 @@ impl Store for MySql {
                  UTC_TIMESTAMP(6) + INTERVAL u.delay MICROSECOND), o.claim_token = NULL \
                  WHERE o.claim_token = ?"
             ),
-            still_claimed: format!(
-                "SELECT o.id FROM {by_ids} WHERE o.claim_token = ? FOR UPDATE"
-            ),
+            still_claimed: format!("SELECT o.id FROM {by_ids} WHERE o.claim_token = ? FOR UPDATE"),
             renew: format!(
                 "UPDATE {by_ids} SET o.available_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
                  WHERE o.claim_token = ?"
@@ -250,6 +251,19 @@ impl Store for MySql {
             ),
             purge: format!("DELETE FROM {t} WHERE status = 'dead'"),
         }
+    }
+
+    async fn check(pool: &MySqlPool, table: &TableName) -> Result<()> {
+        let probe = format!(
+            "SELECT {} FROM {} WHERE 1 = 0",
+            super::COLUMNS,
+            table.quoted('`', "")
+        );
+        let probe = sqlx::query(&probe).execute(pool).await.map(drop);
+        let version = format!("SELECT MAX(version) FROM {}", table.quoted('`', "_schema"));
+        let version = sqlx::query_scalar(&version).fetch_one(pool).await;
+        let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+        super::verdict(table, probe, version, latest)
     }
 
     async fn migrate(pool: &MySqlPool, table: &TableName) -> Result<()> {

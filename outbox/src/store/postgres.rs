@@ -66,8 +66,9 @@ fn claim_sql(t: &str, options: SqlOptions) -> String {
          WHERE r.locktype = 'relation' AND r.relation = '{t}'::regclass \
          AND r.mode = 'RowExclusiveLock' AND r.pid <> pg_backend_pid())), "
     );
-    let settled =
-        |alias: &str| format!("({alias}.xid IS NULL OR horizon.h IS NULL OR {alias}.xid < horizon.h)");
+    let settled = |alias: &str| {
+        format!("({alias}.xid IS NULL OR horizon.h IS NULL OR {alias}.xid < horizon.h)")
+    };
     let committed = settled("c");
     // An entry of a stream waits while an earlier one of that stream is
     // claimed, backing off, dead, or not claimable yet.
@@ -215,6 +216,19 @@ impl Store for Postgres {
             ),
             purge: format!("DELETE FROM {t} WHERE status = 'dead'"),
         }
+    }
+
+    async fn check(pool: &PgPool, table: &TableName) -> Result<()> {
+        let probe = format!(
+            "SELECT {} FROM {} WHERE 1 = 0",
+            super::COLUMNS,
+            table.quoted('"', "")
+        );
+        let probe = sqlx::query(&probe).execute(pool).await.map(drop);
+        let version = format!("SELECT MAX(version) FROM {}", table.quoted('"', "_schema"));
+        let version = sqlx::query_scalar(&version).fetch_one(pool).await;
+        let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+        super::verdict(table, probe, version, latest)
     }
 
     async fn migrate(pool: &PgPool, table: &TableName) -> Result<()> {

@@ -22,7 +22,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         1,
         include_str!("../../migrations/sqlite/0001_create_outbox.up.sql"),
     ),
-    (2, include_str!("../../migrations/sqlite/0002_blocked.up.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_blocked.up.sql"),
+    ),
 ];
 
 /// Rows per INSERT statement (8 parameters each, well under SQLite's 32,766).
@@ -146,6 +149,19 @@ impl Store for Sqlite {
             ),
             purge: format!("DELETE FROM {t} WHERE status = 'dead'"),
         }
+    }
+
+    async fn check(pool: &SqlitePool, table: &TableName) -> Result<()> {
+        let probe = format!(
+            "SELECT {} FROM {} WHERE 1 = 0",
+            super::COLUMNS,
+            table.quoted('"', "")
+        );
+        let probe = sqlx::query(&probe).execute(pool).await.map(drop);
+        let version = format!("SELECT MAX(version) FROM {}", table.quoted('"', "_schema"));
+        let version = sqlx::query_scalar(&version).fetch_one(pool).await;
+        let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+        super::verdict(table, probe, version, latest)
     }
 
     async fn migrate(pool: &SqlitePool, table: &TableName) -> Result<()> {
