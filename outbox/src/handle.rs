@@ -426,7 +426,11 @@ impl<DB: Backend> Outbox<DB> {
     }
 
     /// Applies the filters and serializes; `Ok(Err(reason))` means filtered.
-    fn prepare<E: Event>(&self, event: &E, meta: Metadata) -> Result<Result<NewRow, FilterReason>> {
+    fn prepare<E: Event>(
+        &self,
+        event: &E,
+        mut meta: Metadata,
+    ) -> Result<Result<NewRow, FilterReason>> {
         if E::SKIP {
             return Ok(Err(FilterReason::Skipped));
         }
@@ -451,6 +455,8 @@ impl<DB: Backend> Outbox<DB> {
                 max,
             });
         }
+        // Feature `opentelemetry`: the current span's `traceparent`/`tracestate`.
+        crate::trace::record_context(&mut meta.headers);
         let headers = if meta.headers.is_empty() {
             "{}".to_owned()
         } else {

@@ -62,6 +62,11 @@
 //! | `postgres` | the PostgreSQL store (`FOR UPDATE SKIP LOCKED`, many relays) |
 //! | `mysql` | the MySQL/MariaDB store (`FOR UPDATE SKIP LOCKED`, many relays) |
 //! | `all-databases` | all three stores |
+//! | `broker-amqp` | `publisher::amqp`: RabbitMQ (lapin, publisher confirms, `amqps://` over rustls) |
+//! | `broker-nats` | `publisher::nats`: NATS JetStream (async-nats, `Nats-Msg-Id` dedup, `tls://`) |
+//! | `broker-redis` | `publisher::redis`: Redis Streams (`XADD`, pipelined per batch, `rediss://`) |
+//! | `broker-http` | `publisher::http`: HTTP webhooks (reqwest + rustls, optional HMAC-SHA256 signature) |
+//! | `opentelemetry` | trace context end to end: `record` stores the current span's W3C `traceparent`/`tracestate` in the entry's headers; the relay continues it in an `outbox.publish` span whose context the message carries (README, "Tracing") |
 //!
 //! # Guarantees
 //!
@@ -132,6 +137,7 @@ pub mod publisher;
 mod registry;
 mod relay;
 mod store;
+mod trace;
 
 pub use entry::{Entry, Headers, Metadata, Recorded};
 pub use error::{Error, Result};

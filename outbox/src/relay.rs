@@ -337,6 +337,7 @@ impl<DB: Backend> Outbox<DB> {
                 continue;
             }
             let before = *report;
+            let (entries, spans) = crate::trace::PublishSpans::open(entries);
             let deliveries = match inner.publish_timeout {
                 Some(limit) => {
                     PUBLISH_TIMEOUT
@@ -345,6 +346,7 @@ impl<DB: Backend> Outbox<DB> {
                 }
                 None => route.dispatch.dispatch(entries).await,
             };
+            spans.close(&deliveries);
             let judgement = judge(route, &meta, &deliveries, publishers.max_pause());
             for ((id, event_id, attempts, stream), delivery) in meta.into_iter().zip(deliveries) {
                 let _entry = tracing::debug_span!(

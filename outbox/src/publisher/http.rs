@@ -39,6 +39,7 @@
 //! | `X-Outbox-Stream-Key` | the stream key, when the entry has one |
 //! | `X-Outbox-Correlation-Id`, `X-Outbox-Causation-Id` | when set |
 //! | `X-Outbox-Headers` | the entry's headers as one JSON object, when there are any |
+//! | `traceparent`, `tracestate` | the entry's headers of these names (W3C trace context), when it has them and they are valid header values |
 //! | `X-Outbox-Timestamp` | Unix seconds, with [`signature_timestamp`](WebhookPublisherBuilder::signature_timestamp) |
 //! | `X-Outbox-Signature` | `sha256=<hex>`, with a [signing secret](WebhookPublisherBuilder::signing_secret) |
 //!
@@ -46,6 +47,10 @@
 //! because their names are case-sensitive and may hold any character, and
 //! HTTP header names are neither. The JSON is pure ASCII (other characters
 //! are `\uXXXX` escapes), so any JSON parser reads it back exactly.
+//! The W3C trace context headers are the exception: they also go out as
+//! the standard HTTP headers, so the receiver's tracing continues the trace
+//! (feature `opentelemetry`: from the relay's `outbox.publish` span); a
+//! value HTTP cannot carry is left out rather than failing the event.
 //! `X-Event-Name` and `X-Outbox-Stream-Key` carry printable ASCII as is; any
 //! other byte of their UTF-8, and `%`, is percent-encoded.
 //! [Static headers](WebhookPublisherBuilder::header) go out with every
@@ -137,6 +142,7 @@ use super::{ErrorKind, PublishError, PublishResult, Publisher, RawPublisher, Sto
 use crate::entry::{Entry, Recorded};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::trace::{TRACEPARENT, TRACESTATE};
 
 /// `Idempotency-Key`: the event id.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
@@ -356,6 +362,13 @@ impl WebhookPublisher {
             let json = serde_json::to_string(entry.headers())
                 .map_err(|err| PublishError::rejected(format!("headers do not encode: {err}")))?;
             headers.insert(HEADERS_HEADER, ascii_value(&ascii_json(&json))?);
+        }
+        for name in [TRACEPARENT, TRACESTATE] {
+            if let Some(value) = entry.headers().get(name)
+                && let Ok(value) = HeaderValue::from_str(value)
+            {
+                headers.insert(name, value);
+            }
         }
         if let Some(mac) = &inner.signer {
             let body = entry.payload_json().as_bytes();

@@ -36,6 +36,7 @@
 //! | `stream_key` | [`Entry::stream_key`], only when the entry has one |
 //! | `correlation_id` | [`Entry::correlation_id`], only when set |
 //! | `causation_id` | [`Entry::causation_id`], only when set |
+//! | `traceparent`, `tracestate` | the entry's headers of these names (W3C trace context; also in `headers`), only when it has them |
 //!
 //! The stream entry id is the server's (`*`). Redis has no dedup of its own:
 //! an event published again after a crash (at-least-once) is a second stream
@@ -96,6 +97,7 @@ use super::{PublishError, PublishResult, Publisher, RawPublisher};
 use crate::entry::{Entry, Recorded};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::trace::{TRACEPARENT, TRACESTATE};
 
 type StreamFn = dyn Fn(&Entry) -> String + Send + Sync;
 
@@ -253,6 +255,11 @@ impl RedisStreamPublisher {
             }
             if let Some(id) = entry.causation_id() {
                 cmd.arg("causation_id").arg(id.hyphenated().to_string());
+            }
+            for name in [TRACEPARENT, TRACESTATE] {
+                if let Some(value) = entry.headers().get(name) {
+                    cmd.arg(name).arg(value);
+                }
             }
             streams.push(stream);
         }
