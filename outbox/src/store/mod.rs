@@ -128,6 +128,16 @@ fn check_identifier(part: &str) -> std::result::Result<(), &'static str> {
     Ok(())
 }
 
+/// Marks SQL text this module built as safe to prepare. Every piece of
+/// it is a constant of the store modules except the table name, which
+/// [`TableName::new`] validated as an identifier (and the stores quote):
+/// nothing from outside reaches the text unchecked. Built once per outbox;
+/// each query clones it (a reference count).
+pub(crate) fn safe(text: String) -> sqlx::SqlStr {
+    use sqlx::SqlSafeStr as _;
+    sqlx::AssertSqlSafe(text).into_sql_str()
+}
+
 /// Fills a migration template: `__TABLE__` is the quoted table, `__NAME__`
 /// the bare table name (for index names).
 pub(crate) fn render(template: &str, table: &TableName, quote: char) -> String {
@@ -299,14 +309,14 @@ where
     DB: sqlx::Database,
     F: FnMut(Followed) + Send,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
     i64: for<'q> sqlx::Encode<'q, DB> + for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
     (i64, String, String, Option<String>): for<'r> sqlx::FromRow<'r, DB::Row>,
     usize: sqlx::ColumnIndex<DB::Row>,
 {
     let mut last = after;
     loop {
-        let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(page)
+        let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(page))
             .bind(last)
             .bind(FOLLOW_PAGE)
             .fetch_all(&mut *conn)
@@ -325,7 +335,7 @@ where
             break;
         }
     }
-    let pending: i64 = sqlx::query_scalar(pending).fetch_one(&mut *conn).await?;
+    let pending: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(pending)).fetch_one(&mut *conn).await?;
     Ok((last, count(pending)))
 }
 

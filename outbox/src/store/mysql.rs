@@ -49,9 +49,11 @@ use sqlx::{Acquire, Executor, MySql, MySqlConnection, MySqlPool, Row};
 use uuid::Uuid;
 
 use super::private::Store;
+use sqlx::SqlStr;
+
 use super::{
     ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
-    decode_claimed, name_stats, render,
+    decode_claimed, safe, name_stats, render,
 };
 use crate::error::Result;
 use crate::publisher::Blocked;
@@ -87,28 +89,28 @@ const COLUMNS: &str = "o.id, o.event_id, o.name, o.payload, o.stream_key, o.head
 /// The SQL for one table.
 pub struct Sql {
     table: TableName,
-    insert_prefix: String,
+    insert_prefix: SqlStr,
     /// Per-stream order: claims lock `serialize` first.
     ordered: bool,
-    serialize: String,
-    candidates: String,
-    lock: String,
-    lease: String,
+    serialize: SqlStr,
+    candidates: SqlStr,
+    lock: SqlStr,
+    lease: SqlStr,
     /// Deletes published entries, or with `keep_published` marks them.
-    publish: String,
-    update: String,
+    publish: SqlStr,
+    update: SqlStr,
     /// The claimed rows among a list that still carry a token, locked.
-    still_claimed: String,
-    renew: String,
-    blocked: String,
-    save_blocked: String,
-    unblock: String,
-    stats: String,
-    cleanup: String,
+    still_claimed: SqlStr,
+    renew: SqlStr,
+    blocked: SqlStr,
+    save_blocked: SqlStr,
+    unblock: SqlStr,
+    stats: SqlStr,
+    cleanup: SqlStr,
     /// The next three end in `WHERE status = 'dead'`; `filter` adds the rest.
-    dead_letters: String,
-    requeue: String,
-    purge: String,
+    dead_letters: SqlStr,
+    requeue: SqlStr,
+    purge: SqlStr,
 }
 
 fn micros(d: Duration) -> i64 {
@@ -178,31 +180,31 @@ impl Store for MySql {
         Sql {
             table: table.clone(),
             ordered: options.ordered,
-            serialize: format!(
+            serialize: safe(format!(
                 "SELECT version FROM {versions} ORDER BY version LIMIT 1 FOR UPDATE"
-            ),
-            insert_prefix: format!(
+            )),
+            insert_prefix: safe(format!(
                 "INSERT INTO {t} (event_id, name, payload, stream_key, headers, correlation_id, causation_id, \
                  created_at, available_at) VALUES "
-            ),
-            candidates: format!(
+            )),
+            candidates: safe(format!(
                 "SELECT c.id FROM {t} AS c WHERE c.status = 'pending' AND c.id > ? \
                  AND c.available_at <= UTC_TIMESTAMP(6){stream_gate} ORDER BY c.id LIMIT ?"
-            ),
+            )),
             // No ORDER BY: the join reads the candidates in list (= id) order
             // and stops at the limit, so it locks no row it does not return
             // (a sort would lock every candidate first).
-            lock: format!(
+            lock: safe(format!(
                 "SELECT {COLUMNS} FROM {by_ids} \
                  WHERE o.status = 'pending' AND o.available_at <= UTC_TIMESTAMP(6) \
                  LIMIT ? FOR UPDATE SKIP LOCKED"
-            ),
-            lease: format!(
+            )),
+            lease: safe(format!(
                 "UPDATE {by_ids} \
                  SET o.claim_token = ?, o.available_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND"
-            ),
-            publish,
-            update: format!(
+            )),
+            publish: safe(publish),
+            update: safe(format!(
                 "UPDATE JSON_TABLE(?, '$[*]' COLUMNS (\
                  id BIGINT PATH '$.id', status VARCHAR(16) PATH '$.status', attempts INT PATH '$.attempts', \
                  error LONGTEXT CHARACTER SET utf8mb4 PATH '$.error', delay BIGINT PATH '$.delay')) AS u \
@@ -211,22 +213,22 @@ impl Store for MySql {
                  o.available_at = IF(u.status = 'dead', UTC_TIMESTAMP(6), \
                  UTC_TIMESTAMP(6) + INTERVAL u.delay MICROSECOND), o.claim_token = NULL \
                  WHERE o.claim_token = ?"
-            ),
-            still_claimed: format!("SELECT o.id FROM {by_ids} WHERE o.claim_token = ? FOR UPDATE"),
-            renew: format!(
+            )),
+            still_claimed: safe(format!("SELECT o.id FROM {by_ids} WHERE o.claim_token = ? FOR UPDATE")),
+            renew: safe(format!(
                 "UPDATE {by_ids} SET o.available_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
                  WHERE o.claim_token = ?"
-            ),
-            blocked: format!(
+            )),
+            blocked: safe(format!(
                 "SELECT publisher, since, reason, seen_at FROM {blocked_table} ORDER BY publisher"
-            ),
-            save_blocked: format!(
+            )),
+            save_blocked: safe(format!(
                 "INSERT INTO {blocked_table} (publisher, since, reason, seen_at) VALUES (?, ?, ?, ?) \
                  ON DUPLICATE KEY UPDATE since = VALUES(since), reason = VALUES(reason), \
                  seen_at = VALUES(seen_at)"
-            ),
-            unblock: format!("DELETE FROM {blocked_table} WHERE publisher = ?"),
-            stats: format!(
+            )),
+            unblock: safe(format!("DELETE FROM {blocked_table} WHERE publisher = ?")),
+            stats: safe(format!(
                 "SELECT name, \
                  COUNT(CASE WHEN status = 'pending' THEN 1 END) AS pending, \
                  COUNT(CASE WHEN status = 'pending' AND attempts > 0 THEN 1 END) AS retrying, \
@@ -235,21 +237,21 @@ impl Store for MySql {
                  TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN status = 'pending' THEN created_at END), \
                  UTC_TIMESTAMP(6)) / 1e6 AS oldest \
                  FROM {t} GROUP BY name ORDER BY name"
-            ),
-            cleanup: format!(
+            )),
+            cleanup: safe(format!(
                 "DELETE FROM {t} WHERE status = 'published' \
                  AND published_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND LIMIT ?"
-            ),
-            dead_letters: format!(
+            )),
+            dead_letters: safe(format!(
                 "SELECT id, event_id, name, payload, attempts, COALESCE(last_error, '') AS last_error, \
                  stream_key, created_at, available_at FROM {t} WHERE status = 'dead'"
-            ),
+            )),
             // A dead entry is never claimed, so `available_at` keeps the time it died.
-            requeue: format!(
+            requeue: safe(format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = UTC_TIMESTAMP(6), \
                  claim_token = NULL WHERE status = 'dead'"
-            ),
-            purge: format!("DELETE FROM {t} WHERE status = 'dead'"),
+            )),
+            purge: safe(format!("DELETE FROM {t} WHERE status = 'dead'")),
         }
     }
 
@@ -259,9 +261,9 @@ impl Store for MySql {
             super::COLUMNS,
             table.quoted('`', "")
         );
-        let probe = sqlx::query(&probe).execute(pool).await.map(drop);
+        let probe = sqlx::query(sqlx::AssertSqlSafe(probe.to_string())).execute(pool).await.map(drop);
         let version = format!("SELECT MAX(version) FROM {}", table.quoted('`', "_schema"));
-        let version = sqlx::query_scalar(&version).fetch_one(pool).await;
+        let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version.to_string())).fetch_one(pool).await;
         let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
         super::verdict(table, probe, version, latest)
     }
@@ -344,11 +346,11 @@ impl Store for MySql {
             .await?;
         let mut tx = conn.begin().await?;
         if sql.ordered {
-            sqlx::query(&sql.serialize).execute(&mut *tx).await?;
+            sqlx::query(sql.serialize.clone()).execute(&mut *tx).await?;
         }
         // Twice as many candidates as wanted, so a relay that races another
         // one for the same first entries still fills its batch.
-        let mut candidates = sqlx::query_scalar(&sql.candidates).bind(after);
+        let mut candidates = sqlx::query_scalar(sql.candidates.clone()).bind(after);
         if sql.ordered {
             // The stream gate's own `e.id <= ?`.
             candidates = candidates.bind(after);
@@ -361,7 +363,7 @@ impl Store for MySql {
             tx.commit().await?;
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(&sql.lock)
+        let rows = sqlx::query(sql.lock.clone())
             .bind(id_list(candidates))
             .bind(limit_param(limit))
             .fetch_all(&mut *tx)
@@ -390,7 +392,7 @@ impl Store for MySql {
         claimed.sort_unstable_by_key(|row| row.id);
         if !claimed.is_empty() {
             let ids = id_list(claimed.iter().map(|row| row.id));
-            sqlx::query(&sql.lease)
+            sqlx::query(sql.lease.clone())
                 .bind(ids)
                 .bind(token.hyphenated())
                 .bind(micros(lease))
@@ -418,13 +420,13 @@ impl Store for MySql {
             .iter()
             .copied()
             .chain(settlement.updates.iter().map(|u| u.id));
-        let settled: Vec<i64> = sqlx::query_scalar(&sql.still_claimed)
+        let settled: Vec<i64> = sqlx::query_scalar(sql.still_claimed.clone())
             .bind(id_list(ids))
             .bind(token.hyphenated())
             .fetch_all(&mut *tx)
             .await?;
         if !settlement.published.is_empty() {
-            sqlx::query(&sql.publish)
+            sqlx::query(sql.publish.clone())
                 .bind(id_list(settlement.published.iter().copied()))
                 .bind(token.hyphenated())
                 .execute(&mut *tx)
@@ -448,7 +450,7 @@ impl Store for MySql {
                     entry
                 })
                 .collect();
-            sqlx::query(&sql.update)
+            sqlx::query(sql.update.clone())
                 .bind(updates.to_string())
                 .bind(token.hyphenated())
                 .execute(&mut *tx)
@@ -465,7 +467,7 @@ impl Store for MySql {
         ids: &[i64],
         lease: Duration,
     ) -> Result<u64> {
-        let done = sqlx::query(&sql.renew)
+        let done = sqlx::query(sql.renew.clone())
             .bind(id_list(ids.iter().copied()))
             .bind(micros(lease))
             .bind(token.hyphenated())
@@ -482,7 +484,7 @@ impl Store for MySql {
         for change in changes {
             match change {
                 Ok(b) => {
-                    sqlx::query(&sql.save_blocked)
+                    sqlx::query(sql.save_blocked.clone())
                         .bind(&b.publisher)
                         .bind(b.since)
                         .bind(&b.reason)
@@ -491,7 +493,7 @@ impl Store for MySql {
                         .await?;
                 }
                 Err(label) => {
-                    sqlx::query(&sql.unblock)
+                    sqlx::query(sql.unblock.clone())
                         .bind(label)
                         .execute(&mut *conn)
                         .await?;
@@ -509,10 +511,10 @@ impl Store for MySql {
     ) -> Result<Vec<DeadLetter>> {
         let text = format!(
             "{} AND {} ORDER BY id LIMIT ?",
-            sql.dead_letters,
+            sql.dead_letters.as_str(),
             filter(&which)
         );
-        let rows = bind(sqlx::query(&text), &which)
+        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
             .bind(limit_param(limit))
             .fetch_all(pool)
             .await?;
@@ -534,19 +536,19 @@ impl Store for MySql {
     }
 
     async fn requeue(pool: &MySqlPool, sql: &Sql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.requeue, filter(&which));
-        let done = bind(sqlx::query(&text), &which).execute(pool).await?;
+        let text = format!("{} AND {}", sql.requeue.as_str(), filter(&which));
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which).execute(pool).await?;
         tracing::info!(table = %sql.table, requeued = done.rows_affected(), "dead letters requeued");
         Ok(done.rows_affected())
     }
 
     async fn stats(pool: &MySqlPool, sql: &Sql) -> Result<Stats> {
-        let rows = sqlx::query(&sql.stats).fetch_all(pool).await?;
+        let rows = sqlx::query(sql.stats.clone()).fetch_all(pool).await?;
         let by_name = rows
             .iter()
             .map(name_stats)
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let blocked = sqlx::query(&sql.blocked)
+        let blocked = sqlx::query(sql.blocked.clone())
             .fetch_all(pool)
             .await?
             .iter()
@@ -575,7 +577,7 @@ impl Store for MySql {
             .execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
             .await?;
         let mut tx = conn.begin().await?;
-        let done = sqlx::query(&sql.cleanup)
+        let done = sqlx::query(sql.cleanup.clone())
             .bind(micros(older_than))
             .bind(limit_param(limit))
             .execute(&mut *tx)
@@ -585,8 +587,8 @@ impl Store for MySql {
     }
 
     async fn purge(pool: &MySqlPool, sql: &Sql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.purge, filter(&which));
-        let done = bind(sqlx::query(&text), &which).execute(pool).await?;
+        let text = format!("{} AND {}", sql.purge.as_str(), filter(&which));
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which).execute(pool).await?;
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
         Ok(done.rows_affected())
     }
@@ -601,7 +603,7 @@ impl Store for MySql {
              CROSS JOIN (SELECT COUNT(*) AS dead FROM {t} WHERE status = 'dead') AS d"
         );
         let (pending, dead, oldest): (i64, i64, Option<f64>) =
-            sqlx::query_as(&gauges).fetch_one(pool).await?;
+            sqlx::query_as(sqlx::AssertSqlSafe(gauges.to_string())).fetch_one(pool).await?;
         Ok(super::Gauges {
             pending: super::count(pending),
             dead: super::count(dead),
@@ -615,7 +617,7 @@ impl Store for MySql {
             "SELECT CAST(COALESCE(MAX(id), 0) AS SIGNED), \
              (SELECT COUNT(*) FROM {t} WHERE status = 'pending') FROM {t}"
         );
-        let (after, pending): (i64, i64) = sqlx::query_as(&start).fetch_one(pool).await?;
+        let (after, pending): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(start.to_string())).fetch_one(pool).await?;
         let cursor = super::FollowCursor {
             after,
             ..super::FollowCursor::default()
@@ -681,18 +683,18 @@ async fn apply(conn: &mut PoolConnection<MySql>, table: &TableName) -> Result<()
         "CREATE TABLE IF NOT EXISTS {versions} (version INT NOT NULL PRIMARY KEY, \
          applied_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6))) ENGINE = InnoDB"
     );
-    conn.execute(create.as_str()).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&mut **conn).await?;
     let select = format!("SELECT version FROM {versions}");
-    let applied: Vec<i32> = sqlx::query_scalar(&select).fetch_all(&mut **conn).await?;
+    let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.to_string())).fetch_all(&mut **conn).await?;
     for (version, up) in MIGRATIONS {
         if applied.contains(version) {
             continue;
         }
         let up = render(up, table, '`');
-        conn.execute(up.as_str()).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(up)).execute(&mut **conn).await?;
         let insert =
             format!("INSERT INTO {versions} (version, applied_at) VALUES (?, UTC_TIMESTAMP(6))");
-        sqlx::query(&insert)
+        sqlx::query(sqlx::AssertSqlSafe(insert.to_string()))
             .bind(version)
             .execute(&mut **conn)
             .await?;
@@ -704,15 +706,15 @@ async fn apply(conn: &mut PoolConnection<MySql>, table: &TableName) -> Result<()
 /// One multi-row INSERT.
 async fn insert_chunk(conn: &mut MySqlConnection, sql: &Sql, chunk: &[NewRow]) -> Result<()> {
     const ROW: &str = "(?,?,?,?,?,?,?,UTC_TIMESTAMP(6),UTC_TIMESTAMP(6))";
-    let mut text = String::with_capacity(sql.insert_prefix.len() + chunk.len() * (ROW.len() + 1));
-    text.push_str(&sql.insert_prefix);
+    let mut text = String::with_capacity(sql.insert_prefix.as_str().len() + chunk.len() * (ROW.len() + 1));
+    text.push_str(sql.insert_prefix.as_str());
     for i in 0..chunk.len() {
         if i > 0 {
             text.push(',');
         }
         text.push_str(ROW);
     }
-    let mut query = sqlx::query(&text);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(text.to_string()));
     for row in chunk {
         query = query
             .bind(row.event_id.hyphenated())

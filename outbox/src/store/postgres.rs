@@ -8,9 +8,11 @@ use sqlx::{Acquire, Executor, PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
 
 use super::private::{Store, Wakeup};
+use sqlx::SqlStr;
+
 use super::{
     ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
-    decode_claimed, millis, name_stats, render,
+    decode_claimed, safe, millis, name_stats, render,
 };
 use crate::error::Result;
 use crate::publisher::Blocked;
@@ -33,19 +35,19 @@ pub struct Sql {
     channel: Option<String>,
     /// Per-stream order: claims take a table-wide advisory lock first.
     ordered: bool,
-    insert: String,
+    insert: SqlStr,
     /// For rows with no metadata: three columns, the rest from defaults.
-    insert_plain: String,
-    claim: String,
-    delete: String,
-    stats: String,
-    cleanup: String,
-    update: String,
-    renew: String,
+    insert_plain: SqlStr,
+    claim: SqlStr,
+    delete: SqlStr,
+    stats: SqlStr,
+    cleanup: SqlStr,
+    update: SqlStr,
+    renew: SqlStr,
     blocked: BlockedSql,
-    dead_letters: String,
-    requeue: String,
-    purge: String,
+    dead_letters: SqlStr,
+    requeue: SqlStr,
+    purge: SqlStr,
 }
 
 /// The claim: up to `$1` due entries past position `$4`, in order, stamped
@@ -104,23 +106,23 @@ fn claim_sql(t: &str, options: SqlOptions) -> String {
 
 /// The statements on `<table>_blocked`.
 struct BlockedSql {
-    select: String,
-    save: String,
-    delete: String,
+    select: SqlStr,
+    save: SqlStr,
+    delete: SqlStr,
 }
 
 impl BlockedSql {
     fn new(table: &TableName) -> Self {
         let t = table.quoted('"', "_blocked");
         Self {
-            select: format!("SELECT publisher, since, reason, seen_at FROM {t} ORDER BY publisher"),
-            save: format!(
+            select: safe(format!("SELECT publisher, since, reason, seen_at FROM {t} ORDER BY publisher")),
+            save: safe(format!(
                 "INSERT INTO {t} (publisher, since, reason, seen_at) \
                  SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::timestamptz[]) \
                  ON CONFLICT (publisher) DO UPDATE SET since = excluded.since, \
                  reason = excluded.reason, seen_at = excluded.seen_at"
-            ),
-            delete: format!("DELETE FROM {t} WHERE publisher = ANY($1)"),
+            )),
+            delete: safe(format!("DELETE FROM {t} WHERE publisher = ANY($1)")),
         }
     }
 }
@@ -172,11 +174,11 @@ impl Store for Postgres {
             table: table.clone(),
             channel,
             ordered: options.ordered,
-            insert,
-            insert_plain,
-            claim: claim_sql(&t, options),
-            delete,
-            stats: format!(
+            insert: safe(insert),
+            insert_plain: safe(insert_plain),
+            claim: safe(claim_sql(&t, options)),
+            delete: safe(delete),
+            stats: safe(format!(
                 "SELECT name, \
                  count(*) FILTER (WHERE status = 'pending') AS pending, \
                  count(*) FILTER (WHERE status = 'pending' AND attempts > 0) AS retrying, \
@@ -184,37 +186,37 @@ impl Store for Postgres {
                  count(*) FILTER (WHERE status = 'published') AS published, \
                  EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8 AS oldest \
                  FROM {t} GROUP BY name ORDER BY name"
-            ),
-            cleanup: format!(
+            )),
+            cleanup: safe(format!(
                 "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE status = 'published' \
                  AND published_at < now() - $1 * interval '1 millisecond' LIMIT $2)"
-            ),
-            update: format!(
+            )),
+            update: safe(format!(
                 "UPDATE {t} AS o SET status = CASE WHEN u.dead THEN 'dead' ELSE 'pending' END, \
                  attempts = u.attempts, last_error = COALESCE(u.error, o.last_error), \
                  available_at = now() + u.delay * interval '1 millisecond', claim_token = NULL \
                  FROM UNNEST($1::bigint[], $2::bool[], $3::int[], $4::text[], $5::bigint[]) \
                  AS u(id, dead, attempts, error, delay) WHERE o.id = u.id AND o.claim_token = $6 \
                  RETURNING o.id"
-            ),
-            renew: format!(
+            )),
+            renew: safe(format!(
                 "UPDATE {t} SET available_at = now() + $3 * interval '1 millisecond' \
                  WHERE id = ANY($1) AND claim_token = $2"
-            ),
+            )),
             blocked: BlockedSql::new(table),
-            dead_letters: format!(
+            dead_letters: safe(format!(
                 "SELECT id, event_id, name, payload::text AS payload, attempts, \
                  COALESCE(last_error, '') AS last_error, stream_key, \
                  COALESCE(CASE WHEN created_at BETWEEN '0001-01-01' AND '9999-12-31' THEN created_at END, \
                  'epoch') AS created_at, available_at \
                  FROM {t} WHERE status = 'dead'"
-            ),
+            )),
             // A dead entry is never claimed, so `available_at` keeps the time it died.
-            requeue: format!(
+            requeue: safe(format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = now(), claim_token = NULL \
                  WHERE status = 'dead'"
-            ),
-            purge: format!("DELETE FROM {t} WHERE status = 'dead'"),
+            )),
+            purge: safe(format!("DELETE FROM {t} WHERE status = 'dead'")),
         }
     }
 
@@ -224,9 +226,9 @@ impl Store for Postgres {
             super::COLUMNS,
             table.quoted('"', "")
         );
-        let probe = sqlx::query(&probe).execute(pool).await.map(drop);
+        let probe = sqlx::query(sqlx::AssertSqlSafe(probe.to_string())).execute(pool).await.map(drop);
         let version = format!("SELECT MAX(version) FROM {}", table.quoted('"', "_schema"));
-        let version = sqlx::query_scalar(&version).fetch_one(pool).await;
+        let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version.to_string())).fetch_one(pool).await;
         let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
         super::verdict(table, probe, version, latest)
     }
@@ -242,17 +244,17 @@ impl Store for Postgres {
             "CREATE TABLE IF NOT EXISTS {versions} (version INTEGER PRIMARY KEY, \
              applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         );
-        tx.execute(create.as_str()).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&mut *tx).await?;
         let select = format!("SELECT version FROM {versions}");
-        let applied: Vec<i32> = sqlx::query_scalar(&select).fetch_all(&mut *tx).await?;
+        let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.to_string())).fetch_all(&mut *tx).await?;
         for (version, up) in MIGRATIONS {
             if applied.contains(version) {
                 continue;
             }
             let up = render(up, table, '"');
-            tx.execute(up.as_str()).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(up)).execute(&mut *tx).await?;
             let insert = format!("INSERT INTO {versions} (version) VALUES ($1)");
-            sqlx::query(&insert).bind(version).execute(&mut *tx).await?;
+            sqlx::query(sqlx::AssertSqlSafe(insert.to_string())).bind(version).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -260,7 +262,7 @@ impl Store for Postgres {
 
     async fn insert(conn: &mut PgConnection, sql: &Sql, rows: &[NewRow]) -> Result<()> {
         if rows.iter().all(NewRow::is_plain) {
-            let mut query = sqlx::query(&sql.insert_plain)
+            let mut query = sqlx::query(sql.insert_plain.clone())
                 .bind(rows.iter().map(|row| row.event_id).collect::<Vec<_>>())
                 .bind(rows.iter().map(|row| row.name).collect::<Vec<_>>())
                 .bind(
@@ -290,7 +292,7 @@ impl Store for Postgres {
             correlations.push(row.correlation_id);
             causations.push(row.causation_id);
         }
-        let mut query = sqlx::query(&sql.insert)
+        let mut query = sqlx::query(sql.insert.clone())
             .bind(ids)
             .bind(names)
             .bind(payloads)
@@ -314,7 +316,7 @@ impl Store for Postgres {
         after: i64,
     ) -> Result<Vec<ClaimedRow>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let claim = sqlx::query(&sql.claim)
+        let claim = sqlx::query(sql.claim.clone())
             .bind(limit)
             .bind(token)
             .bind(millis(lease))
@@ -368,7 +370,7 @@ impl Store for Postgres {
         settlement: &Settlement,
     ) -> Result<Vec<i64>> {
         let published = (!settlement.published.is_empty()).then(|| {
-            sqlx::query_scalar::<_, i64>(&sql.delete)
+            sqlx::query_scalar::<_, i64>(sql.delete.clone())
                 .bind(&settlement.published)
                 .bind(token)
         });
@@ -388,7 +390,7 @@ impl Store for Postgres {
                 errors.push(u.error.as_deref());
                 delays.push(millis(u.delay));
             }
-            sqlx::query_scalar::<_, i64>(&sql.update)
+            sqlx::query_scalar::<_, i64>(sql.update.clone())
                 .bind(ids)
                 .bind(dead)
                 .bind(attempts)
@@ -418,7 +420,7 @@ impl Store for Postgres {
         ids: &[i64],
         lease: Duration,
     ) -> Result<u64> {
-        let done = sqlx::query(&sql.renew)
+        let done = sqlx::query(sql.renew.clone())
             .bind(ids)
             .bind(token)
             .bind(millis(lease))
@@ -446,7 +448,7 @@ impl Store for Postgres {
             }
         }
         if !names.is_empty() {
-            sqlx::query(&sql.blocked.save)
+            sqlx::query(sql.blocked.save.clone())
                 .bind(names)
                 .bind(since)
                 .bind(reasons)
@@ -455,7 +457,7 @@ impl Store for Postgres {
                 .await?;
         }
         if !gone.is_empty() {
-            sqlx::query(&sql.blocked.delete)
+            sqlx::query(sql.blocked.delete.clone())
                 .bind(gone)
                 .execute(conn)
                 .await?;
@@ -471,10 +473,10 @@ impl Store for Postgres {
     ) -> Result<Vec<DeadLetter>> {
         let text = format!(
             "{} AND {} ORDER BY id LIMIT $2",
-            sql.dead_letters,
+            sql.dead_letters.as_str(),
             filter(&which)
         );
-        let rows = bind(sqlx::query(&text), &which)
+        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(pool)
             .await?;
@@ -496,19 +498,19 @@ impl Store for Postgres {
     }
 
     async fn requeue(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.requeue, filter(&which));
-        let done = bind(sqlx::query(&text), &which).execute(pool).await?;
+        let text = format!("{} AND {}", sql.requeue.as_str(), filter(&which));
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which).execute(pool).await?;
         tracing::info!(table = %sql.table, requeued = done.rows_affected(), "dead letters requeued");
         Ok(done.rows_affected())
     }
 
     async fn stats(pool: &PgPool, sql: &Sql) -> Result<Stats> {
-        let rows = sqlx::query(&sql.stats).fetch_all(pool).await?;
+        let rows = sqlx::query(sql.stats.clone()).fetch_all(pool).await?;
         let by_name = rows
             .iter()
             .map(name_stats)
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let blocked = sqlx::query(&sql.blocked.select)
+        let blocked = sqlx::query(sql.blocked.select.clone())
             .fetch_all(pool)
             .await?
             .iter()
@@ -525,7 +527,7 @@ impl Store for Postgres {
     }
 
     async fn cleanup(pool: &PgPool, sql: &Sql, older_than: Duration, limit: usize) -> Result<u64> {
-        let done = sqlx::query(&sql.cleanup)
+        let done = sqlx::query(sql.cleanup.clone())
             .bind(millis(older_than))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .execute(pool)
@@ -543,15 +545,15 @@ impl Store for Postgres {
     }
 
     async fn purge(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.purge, filter(&which));
-        let done = bind(sqlx::query(&text), &which).execute(pool).await?;
+        let text = format!("{} AND {}", sql.purge.as_str(), filter(&which));
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which).execute(pool).await?;
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
         Ok(done.rows_affected())
     }
 
     async fn gauges(pool: &PgPool, sql: &Sql) -> Result<super::Gauges> {
         let (pending, dead, oldest): (i64, i64, Option<f64>) =
-            sqlx::query_as(&gauges_sql(&sql.table))
+            sqlx::query_as(sqlx::AssertSqlSafe(gauges_sql(&sql.table).to_string()))
                 .fetch_one(pool)
                 .await?;
         Ok(super::Gauges {
@@ -570,7 +572,7 @@ impl Store for Postgres {
              (SELECT count(*) FROM {t} WHERE status = 'pending')"
         );
         let (snapshot, taken_at, after, pending): (String, _, i64, i64) =
-            sqlx::query_as(&start).fetch_one(pool).await?;
+            sqlx::query_as(sqlx::AssertSqlSafe(start.to_string())).fetch_one(pool).await?;
         let cursor = super::FollowCursor {
             after,
             snapshot,
@@ -604,7 +606,7 @@ impl Store for Postgres {
         let page = follow_page_sql(&t);
         let mut last = 0_i64;
         loop {
-            let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(&page)
+            let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(page.to_string()))
                 .bind(&cursor.snapshot)
                 .bind(published_since)
                 .bind(last)
@@ -625,9 +627,9 @@ impl Store for Postgres {
                 break;
             }
         }
-        let pending: i64 = sqlx::query_scalar(&format!(
+        let pending: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM {t} WHERE status = 'pending'"
-        ))
+        )))
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::types::uuid::fmt::Hyphenated;
-use sqlx::{Acquire, Executor, Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{Acquire, Row, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::private::Store;
+use sqlx::SqlStr;
+
 use super::{
     ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
-    decode_claimed, millis, name_stats, render,
+    decode_claimed, safe, millis, name_stats, render,
 };
 use crate::error::Result;
 use crate::publisher::Blocked;
@@ -34,21 +36,21 @@ const INSERT_CHUNK: usize = 500;
 /// The SQL for one table.
 pub struct Sql {
     table: TableName,
-    insert_prefix: String,
-    claim: String,
+    insert_prefix: SqlStr,
+    claim: SqlStr,
     /// Published entries are kept (`delete` is then an UPDATE taking the time).
     keep_published: bool,
-    delete: String,
-    stats: String,
-    cleanup: String,
-    update: String,
-    renew: String,
-    blocked: String,
-    save_blocked: String,
-    unblock: String,
-    dead_letters: String,
-    requeue: String,
-    purge: String,
+    delete: SqlStr,
+    stats: SqlStr,
+    cleanup: SqlStr,
+    update: SqlStr,
+    renew: SqlStr,
+    blocked: SqlStr,
+    save_blocked: SqlStr,
+    unblock: SqlStr,
+    dead_letters: SqlStr,
+    requeue: SqlStr,
+    purge: SqlStr,
 }
 
 fn now_millis() -> i64 {
@@ -94,20 +96,20 @@ impl Store for Sqlite {
         let blocked_table = table.quoted('"', "_blocked");
         Sql {
             table: table.clone(),
-            insert_prefix: format!(
+            insert_prefix: safe(format!(
                 "INSERT INTO {t} (event_id, name, payload, stream_key, headers, correlation_id, causation_id, \
                  created_at, available_at) VALUES "
-            ),
-            claim: format!(
+            )),
+            claim: safe(format!(
                 "UPDATE {t} SET claim_token = ?1, available_at = ?2 + ?3 WHERE id IN \
                  (SELECT c.id FROM {t} c WHERE c.status = 'pending' AND c.id > ?5 AND c.available_at <= ?2{stream_gate} \
                  ORDER BY c.id LIMIT ?4) \
                  RETURNING id, event_id, name, payload, stream_key, headers, correlation_id, causation_id, \
                  created_at, attempts"
-            ),
+            )),
             keep_published: options.keep_published,
-            delete,
-            stats: format!(
+            delete: safe(delete),
+            stats: safe(format!(
                 "SELECT name, \
                  SUM(status = 'pending') AS pending, \
                  SUM(status = 'pending' AND attempts > 0) AS retrying, \
@@ -115,39 +117,39 @@ impl Store for Sqlite {
                  SUM(status = 'published') AS published, \
                  (?1 - MIN(CASE WHEN status = 'pending' THEN created_at END)) / 1000.0 AS oldest \
                  FROM {t} GROUP BY name ORDER BY name"
-            ),
-            cleanup: format!(
+            )),
+            cleanup: safe(format!(
                 "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE status = 'published' \
                  AND published_at < ?1 LIMIT ?2)"
-            ),
-            update: format!(
+            )),
+            update: safe(format!(
                 "UPDATE {t} SET status = CASE WHEN ?2 THEN 'dead' ELSE 'pending' END, attempts = ?3, \
                  last_error = COALESCE(?4, last_error), available_at = ?5, claim_token = NULL \
                  WHERE id = ?1 AND claim_token = ?6 RETURNING id"
-            ),
-            renew: format!(
+            )),
+            renew: safe(format!(
                 "UPDATE {t} SET available_at = ?3 WHERE claim_token = ?1 \
                  AND id IN (SELECT value FROM json_each(?2))"
-            ),
-            blocked: format!(
+            )),
+            blocked: safe(format!(
                 "SELECT publisher, since, reason, seen_at FROM {blocked_table} ORDER BY publisher"
-            ),
-            save_blocked: format!(
+            )),
+            save_blocked: safe(format!(
                 "INSERT INTO {blocked_table} (publisher, since, reason, seen_at) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (publisher) DO UPDATE SET since = excluded.since, \
                  reason = excluded.reason, seen_at = excluded.seen_at"
-            ),
-            unblock: format!("DELETE FROM {blocked_table} WHERE publisher = ?1"),
-            dead_letters: format!(
+            )),
+            unblock: safe(format!("DELETE FROM {blocked_table} WHERE publisher = ?1")),
+            dead_letters: safe(format!(
                 "SELECT id, event_id, name, payload, attempts, COALESCE(last_error, '') AS last_error, \
                  stream_key, CAST(created_at AS INTEGER) AS created_at, available_at FROM {t} WHERE status = 'dead'"
-            ),
+            )),
             // A dead entry is never claimed, so `available_at` keeps the time it died.
-            requeue: format!(
+            requeue: safe(format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = ?2, claim_token = NULL \
                  WHERE status = 'dead'"
-            ),
-            purge: format!("DELETE FROM {t} WHERE status = 'dead'"),
+            )),
+            purge: safe(format!("DELETE FROM {t} WHERE status = 'dead'")),
         }
     }
 
@@ -157,9 +159,9 @@ impl Store for Sqlite {
             super::COLUMNS,
             table.quoted('"', "")
         );
-        let probe = sqlx::query(&probe).execute(pool).await.map(drop);
+        let probe = sqlx::query(sqlx::AssertSqlSafe(probe.to_string())).execute(pool).await.map(drop);
         let version = format!("SELECT MAX(version) FROM {}", table.quoted('"', "_schema"));
-        let version = sqlx::query_scalar(&version).fetch_one(pool).await;
+        let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version.to_string())).fetch_one(pool).await;
         let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
         super::verdict(table, probe, version, latest)
     }
@@ -171,17 +173,17 @@ impl Store for Sqlite {
             "CREATE TABLE IF NOT EXISTS {versions} (version INTEGER PRIMARY KEY, \
              applied_at INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)))"
         );
-        tx.execute(create.as_str()).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&mut *tx).await?;
         let select = format!("SELECT version FROM {versions}");
-        let applied: Vec<i32> = sqlx::query_scalar(&select).fetch_all(&mut *tx).await?;
+        let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.to_string())).fetch_all(&mut *tx).await?;
         for (version, up) in MIGRATIONS {
             if applied.contains(version) {
                 continue;
             }
             let up = render(up, table, '"');
-            tx.execute(up.as_str()).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(up)).execute(&mut *tx).await?;
             let insert = format!("INSERT OR IGNORE INTO {versions} (version) VALUES (?1)");
-            sqlx::query(&insert).bind(version).execute(&mut *tx).await?;
+            sqlx::query(sqlx::AssertSqlSafe(insert.to_string())).bind(version).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -190,15 +192,15 @@ impl Store for Sqlite {
     async fn insert(conn: &mut SqliteConnection, sql: &Sql, rows: &[NewRow]) -> Result<()> {
         let now = now_millis();
         for chunk in rows.chunks(INSERT_CHUNK) {
-            let mut text = String::with_capacity(sql.insert_prefix.len() + chunk.len() * 24);
-            text.push_str(&sql.insert_prefix);
+            let mut text = String::with_capacity(sql.insert_prefix.as_str().len() + chunk.len() * 24);
+            text.push_str(sql.insert_prefix.as_str());
             for i in 0..chunk.len() {
                 if i > 0 {
                     text.push(',');
                 }
                 text.push_str("(?,?,?,?,?,?,?,?,?)");
             }
-            let mut query = sqlx::query(&text);
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(text.to_string()));
             for row in chunk {
                 query = query
                     .bind(row.event_id.hyphenated())
@@ -224,7 +226,7 @@ impl Store for Sqlite {
         token: Uuid,
         after: i64,
     ) -> Result<Vec<ClaimedRow>> {
-        let rows = sqlx::query(&sql.claim)
+        let rows = sqlx::query(sql.claim.clone())
             .bind(token.hyphenated())
             .bind(now_millis())
             .bind(millis(lease))
@@ -265,7 +267,7 @@ impl Store for Sqlite {
         let published = (!settlement.published.is_empty()).then(|| {
             let ids =
                 serde_json::to_string(&settlement.published).unwrap_or_else(|_| "[]".to_owned());
-            let query = sqlx::query_scalar::<_, i64>(&sql.delete)
+            let query = sqlx::query_scalar::<_, i64>(sql.delete.clone())
                 .bind(token.hyphenated())
                 .bind(ids);
             if sql.keep_published {
@@ -287,7 +289,7 @@ impl Store for Sqlite {
             None => Vec::with_capacity(settlement.updates.len()),
         };
         for u in &settlement.updates {
-            let id = sqlx::query_scalar::<_, i64>(&sql.update)
+            let id = sqlx::query_scalar::<_, i64>(sql.update.clone())
                 .bind(u.id)
                 .bind(u.dead)
                 .bind(u.attempts)
@@ -310,7 +312,7 @@ impl Store for Sqlite {
         lease: Duration,
     ) -> Result<u64> {
         let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned());
-        let done = sqlx::query(&sql.renew)
+        let done = sqlx::query(sql.renew.clone())
             .bind(token.hyphenated())
             .bind(ids)
             .bind(now_millis().saturating_add(millis(lease)))
@@ -327,7 +329,7 @@ impl Store for Sqlite {
         for change in changes {
             match change {
                 Ok(b) => {
-                    sqlx::query(&sql.save_blocked)
+                    sqlx::query(sql.save_blocked.clone())
                         .bind(&b.publisher)
                         .bind(b.since.timestamp_millis())
                         .bind(&b.reason)
@@ -336,7 +338,7 @@ impl Store for Sqlite {
                         .await?;
                 }
                 Err(label) => {
-                    sqlx::query(&sql.unblock)
+                    sqlx::query(sql.unblock.clone())
                         .bind(label)
                         .execute(&mut *conn)
                         .await?;
@@ -354,10 +356,10 @@ impl Store for Sqlite {
     ) -> Result<Vec<DeadLetter>> {
         let text = format!(
             "{} AND {} ORDER BY id LIMIT ?2",
-            sql.dead_letters,
+            sql.dead_letters.as_str(),
             filter(&which)
         );
-        let rows = bind(sqlx::query(&text), &which)
+        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(pool)
             .await?;
@@ -379,8 +381,8 @@ impl Store for Sqlite {
     }
 
     async fn requeue(pool: &SqlitePool, sql: &Sql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.requeue, filter(&which));
-        let done = bind(sqlx::query(&text), &which)
+        let text = format!("{} AND {}", sql.requeue.as_str(), filter(&which));
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
             .bind(now_millis())
             .execute(pool)
             .await?;
@@ -389,7 +391,7 @@ impl Store for Sqlite {
     }
 
     async fn stats(pool: &SqlitePool, sql: &Sql) -> Result<Stats> {
-        let rows = sqlx::query(&sql.stats)
+        let rows = sqlx::query(sql.stats.clone())
             .bind(now_millis())
             .fetch_all(pool)
             .await?;
@@ -397,7 +399,7 @@ impl Store for Sqlite {
             .iter()
             .map(name_stats)
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let blocked = sqlx::query(&sql.blocked)
+        let blocked = sqlx::query(sql.blocked.clone())
             .fetch_all(pool)
             .await?
             .iter()
@@ -419,7 +421,7 @@ impl Store for Sqlite {
         older_than: Duration,
         limit: usize,
     ) -> Result<u64> {
-        let done = sqlx::query(&sql.cleanup)
+        let done = sqlx::query(sql.cleanup.clone())
             .bind(now_millis().saturating_sub(millis(older_than)))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .execute(pool)
@@ -428,8 +430,8 @@ impl Store for Sqlite {
     }
 
     async fn purge(pool: &SqlitePool, sql: &Sql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.purge, filter(&which));
-        let done = bind(sqlx::query(&text), &which).execute(pool).await?;
+        let text = format!("{} AND {}", sql.purge.as_str(), filter(&which));
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which).execute(pool).await?;
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
         Ok(done.rows_affected())
     }
@@ -443,7 +445,7 @@ impl Store for Sqlite {
              FROM {t} WHERE status = 'pending') AS p, \
              (SELECT COUNT(*) AS dead FROM {t} WHERE status = 'dead') AS d"
         );
-        let (pending, dead, oldest): (i64, i64, Option<f64>) = sqlx::query_as(&gauges)
+        let (pending, dead, oldest): (i64, i64, Option<f64>) = sqlx::query_as(sqlx::AssertSqlSafe(gauges.to_string()))
             .bind(now_millis())
             .fetch_one(pool)
             .await?;
@@ -460,7 +462,7 @@ impl Store for Sqlite {
             "SELECT (SELECT COALESCE(MAX(id), 0) FROM {t}), \
              (SELECT COUNT(*) FROM {t} WHERE status = 'pending')"
         );
-        let (after, pending): (i64, i64) = sqlx::query_as(&start).fetch_one(pool).await?;
+        let (after, pending): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(start.to_string())).fetch_one(pool).await?;
         let cursor = super::FollowCursor {
             after,
             ..super::FollowCursor::default()
@@ -501,9 +503,9 @@ fn filter(which: &Which) -> &'static str {
 }
 
 fn bind<'q>(
-    query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
     which: &'q Which,
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
     match which {
         Which::One(id) => query.bind(id.hyphenated()),
         Which::All => query.bind(None::<i64>),
