@@ -89,9 +89,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let totals = relay.await?;
     println!("published {}, retried {}", totals.published, totals.retried);
 
-    sqlx::query(&format!("DROP TABLE \"{table}\", \"{table}_schema\""))
-        .execute(&pool)
-        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP TABLE \"{table}\", \"{table}_schema\""
+    )))
+    .execute(&pool)
+    .await?;
     sqlx::query("DELETE FROM example_invoices WHERE id > $1 AND id <= $2")
         .bind(base)
         .bind(base + 3)

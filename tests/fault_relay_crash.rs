@@ -79,9 +79,9 @@ async fn sigkilled_relay_processes_lose_nothing() {
         tokio::spawn(async move {
             let mut recorded = BACKLOG;
             while !*stopped.borrow() {
-                let pending: i64 = sqlx::query_scalar(&format!(
+                let pending: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                     "SELECT COUNT(*) FROM \"{table}\" WHERE status = 'pending'"
-                ))
+                )))
                 .fetch_one(&pool)
                 .await
                 .unwrap();

@@ -345,10 +345,10 @@ async fn hanging_broker_is_unavailable_and_loses_nothing() {
         "{hung_report:?}"
     );
     assert_eq!(hung_report.dead + hung_report.retried, 0, "{hung_report:?}");
-    let attempted: i64 = sqlx::query_scalar(&format!(
+    let attempted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT COUNT(*) FROM \"{}\" WHERE attempts > 0 OR status <> 'pending'",
         world.table
-    ))
+    )))
     .fetch_one(&world.admin)
     .await
     .unwrap();
@@ -409,10 +409,10 @@ struct Bad {
 /// A row written with plain SQL, as another program (or a bug) would.
 async fn insert_row(world: &World, name: &str, payload: &str, headers: &str) -> Uuid {
     let event_id = Uuid::now_v7();
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO \"{}\" (event_id, name, payload, headers) VALUES ($1, $2, $3::json, $4::json)",
         world.table
-    ))
+    )))
     .bind(event_id)
     .bind(name)
     .bind(payload)
@@ -825,11 +825,11 @@ async fn rows_written_wrong_never_crash_the_relay() {
             .build()
             .await
             .unwrap();
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO \"{}\" (event_id, name, payload, created_at) \
              VALUES ($1, 'fault.other', '{{}}', $2::timestamptz)",
             world.table
-        ))
+        )))
         .bind(Uuid::now_v7())
         .bind(created_at)
         .execute(&world.admin)

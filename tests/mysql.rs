@@ -48,7 +48,7 @@ impl Harness for My {
         let sql = format!(
             "SELECT event_id, name, status, attempts, last_error FROM `{table}` ORDER BY id"
         );
-        sqlx::query(&sql)
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
             .fetch_all(pool)
             .await
             .unwrap()
@@ -65,22 +65,32 @@ impl Harness for My {
 
     async fn create_business(pool: &MySqlPool, table: &str) {
         let sql = format!("CREATE TABLE `{table}_biz` (id BIGINT PRIMARY KEY) ENGINE = InnoDB");
-        sqlx::query(&sql).execute(pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(pool)
+            .await
+            .unwrap();
     }
 
     async fn insert_business(conn: &mut MySqlConnection, table: &str, id: i64) {
         let sql = format!("INSERT INTO `{table}_biz` (id) VALUES (?)");
-        sqlx::query(&sql).bind(id).execute(conn).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .bind(id)
+            .execute(conn)
+            .await
+            .unwrap();
     }
 
     async fn count_business(pool: &MySqlPool, table: &str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM `{table}_biz`");
-        sqlx::query_scalar(&sql).fetch_one(pool).await.unwrap()
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(pool)
+            .await
+            .unwrap()
     }
 
     async fn set_payload(pool: &MySqlPool, table: &str, event_id: Uuid, payload: &str) {
         let sql = format!("UPDATE `{table}` SET payload = ? WHERE event_id = ?");
-        sqlx::query(&sql)
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
             .bind(payload)
             .bind(event_id.to_string())
             .execute(pool)
@@ -91,14 +101,20 @@ impl Harness for My {
     const KIND: &'static str = "mysql";
 
     async fn execute(pool: &MySqlPool, statement: &str) {
-        sqlx::query(statement).execute(pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(pool)
+            .await
+            .unwrap();
     }
 
     async fn cleanup(pool: &MySqlPool, table: &str) {
         let sql = format!(
             "DROP TABLE IF EXISTS `{table}`, `{table}_schema`, `{table}_blocked`, `{table}_biz`"
         );
-        sqlx::query(&sql).execute(pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(pool)
+            .await
+            .unwrap();
         pool.close().await;
     }
 }
@@ -110,7 +126,7 @@ backend_suite!(My);
 async fn schema_qualified_table() {
     let (pool, table) = My::fresh().await;
     let schema = format!("s_{table}");
-    sqlx::query(&format!("CREATE DATABASE `{schema}`"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{schema}`")))
         .execute(&pool)
         .await
         .unwrap();
@@ -144,7 +160,7 @@ async fn schema_qualified_table() {
     .await
     .unwrap();
     assert_eq!(tables, ["events", "events_blocked", "events_schema"]);
-    sqlx::query(&format!("DROP DATABASE `{schema}`"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{schema}`")))
         .execute(&pool)
         .await
         .unwrap();
@@ -240,7 +256,7 @@ async fn locked_rows_are_skipped_and_inserts_go_on() {
     // of its claim would.
     let mut locker = pool.begin().await.unwrap();
     let lock_first = format!("SELECT id FROM `{table}` ORDER BY id LIMIT 1 FOR UPDATE");
-    sqlx::query(&lock_first)
+    sqlx::query(sqlx::AssertSqlSafe(lock_first.to_string()))
         .execute(&mut *locker)
         .await
         .unwrap();
@@ -287,10 +303,12 @@ async fn concurrent_migrations_are_serialized() {
     for task in tasks {
         task.await.unwrap().unwrap();
     }
-    let versions: Vec<i32> = sqlx::query_scalar(&format!("SELECT version FROM `{table}_schema`"))
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let versions: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT version FROM `{table}_schema`"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     assert_eq!(versions, [1, 2]);
     My::cleanup(&pool, &table).await;
 }

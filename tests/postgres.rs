@@ -34,7 +34,7 @@ impl Harness for Pg {
         let sql = format!(
             "SELECT event_id, name, status, attempts, last_error FROM \"{table}\" ORDER BY id"
         );
-        sqlx::query(&sql)
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
             .fetch_all(pool)
             .await
             .unwrap()
@@ -51,22 +51,32 @@ impl Harness for Pg {
 
     async fn create_business(pool: &PgPool, table: &str) {
         let sql = format!("CREATE TABLE \"{table}_biz\" (id BIGINT PRIMARY KEY)");
-        sqlx::query(&sql).execute(pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(pool)
+            .await
+            .unwrap();
     }
 
     async fn insert_business(conn: &mut PgConnection, table: &str, id: i64) {
         let sql = format!("INSERT INTO \"{table}_biz\" (id) VALUES ($1)");
-        sqlx::query(&sql).bind(id).execute(conn).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .bind(id)
+            .execute(conn)
+            .await
+            .unwrap();
     }
 
     async fn count_business(pool: &PgPool, table: &str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM \"{table}_biz\"");
-        sqlx::query_scalar(&sql).fetch_one(pool).await.unwrap()
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(pool)
+            .await
+            .unwrap()
     }
 
     async fn set_payload(pool: &PgPool, table: &str, event_id: Uuid, payload: &str) {
         let sql = format!("UPDATE \"{table}\" SET payload = $1::json WHERE event_id = $2");
-        sqlx::query(&sql)
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
             .bind(payload)
             .bind(event_id)
             .execute(pool)
@@ -77,14 +87,20 @@ impl Harness for Pg {
     const KIND: &'static str = "postgres";
 
     async fn execute(pool: &PgPool, statement: &str) {
-        sqlx::query(statement).execute(pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(pool)
+            .await
+            .unwrap();
     }
 
     async fn cleanup(pool: &PgPool, table: &str) {
         let sql = format!(
             "DROP TABLE IF EXISTS \"{table}\", \"{table}_schema\", \"{table}_blocked\", \"{table}_biz\""
         );
-        sqlx::query(&sql).execute(pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(pool)
+            .await
+            .unwrap();
         pool.close().await;
     }
 }
@@ -101,7 +117,7 @@ async fn claims_never_pass_an_open_transaction() {
 async fn schema_qualified_table() {
     let (pool, table) = Pg::fresh().await;
     let schema = format!("s_{table}");
-    sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
         .execute(&pool)
         .await
         .unwrap();
@@ -122,10 +138,12 @@ async fn schema_qualified_table() {
             .published,
         1
     );
-    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
 }
 
 /// With LISTEN/NOTIFY, an event committed while the relay sleeps a long
@@ -295,7 +313,7 @@ async fn gauges_make_no_sequential_scan() {
     }
     gauges_support::drain(&kept, &publishers).await;
     gauges_support::record(&pool, &kept, 30, gauges_support::Fate::Publish).await;
-    sqlx::query(&format!("VACUUM ANALYZE \"{table}\""))
+    sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE \"{table}\"")))
         .execute(&pool)
         .await
         .unwrap();
@@ -424,9 +442,11 @@ async fn read(
 }
 
 async fn seen_position(pool: &PgPool, table: &str, event_id: Uuid) -> i64 {
-    sqlx::query_scalar(&format!("SELECT id FROM \"{table}\" WHERE event_id = $1"))
-        .bind(event_id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM \"{table}\" WHERE event_id = $1"
+    )))
+    .bind(event_id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }

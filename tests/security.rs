@@ -111,10 +111,12 @@ async fn injection_through_table_names_is_refused_and_creates_nothing() {
     // Control: a valid name with the marker is created and seen.
     outbox::migrate(&admin, &format!("{m}_ok")).await.unwrap();
     assert!(exists(admin.clone(), m.clone()).await > 0);
-    sqlx::query(&format!("DROP TABLE \"{m}_ok\", \"{m}_ok_schema\""))
-        .execute(&admin)
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP TABLE \"{m}_ok\", \"{m}_ok_schema\""
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
     admin.close().await;
 }
 
@@ -224,14 +226,18 @@ async fn credentials_never_reach_logs_errors_or_debug_output() {
     let role = unique("outbox_sec");
     let db_secret = format!("Pg-{}", Uuid::new_v4().simple());
     let amqp_secret = format!("Mq-{}", Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE ROLE {role} LOGIN PASSWORD '{db_secret}'"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {role} AUTHORIZATION {role}"))
-        .execute(&admin)
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN PASSWORD '{db_secret}'"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA {role} AUTHORIZATION {role}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
     let port = pg_options().get_port();
     let database = pg_options().get_database().unwrap_or("test").to_owned();
     let mut shown = Vec::<String>::new();
@@ -342,11 +348,11 @@ async fn credentials_never_reach_logs_errors_or_debug_output() {
     drop(capturing);
 
     // Cleanup, then the verdict.
-    sqlx::query(&format!("DROP SCHEMA {role} CASCADE"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {role} CASCADE")))
         .execute(&admin)
         .await
         .unwrap();
-    sqlx::query(&format!("DROP ROLE {role}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {role}")))
         .execute(&admin)
         .await
         .unwrap();
@@ -551,7 +557,10 @@ async fn relay_runs_with_select_update_delete_only() {
         format!("GRANT INSERT ON \"{t}\" TO {writer_role}"),
         format!("GRANT INSERT ON \"{t}_biz\" TO {writer_role}"),
     ] {
-        sqlx::query(&sql).execute(&world.admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&world.admin)
+            .await
+            .unwrap();
     }
     let login = |role: &str| {
         pg_options()
@@ -576,19 +585,19 @@ async fn relay_runs_with_select_update_delete_only() {
         assert!(err.contains("permission denied"), "{err}");
     };
     denied(
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO \"{t}\" (event_id, name, payload) VALUES (gen_random_uuid(), 'x', '{{}}')"
-        ))
+        )))
         .execute(&relay_pool)
         .await,
     );
     denied(
-        sqlx::query(&format!("DELETE FROM \"{t}\""))
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM \"{t}\"")))
             .execute(&writer_pool)
             .await,
     );
     denied(
-        sqlx::query(&format!("SELECT * FROM \"{t}\""))
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT * FROM \"{t}\"")))
             .execute(&writer_pool)
             .await,
     );
@@ -647,10 +656,10 @@ async fn relay_runs_with_select_update_delete_only() {
 
     // Dead letters, stats and requeue/purge under the relay role.
     let dead_id = Uuid::now_v7();
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO \"{t}\" (event_id, name, payload, status, last_error) \
          VALUES ($1, 'fault.tick', '{{}}', 'dead', 'test')"
-    ))
+    )))
     .bind(dead_id)
     .execute(&world.admin)
     .await
@@ -658,9 +667,9 @@ async fn relay_runs_with_select_update_delete_only() {
     assert_eq!(relay_outbox.dead_letters(10).await.unwrap().len(), 1);
     assert_eq!(relay_outbox.stats().await.unwrap().dead, 1);
     assert!(relay_outbox.requeue(dead_id).await.unwrap());
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE \"{t}\" SET status = 'dead' WHERE event_id = $1"
-    ))
+    )))
     .bind(dead_id)
     .execute(&world.admin)
     .await
@@ -694,11 +703,11 @@ async fn relay_runs_with_select_update_delete_only() {
     relay_pool.close().await;
     writer_pool.close().await;
     for role in [&relay_role, &writer_role] {
-        sqlx::query(&format!("DROP OWNED BY {role}"))
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP OWNED BY {role}")))
             .execute(&world.admin)
             .await
             .unwrap();
-        sqlx::query(&format!("DROP ROLE {role}"))
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {role}")))
             .execute(&world.admin)
             .await
             .unwrap();

@@ -32,7 +32,7 @@ impl Harness for Lite {
         let sql = format!(
             "SELECT event_id, name, status, attempts, last_error FROM \"{table}\" ORDER BY id"
         );
-        sqlx::query(&sql)
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
             .fetch_all(pool)
             .await
             .unwrap()
@@ -49,22 +49,32 @@ impl Harness for Lite {
 
     async fn create_business(pool: &SqlitePool, table: &str) {
         let sql = format!("CREATE TABLE \"{table}_biz\" (id INTEGER PRIMARY KEY)");
-        sqlx::query(&sql).execute(pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(pool)
+            .await
+            .unwrap();
     }
 
     async fn insert_business(conn: &mut SqliteConnection, table: &str, id: i64) {
         let sql = format!("INSERT INTO \"{table}_biz\" (id) VALUES (?)");
-        sqlx::query(&sql).bind(id).execute(conn).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .bind(id)
+            .execute(conn)
+            .await
+            .unwrap();
     }
 
     async fn count_business(pool: &SqlitePool, table: &str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM \"{table}_biz\"");
-        sqlx::query_scalar(&sql).fetch_one(pool).await.unwrap()
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(pool)
+            .await
+            .unwrap()
     }
 
     async fn set_payload(pool: &SqlitePool, table: &str, event_id: Uuid, payload: &str) {
         let sql = format!("UPDATE \"{table}\" SET payload = ? WHERE event_id = ?");
-        sqlx::query(&sql)
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
             .bind(payload)
             .bind(event_id.to_string())
             .execute(pool)
@@ -75,7 +85,10 @@ impl Harness for Lite {
     const KIND: &'static str = "sqlite";
 
     async fn execute(pool: &SqlitePool, statement: &str) {
-        sqlx::query(statement).execute(pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(pool)
+            .await
+            .unwrap();
     }
 
     async fn cleanup(pool: &SqlitePool, _table: &str) {

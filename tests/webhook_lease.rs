@@ -131,7 +131,10 @@ async fn a_batch_slower_than_the_lease_is_never_delivered_twice() {
 
     for suffix in ["", "_schema", "_blocked"] {
         let sql = format!("DROP TABLE IF EXISTS \"{table}{suffix}\"");
-        sqlx::query(&sql).execute(&pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&pool)
+            .await
+            .unwrap();
     }
     drop((first, second));
     pool.close().await;

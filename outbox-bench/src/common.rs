@@ -174,7 +174,7 @@ impl Bench {
         // autovacuum landing inside one of them would make modes incomparable.
         let sql = format!("ALTER TABLE \"{name}\" SET (autovacuum_enabled = off)");
         self.admin
-            .execute(sql.as_str())
+            .execute(sqlx::AssertSqlSafe(sql))
             .await
             .context(format!("configuring table {name}"))?;
         Ok(name)
@@ -185,14 +185,16 @@ impl Bench {
         let tables = self.tables.lock().map(|t| t.clone()).unwrap_or_default();
         let mut failed = Vec::new();
         for table in tables {
-            let sql = format!("DROP TABLE IF EXISTS \"{table}\", \"{table}_schema\"");
+            let sql = format!(
+                "DROP TABLE IF EXISTS \"{table}\", \"{table}_schema\", \"{table}_blocked\""
+            );
             // A connection killed under us is replaced by the pool: try again.
             let mut last = String::new();
             let mut dropped = false;
             for _ in 0..3 {
                 match tokio::time::timeout(
                     Duration::from_secs(30),
-                    self.admin.execute(sql.as_str()),
+                    self.admin.execute(sqlx::AssertSqlSafe(sql.as_str())),
                 )
                 .await
                 {
@@ -217,7 +219,10 @@ impl Bench {
 
     pub(crate) async fn truncate(&self, table: &str) -> Res<()> {
         let sql = format!("TRUNCATE \"{table}\"");
-        self.admin.execute(sql.as_str()).await.context("TRUNCATE")?;
+        self.admin
+            .execute(sqlx::AssertSqlSafe(sql))
+            .await
+            .context("TRUNCATE")?;
         Ok(())
     }
 
@@ -225,7 +230,10 @@ impl Bench {
     /// set, dead tuples gone, and no checkpoint due in the middle of it.
     pub(crate) async fn settle_db(&self, table: &str) -> Res<()> {
         let sql = format!("VACUUM ANALYZE \"{table}\"");
-        self.admin.execute(sql.as_str()).await.context("VACUUM")?;
+        self.admin
+            .execute(sqlx::AssertSqlSafe(sql))
+            .await
+            .context("VACUUM")?;
         self.checkpoint().await
     }
 
@@ -292,7 +300,7 @@ pub(crate) async fn fill_pg(pool: &PgPool, table: &str, n: usize, status: &str) 
                FROM generate_series(1, $1::bigint) AS g) AS s"
     );
     let dead = status == "dead";
-    sqlx::query(&sql)
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
         .bind(i64::try_from(n).unwrap_or(i64::MAX))
         .bind(Utc::now().timestamp_millis())
         .bind(OrderPlaced::NAME)
@@ -398,7 +406,7 @@ pub(crate) async fn raw_claim(
     token: Uuid,
     after: i64,
 ) -> Res<Vec<RawRow>> {
-    let rows = sqlx::query(&sql.claim)
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.claim.to_string()))
         .bind(i64::try_from(BATCH).unwrap_or(i64::MAX))
         .bind(token)
         .bind(LEASE_MS)
@@ -417,7 +425,7 @@ pub(crate) async fn raw_delete(
     ids: &[i64],
     token: Uuid,
 ) -> Res<()> {
-    sqlx::query(&sql.delete)
+    sqlx::query(sqlx::AssertSqlSafe(sql.delete.to_string()))
         .bind(ids)
         .bind(token)
         .execute(&mut **conn)

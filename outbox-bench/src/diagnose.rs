@@ -224,7 +224,10 @@ async fn raw_unnest(
         .map(serde_json::to_string)
         .collect::<Result<Vec<_>, _>>()
         .context("encoding")?;
-    let mut query = sqlx::query(text).bind(ids).bind(names).bind(payloads);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(text))
+        .bind(ids)
+        .bind(names)
+        .bind(payloads);
     if every_column {
         let none: Vec<Option<Uuid>> = vec![None; events.len()];
         query = query
@@ -246,7 +249,7 @@ async fn fused_batch(
     previous: &mut (Vec<i64>, Uuid),
 ) -> Res<usize> {
     let token = Uuid::new_v4();
-    let rows = sqlx::query(fused)
+    let rows = sqlx::query(sqlx::AssertSqlSafe(fused))
         .bind(i64::try_from(BATCH).unwrap_or(i64::MAX))
         .bind(token)
         .bind(crate::common::LEASE_MS)

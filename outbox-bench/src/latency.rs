@@ -284,7 +284,7 @@ async fn write(
                 } else {
                     &sql.insert_one
                 };
-                let mut query = sqlx::query(text)
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(text.clone()))
                     .bind(Uuid::now_v7())
                     .bind(<OrderPlaced as outbox::Event>::NAME)
                     .bind(payload);
@@ -375,11 +375,11 @@ pub(crate) async fn poll_with_dead(b: &Bench) -> Res<()> {
     let kill = format!(
         "UPDATE \"{table}\" SET status = 'dead', attempts = 3, last_error = 'rejected by the benchmark'"
     );
-    sqlx::query(&kill)
+    sqlx::query(sqlx::AssertSqlSafe(kill.to_string()))
         .execute(&b.admin)
         .await
         .context("turning entries into dead letters")?;
-    sqlx::query(&format!("ANALYZE \"{table}\""))
+    sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE \"{table}\"")))
         .execute(&b.admin)
         .await
         .context("ANALYZE")?;

@@ -308,7 +308,7 @@ async fn machine(b: &Bench, options: &Options) -> Res<()> {
         })
         .unwrap_or_else(|| "unknown CPU".to_owned());
     let setting = |name: &'static str| async move {
-        let row: (String,) = sqlx::query_as(&format!("SHOW {name}"))
+        let row: (String,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("SHOW {name}")))
             .fetch_one(&b.admin)
             .await
             .context(format!("SHOW {name}"))?;

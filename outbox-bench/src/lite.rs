@@ -170,7 +170,7 @@ async fn figure(b: &Bench, pool: &SqlitePool) -> Res<()> {
 
 pub(crate) async fn refill(pool: &SqlitePool, sql: &LiteSql, n: usize) -> Res<()> {
     let t = &sql.table;
-    pool.execute(format!("DELETE FROM {t}").as_str())
+    pool.execute(sqlx::AssertSqlSafe(format!("DELETE FROM {t}")))
         .await
         .context("emptying the SQLite table")?;
     let fill = format!(
@@ -184,16 +184,18 @@ pub(crate) async fn refill(pool: &SqlitePool, sql: &LiteSql, n: usize) -> Res<()
                 ?2, ?2 \
          FROM g"
     );
-    sqlx::query(&fill)
+    sqlx::query(sqlx::AssertSqlSafe(fill.to_string()))
         .bind(i64::try_from(n).unwrap_or(i64::MAX))
         .bind(Utc::now().timestamp_millis())
         .bind(OrderPlaced::NAME)
         .execute(pool)
         .await
         .context("filling the SQLite table")?;
-    pool.execute(format!("ANALYZE {t}; PRAGMA wal_checkpoint(TRUNCATE)").as_str())
-        .await
-        .context("ANALYZE")?;
+    pool.execute(sqlx::AssertSqlSafe(format!(
+        "ANALYZE {t}; PRAGMA wal_checkpoint(TRUNCATE)"
+    )))
+    .await
+    .context("ANALYZE")?;
     Ok(())
 }
 
@@ -238,7 +240,7 @@ pub(crate) async fn raw_claim(
     sql: &LiteSql,
     token: Uuid,
 ) -> Res<Vec<RawRow>> {
-    let rows = sqlx::query(&sql.claim)
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.claim.to_string()))
         .bind(token.hyphenated())
         .bind(Utc::now().timestamp_millis())
         .bind(LEASE_MS)
@@ -271,7 +273,7 @@ pub(crate) async fn raw_delete(
         let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
         let ids = serde_json::to_string(&ids).context("encoding ids")?;
         let mut tx = conn.begin().await.context("BEGIN")?;
-        sqlx::query(&sql.delete_json)
+        sqlx::query(sqlx::AssertSqlSafe(sql.delete_json.to_string()))
             .bind(token.hyphenated())
             .bind(ids)
             .execute(&mut *tx)
@@ -287,7 +289,7 @@ pub(crate) async fn raw_delete(
         partial = LiteSql::delete(sql.table.trim_matches('"'), rows.len());
         &partial
     };
-    let mut delete = sqlx::query(text).bind(token.hyphenated());
+    let mut delete = sqlx::query(sqlx::AssertSqlSafe(text)).bind(token.hyphenated());
     for row in rows {
         delete = delete.bind(row.id);
     }

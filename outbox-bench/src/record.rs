@@ -219,7 +219,7 @@ async fn raw_insert(
         } else {
             &sql.insert_one
         };
-        let mut query = sqlx::query(text)
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(text.clone()))
             .bind(Uuid::now_v7())
             .bind(OrderPlaced::NAME)
             .bind(payload);
@@ -242,7 +242,10 @@ async fn raw_insert(
     } else {
         &sql.insert_many
     };
-    let mut query = sqlx::query(text).bind(ids).bind(names).bind(payloads);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(text.clone()))
+        .bind(ids)
+        .bind(names)
+        .bind(payloads);
     if notify {
         query = query.bind(&*sql.channel);
     }

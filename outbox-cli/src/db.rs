@@ -380,7 +380,9 @@ impl Db for Postgres {
             return Ok(None);
         }
         let sql = format!("SELECT MAX(version)::int8 FROM {}", table.versions);
-        sqlx::query_scalar(&sql).fetch_one(pool).await
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(pool)
+            .await
     }
 
     async fn wakeups(pool: &Pool<Self>, table: &Table) -> sqlx::Result<Option<Wakeups>> {
@@ -411,7 +413,9 @@ impl Db for MySql {
             "SELECT CAST(MAX(version) AS SIGNED) FROM {}",
             table.versions
         );
-        sqlx::query_scalar(&sql).fetch_one(pool).await
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(pool)
+            .await
     }
 }
 
@@ -446,7 +450,9 @@ impl Db for Sqlite {
             return Ok(None);
         }
         let sql = format!("SELECT MAX(version) FROM {}", table.versions);
-        sqlx::query_scalar(&sql).fetch_one(pool).await
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(pool)
+            .await
     }
 }
 

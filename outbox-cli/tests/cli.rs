@@ -208,28 +208,30 @@ async fn pg() -> PgPool {
 }
 
 async fn pg_drop(pool: &PgPool, table: &str) {
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP TABLE IF EXISTS {table}, {table}_schema, {table}_blocked"
-    ))
+    )))
     .execute(pool)
     .await
     .unwrap();
 }
 
 async fn pg_count(pool: &PgPool, table: &str, filter: &str) -> i64 {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE {filter}"))
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {table} WHERE {filter}"
+    )))
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 /// Inserts `n` events named `name` with plain SQL.
 async fn pg_insert(pool: &PgPool, table: &str, name: &str, n: i32) {
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {table} (event_id, name, payload, stream_key) \
          SELECT gen_random_uuid(), $1, json_build_object('n', g)::text::json, 'stream-' || (g % 3) \
          FROM generate_series(1, $2) g"
-    ))
+    )))
     .bind(name)
     .bind(n)
     .execute(pool)
@@ -283,14 +285,14 @@ async fn status_counts_per_name_and_is_a_health_check_postgres() {
     pg_insert(&pool, &t, "shop.order_placed", 2).await;
     // One failed once, one is dead, and the oldest pending one is 10 minutes old.
     let id = |n: i32| format!("(SELECT id FROM {t} ORDER BY id OFFSET {n} LIMIT 1)");
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "UPDATE {t} SET attempts = 1, last_error = 'boom' WHERE id = {};\
          UPDATE {t} SET status = 'dead', attempts = 3, last_error = 'refused' WHERE id = {};\
          UPDATE {t} SET created_at = now() - interval '10 minutes' WHERE id = {};",
         id(1),
         id(3),
         id(0)
-    ))
+    )))
     .execute(&pool)
     .await
     .unwrap();
@@ -367,18 +369,18 @@ async fn dead_fixture(pool: &PgPool, t: &str) -> Vec<(String, String, String)> {
     pg_insert(pool, t, "billing.invoice_paid", 3).await;
     pg_insert(pool, t, "shop.order_placed", 2).await;
     pg_insert(pool, t, "still.pending", 1).await;
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "UPDATE {t} SET status = 'dead', attempts = 3, last_error = 'broker said no: ' || name, \
          available_at = now() - interval '1 hour' WHERE name <> 'still.pending';\
          UPDATE {t} SET available_at = now() - interval '3 days' \
          WHERE id IN (SELECT id FROM {t} WHERE name = 'billing.invoice_paid' ORDER BY id LIMIT 2);"
-    ))
+    )))
     .execute(pool)
     .await
     .unwrap();
-    let dead: Vec<(String, String, String)> = sqlx::query_as(&format!(
+    let dead: Vec<(String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT event_id::text, name, payload::text FROM {t} WHERE status = 'dead' ORDER BY id"
-    ))
+    )))
     .fetch_all(pool)
     .await
     .unwrap();
@@ -533,9 +535,9 @@ async fn dead_requeue_and_purge_ask_first_postgres() {
         "purged 0 dead letters",
         "the old ones were requeued or purged"
     );
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE {t} SET status = 'dead', available_at = now() - interval '2 days' WHERE event_id = $1::uuid"
-    ))
+    )))
     .bind(id)
     .execute(&pool)
     .await
@@ -588,12 +590,14 @@ async fn tail_follows_inserts_and_publications_postgres() {
     let after = start["after"].as_i64().unwrap();
 
     // The README's PostgreSQL statements: two entries, and a NOTIFY.
-    sqlx::raw_sql(&readme_sql("PostgreSQL", &t))
-        .execute(&pool)
-        .await
-        .unwrap();
-    let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(&format!(
-        "SELECT id, event_id::text, name, stream_key FROM {t} WHERE id > $1 ORDER BY id"
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        readme_sql("PostgreSQL", &t).to_string(),
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(
+        format!("SELECT id, event_id::text, name, stream_key FROM {t} WHERE id > $1 ORDER BY id"),
     ))
     .bind(after)
     .fetch_all(&pool)
@@ -614,9 +618,9 @@ async fn tail_follows_inserts_and_publications_postgres() {
     assert_eq!(rows[0].1, "0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d");
 
     // Three entries leave the pending set (a relay deletes what it published).
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} ORDER BY id LIMIT 3)"
-    ))
+    )))
     .execute(&pool)
     .await
     .unwrap();
@@ -639,10 +643,12 @@ async fn tail_prints_lines_for_people_sqlite() {
         "following \"outbox\" after position 0 (0 pending); Ctrl-C to stop"
     );
     let pool = SqlitePool::connect(&url).await.unwrap();
-    sqlx::raw_sql(&readme_sql("SQLite", "outbox"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        readme_sql("SQLite", "outbox").to_string(),
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
     assert_eq!(
         tail.next_line(),
         "new   #1  billing.invoice_paid  0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d  stream=invoice-7"
@@ -788,14 +794,16 @@ async fn relay_delivers_plain_sql_rows_to_rabbitmq_and_stops_on_sigterm_postgres
     let (_connection, channel) = rabbit(&exchange, &queue).await;
     outbox(&pg_url(), &t, &["migrate"]).ok();
 
-    sqlx::raw_sql(&readme_sql("PostgreSQL", &t))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pg_insert(&pool, &t, "bulk.loaded", 50).await;
-    let rows: Vec<(String, String, String)> = sqlx::query_as(&format!(
-        "SELECT event_id::text, name, payload::text FROM {t} ORDER BY id"
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        readme_sql("PostgreSQL", &t).to_string(),
     ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    pg_insert(&pool, &t, "bulk.loaded", 50).await;
+    let rows: Vec<(String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT event_id::text, name, payload::text FROM {t} ORDER BY id"
+    )))
     .fetch_all(&pool)
     .await
     .unwrap();
@@ -834,9 +842,9 @@ async fn relay_delivers_plain_sql_rows_to_rabbitmq_and_stops_on_sigterm_postgres
         assert!(Instant::now() < deadline, "published entries not deleted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {t} (event_id, name, payload) VALUES ('0192d3c4-aaaa-7bbb-8ccc-000000000001', 'late.one', '[1, 2]')"
-    ))
+    )))
     .execute(&pool)
     .await
     .unwrap();
@@ -877,10 +885,12 @@ async fn relay_delivers_plain_sql_rows_to_redis_streams_sqlite() {
     let (url, file) = sqlite_url();
     outbox(&url, "outbox", &["migrate"]).ok();
     let pool = SqlitePool::connect(&url).await.unwrap();
-    sqlx::raw_sql(&readme_sql("SQLite", "outbox"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        readme_sql("SQLite", "outbox").to_string(),
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
     let stream = format!("outbox-cli-test:{}", Uuid::new_v4().simple());
 
     let relay = Spawned::start(command(
@@ -1016,10 +1026,12 @@ async fn relay_posts_plain_sql_rows_to_a_webhook_sqlite() {
     let (url, file) = sqlite_url();
     outbox(&url, "outbox", &["migrate"]).ok();
     let pool = SqlitePool::connect(&url).await.unwrap();
-    sqlx::raw_sql(&readme_sql("SQLite", "outbox"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        readme_sql("SQLite", "outbox").to_string(),
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
     let (hook, requests) = webhook_server();
 
     let args = [
@@ -1079,10 +1091,12 @@ async fn sqlite_migrate_contract_status_and_dead_letters() {
         format!("table \"outbox\" created (schema version 2) in {url}")
     );
     let pool = SqlitePool::connect(&url).await.unwrap();
-    sqlx::raw_sql(&readme_sql("SQLite", "outbox"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        readme_sql("SQLite", "outbox").to_string(),
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
     sqlx::query(
         "UPDATE outbox SET status = 'dead', attempts = 3, last_error = 'nope' WHERE id = 2",
     )
@@ -1138,13 +1152,15 @@ async fn mariadb_migrate_contract_and_status() {
         "{run:?}"
     );
     outbox(&mysql_url(), &t, &["migrate"]).ok();
-    sqlx::raw_sql(&readme_sql("MySQL / MariaDB", &t))
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::raw_sql(&format!(
-        "UPDATE {t} SET created_at = UTC_TIMESTAMP(6) - INTERVAL 2 HOUR WHERE name = 'billing.invoice_paid'"
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        readme_sql("MySQL / MariaDB", &t).to_string(),
     ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE {t} SET created_at = UTC_TIMESTAMP(6) - INTERVAL 2 HOUR WHERE name = 'billing.invoice_paid'"
+    )))
     .execute(&pool)
     .await
     .unwrap();
@@ -1164,9 +1180,9 @@ async fn mariadb_migrate_contract_and_status() {
     outbox(&mysql_url(), &t, &["status", "--max-age", "1h"]).fails(2, "unhealthy");
     let run = outbox(&mysql_url(), &t, &["dead", "list"]).ok();
     assert_eq!(run.stdout.trim(), format!("no dead letters in \"{t}\""));
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP TABLE IF EXISTS {t}, {t}_schema, {t}_blocked"
-    ))
+    )))
     .execute(&pool)
     .await
     .unwrap();
@@ -1449,9 +1465,9 @@ async fn status_shows_a_blocked_publisher_and_fails_while_it_is_fresh_postgres()
     assert_eq!(code, 0, "{stderr}");
     // A relay that stopped leaves its row behind; once nobody has
     // confirmed it for a minute it is stale: shown, but healthy.
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE {t}_blocked SET seen_at = now() - interval '5 minutes'"
-    ))
+    )))
     .execute(&pool)
     .await
     .unwrap();

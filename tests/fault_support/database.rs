@@ -47,9 +47,9 @@ impl World {
         let admin = pool(&format!("{prefix}-admin"), 4).await;
         let table = unique(prefix);
         outbox::migrate(&admin, &table).await.unwrap();
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "CREATE TABLE \"{table}_biz\" (event_id UUID PRIMARY KEY, n BIGINT NOT NULL)"
-        ))
+        )))
         .execute(&admin)
         .await
         .unwrap();
@@ -77,21 +77,23 @@ impl World {
 
     /// What was committed: the business table, `event_id -> n`.
     pub async fn committed(&self) -> HashMap<Uuid, i64> {
-        let rows: Vec<(Uuid, i64)> =
-            sqlx::query_as(&format!("SELECT event_id, n FROM \"{}_biz\"", self.table))
-                .fetch_all(&self.admin)
-                .await
-                .unwrap();
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT event_id, n FROM \"{}_biz\"",
+            self.table
+        )))
+        .fetch_all(&self.admin)
+        .await
+        .unwrap();
         rows.into_iter().collect()
     }
 
     /// Entries not yet published (pending, claimed or not); `None` while
     /// the database cannot be asked.
     pub async fn pending(&self) -> Option<i64> {
-        sqlx::query_scalar(&format!(
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) FROM \"{}\" WHERE status = 'pending'",
             self.table
-        ))
+        )))
         .fetch_one(&self.admin)
         .await
         .ok()
@@ -99,10 +101,10 @@ impl World {
 
     /// Dead letters.
     pub async fn dead(&self) -> i64 {
-        sqlx::query_scalar(&format!(
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) FROM \"{}\" WHERE status = 'dead'",
             self.table
-        ))
+        )))
         .fetch_one(&self.admin)
         .await
         .unwrap()
@@ -127,9 +129,9 @@ impl World {
     /// Drops the tables and the queue.
     pub async fn drop_all(self) {
         let t = &self.table;
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP TABLE IF EXISTS \"{t}\", \"{t}_schema\", \"{t}_blocked\", \"{t}_biz\""
-        ))
+        )))
         .execute(&self.admin)
         .await
         .unwrap();
@@ -165,9 +167,9 @@ pub async fn record_ticks(
         numbers.push(k);
     }
     batch.record(&mut tx).await.map_err(|e| e.to_string())?;
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO \"{table}_biz\" (event_id, n) SELECT * FROM UNNEST($1::uuid[], $2::bigint[])"
-    ))
+    )))
     .bind(&ids)
     .bind(&numbers)
     .execute(&mut *tx)

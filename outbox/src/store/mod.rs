@@ -316,11 +316,12 @@ where
 {
     let mut last = after;
     loop {
-        let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(page))
-            .bind(last)
-            .bind(FOLLOW_PAGE)
-            .fetch_all(&mut *conn)
-            .await?;
+        let rows: Vec<(i64, String, String, Option<String>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(page))
+                .bind(last)
+                .bind(FOLLOW_PAGE)
+                .fetch_all(&mut *conn)
+                .await?;
         let full = rows.len() >= usize::try_from(FOLLOW_PAGE).unwrap_or(usize::MAX);
         for (position, event_id, name, stream_key) in rows {
             last = position;
@@ -335,7 +336,9 @@ where
             break;
         }
     }
-    let pending: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(pending)).fetch_one(&mut *conn).await?;
+    let pending: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(pending))
+        .fetch_one(&mut *conn)
+        .await?;
     Ok((last, count(pending)))
 }
 

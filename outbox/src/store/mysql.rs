@@ -53,7 +53,7 @@ use sqlx::SqlStr;
 
 use super::{
     ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
-    decode_claimed, safe, name_stats, render,
+    decode_claimed, name_stats, render, safe,
 };
 use crate::error::Result;
 use crate::publisher::Blocked;
@@ -214,7 +214,9 @@ impl Store for MySql {
                  UTC_TIMESTAMP(6) + INTERVAL u.delay MICROSECOND), o.claim_token = NULL \
                  WHERE o.claim_token = ?"
             )),
-            still_claimed: safe(format!("SELECT o.id FROM {by_ids} WHERE o.claim_token = ? FOR UPDATE")),
+            still_claimed: safe(format!(
+                "SELECT o.id FROM {by_ids} WHERE o.claim_token = ? FOR UPDATE"
+            )),
             renew: safe(format!(
                 "UPDATE {by_ids} SET o.available_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
                  WHERE o.claim_token = ?"
@@ -261,9 +263,14 @@ impl Store for MySql {
             super::COLUMNS,
             table.quoted('`', "")
         );
-        let probe = sqlx::query(sqlx::AssertSqlSafe(probe.to_string())).execute(pool).await.map(drop);
+        let probe = sqlx::query(sqlx::AssertSqlSafe(probe.to_string()))
+            .execute(pool)
+            .await
+            .map(drop);
         let version = format!("SELECT MAX(version) FROM {}", table.quoted('`', "_schema"));
-        let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version.to_string())).fetch_one(pool).await;
+        let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version.to_string()))
+            .fetch_one(pool)
+            .await;
         let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
         super::verdict(table, probe, version, latest)
     }
@@ -537,7 +544,9 @@ impl Store for MySql {
 
     async fn requeue(pool: &MySqlPool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.requeue.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which).execute(pool).await?;
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
+            .execute(pool)
+            .await?;
         tracing::info!(table = %sql.table, requeued = done.rows_affected(), "dead letters requeued");
         Ok(done.rows_affected())
     }
@@ -588,7 +597,9 @@ impl Store for MySql {
 
     async fn purge(pool: &MySqlPool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.purge.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which).execute(pool).await?;
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
+            .execute(pool)
+            .await?;
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
         Ok(done.rows_affected())
     }
@@ -603,7 +614,9 @@ impl Store for MySql {
              CROSS JOIN (SELECT COUNT(*) AS dead FROM {t} WHERE status = 'dead') AS d"
         );
         let (pending, dead, oldest): (i64, i64, Option<f64>) =
-            sqlx::query_as(sqlx::AssertSqlSafe(gauges.to_string())).fetch_one(pool).await?;
+            sqlx::query_as(sqlx::AssertSqlSafe(gauges.to_string()))
+                .fetch_one(pool)
+                .await?;
         Ok(super::Gauges {
             pending: super::count(pending),
             dead: super::count(dead),
@@ -617,7 +630,9 @@ impl Store for MySql {
             "SELECT CAST(COALESCE(MAX(id), 0) AS SIGNED), \
              (SELECT COUNT(*) FROM {t} WHERE status = 'pending') FROM {t}"
         );
-        let (after, pending): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(start.to_string())).fetch_one(pool).await?;
+        let (after, pending): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(start.to_string()))
+            .fetch_one(pool)
+            .await?;
         let cursor = super::FollowCursor {
             after,
             ..super::FollowCursor::default()
@@ -683,15 +698,21 @@ async fn apply(conn: &mut PoolConnection<MySql>, table: &TableName) -> Result<()
         "CREATE TABLE IF NOT EXISTS {versions} (version INT NOT NULL PRIMARY KEY, \
          applied_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6))) ENGINE = InnoDB"
     );
-    sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&mut **conn).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+        .execute(&mut **conn)
+        .await?;
     let select = format!("SELECT version FROM {versions}");
-    let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.to_string())).fetch_all(&mut **conn).await?;
+    let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.to_string()))
+        .fetch_all(&mut **conn)
+        .await?;
     for (version, up) in MIGRATIONS {
         if applied.contains(version) {
             continue;
         }
         let up = render(up, table, '`');
-        sqlx::raw_sql(sqlx::AssertSqlSafe(up)).execute(&mut **conn).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(up))
+            .execute(&mut **conn)
+            .await?;
         let insert =
             format!("INSERT INTO {versions} (version, applied_at) VALUES (?, UTC_TIMESTAMP(6))");
         sqlx::query(sqlx::AssertSqlSafe(insert.to_string()))
@@ -706,7 +727,8 @@ async fn apply(conn: &mut PoolConnection<MySql>, table: &TableName) -> Result<()
 /// One multi-row INSERT.
 async fn insert_chunk(conn: &mut MySqlConnection, sql: &Sql, chunk: &[NewRow]) -> Result<()> {
     const ROW: &str = "(?,?,?,?,?,?,?,UTC_TIMESTAMP(6),UTC_TIMESTAMP(6))";
-    let mut text = String::with_capacity(sql.insert_prefix.as_str().len() + chunk.len() * (ROW.len() + 1));
+    let mut text =
+        String::with_capacity(sql.insert_prefix.as_str().len() + chunk.len() * (ROW.len() + 1));
     text.push_str(sql.insert_prefix.as_str());
     for i in 0..chunk.len() {
         if i > 0 {

@@ -12,7 +12,7 @@ use sqlx::SqlStr;
 
 use super::{
     ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
-    decode_claimed, safe, millis, name_stats, render,
+    decode_claimed, millis, name_stats, render, safe,
 };
 use crate::error::Result;
 use crate::publisher::Blocked;
@@ -115,7 +115,9 @@ impl BlockedSql {
     fn new(table: &TableName) -> Self {
         let t = table.quoted('"', "_blocked");
         Self {
-            select: safe(format!("SELECT publisher, since, reason, seen_at FROM {t} ORDER BY publisher")),
+            select: safe(format!(
+                "SELECT publisher, since, reason, seen_at FROM {t} ORDER BY publisher"
+            )),
             save: safe(format!(
                 "INSERT INTO {t} (publisher, since, reason, seen_at) \
                  SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::timestamptz[]) \
@@ -226,9 +228,14 @@ impl Store for Postgres {
             super::COLUMNS,
             table.quoted('"', "")
         );
-        let probe = sqlx::query(sqlx::AssertSqlSafe(probe.to_string())).execute(pool).await.map(drop);
+        let probe = sqlx::query(sqlx::AssertSqlSafe(probe.to_string()))
+            .execute(pool)
+            .await
+            .map(drop);
         let version = format!("SELECT MAX(version) FROM {}", table.quoted('"', "_schema"));
-        let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version.to_string())).fetch_one(pool).await;
+        let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version.to_string()))
+            .fetch_one(pool)
+            .await;
         let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
         super::verdict(table, probe, version, latest)
     }
@@ -244,17 +251,26 @@ impl Store for Postgres {
             "CREATE TABLE IF NOT EXISTS {versions} (version INTEGER PRIMARY KEY, \
              applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&mut *tx).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+            .execute(&mut *tx)
+            .await?;
         let select = format!("SELECT version FROM {versions}");
-        let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.to_string())).fetch_all(&mut *tx).await?;
+        let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.to_string()))
+            .fetch_all(&mut *tx)
+            .await?;
         for (version, up) in MIGRATIONS {
             if applied.contains(version) {
                 continue;
             }
             let up = render(up, table, '"');
-            sqlx::raw_sql(sqlx::AssertSqlSafe(up)).execute(&mut *tx).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(up))
+                .execute(&mut *tx)
+                .await?;
             let insert = format!("INSERT INTO {versions} (version) VALUES ($1)");
-            sqlx::query(sqlx::AssertSqlSafe(insert.to_string())).bind(version).execute(&mut *tx).await?;
+            sqlx::query(sqlx::AssertSqlSafe(insert.to_string()))
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -499,7 +515,9 @@ impl Store for Postgres {
 
     async fn requeue(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.requeue.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which).execute(pool).await?;
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
+            .execute(pool)
+            .await?;
         tracing::info!(table = %sql.table, requeued = done.rows_affected(), "dead letters requeued");
         Ok(done.rows_affected())
     }
@@ -546,7 +564,9 @@ impl Store for Postgres {
 
     async fn purge(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.purge.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which).execute(pool).await?;
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
+            .execute(pool)
+            .await?;
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
         Ok(done.rows_affected())
     }
@@ -572,7 +592,9 @@ impl Store for Postgres {
              (SELECT count(*) FROM {t} WHERE status = 'pending')"
         );
         let (snapshot, taken_at, after, pending): (String, _, i64, i64) =
-            sqlx::query_as(sqlx::AssertSqlSafe(start.to_string())).fetch_one(pool).await?;
+            sqlx::query_as(sqlx::AssertSqlSafe(start.to_string()))
+                .fetch_one(pool)
+                .await?;
         let cursor = super::FollowCursor {
             after,
             snapshot,
@@ -606,13 +628,14 @@ impl Store for Postgres {
         let page = follow_page_sql(&t);
         let mut last = 0_i64;
         loop {
-            let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(page.to_string()))
-                .bind(&cursor.snapshot)
-                .bind(published_since)
-                .bind(last)
-                .bind(FOLLOW_PAGE)
-                .fetch_all(&mut *tx)
-                .await?;
+            let rows: Vec<(i64, String, String, Option<String>)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(page.to_string()))
+                    .bind(&cursor.snapshot)
+                    .bind(published_since)
+                    .bind(last)
+                    .bind(FOLLOW_PAGE)
+                    .fetch_all(&mut *tx)
+                    .await?;
             let full = rows.len() >= usize::try_from(FOLLOW_PAGE).unwrap_or(usize::MAX);
             for (position, event_id, name, stream_key) in rows {
                 last = position;

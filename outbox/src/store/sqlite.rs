@@ -14,7 +14,7 @@ use sqlx::SqlStr;
 
 use super::{
     ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
-    decode_claimed, safe, millis, name_stats, render,
+    decode_claimed, millis, name_stats, render, safe,
 };
 use crate::error::Result;
 use crate::publisher::Blocked;
@@ -159,9 +159,14 @@ impl Store for Sqlite {
             super::COLUMNS,
             table.quoted('"', "")
         );
-        let probe = sqlx::query(sqlx::AssertSqlSafe(probe.to_string())).execute(pool).await.map(drop);
+        let probe = sqlx::query(sqlx::AssertSqlSafe(probe.to_string()))
+            .execute(pool)
+            .await
+            .map(drop);
         let version = format!("SELECT MAX(version) FROM {}", table.quoted('"', "_schema"));
-        let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version.to_string())).fetch_one(pool).await;
+        let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version.to_string()))
+            .fetch_one(pool)
+            .await;
         let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
         super::verdict(table, probe, version, latest)
     }
@@ -173,17 +178,26 @@ impl Store for Sqlite {
             "CREATE TABLE IF NOT EXISTS {versions} (version INTEGER PRIMARY KEY, \
              applied_at INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)))"
         );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&mut *tx).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+            .execute(&mut *tx)
+            .await?;
         let select = format!("SELECT version FROM {versions}");
-        let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.to_string())).fetch_all(&mut *tx).await?;
+        let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.to_string()))
+            .fetch_all(&mut *tx)
+            .await?;
         for (version, up) in MIGRATIONS {
             if applied.contains(version) {
                 continue;
             }
             let up = render(up, table, '"');
-            sqlx::raw_sql(sqlx::AssertSqlSafe(up)).execute(&mut *tx).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(up))
+                .execute(&mut *tx)
+                .await?;
             let insert = format!("INSERT OR IGNORE INTO {versions} (version) VALUES (?1)");
-            sqlx::query(sqlx::AssertSqlSafe(insert.to_string())).bind(version).execute(&mut *tx).await?;
+            sqlx::query(sqlx::AssertSqlSafe(insert.to_string()))
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -192,7 +206,8 @@ impl Store for Sqlite {
     async fn insert(conn: &mut SqliteConnection, sql: &Sql, rows: &[NewRow]) -> Result<()> {
         let now = now_millis();
         for chunk in rows.chunks(INSERT_CHUNK) {
-            let mut text = String::with_capacity(sql.insert_prefix.as_str().len() + chunk.len() * 24);
+            let mut text =
+                String::with_capacity(sql.insert_prefix.as_str().len() + chunk.len() * 24);
             text.push_str(sql.insert_prefix.as_str());
             for i in 0..chunk.len() {
                 if i > 0 {
@@ -431,7 +446,9 @@ impl Store for Sqlite {
 
     async fn purge(pool: &SqlitePool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.purge.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which).execute(pool).await?;
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
+            .execute(pool)
+            .await?;
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
         Ok(done.rows_affected())
     }
@@ -445,10 +462,11 @@ impl Store for Sqlite {
              FROM {t} WHERE status = 'pending') AS p, \
              (SELECT COUNT(*) AS dead FROM {t} WHERE status = 'dead') AS d"
         );
-        let (pending, dead, oldest): (i64, i64, Option<f64>) = sqlx::query_as(sqlx::AssertSqlSafe(gauges.to_string()))
-            .bind(now_millis())
-            .fetch_one(pool)
-            .await?;
+        let (pending, dead, oldest): (i64, i64, Option<f64>) =
+            sqlx::query_as(sqlx::AssertSqlSafe(gauges.to_string()))
+                .bind(now_millis())
+                .fetch_one(pool)
+                .await?;
         Ok(super::Gauges {
             pending: super::count(pending),
             dead: super::count(dead),
@@ -462,7 +480,9 @@ impl Store for Sqlite {
             "SELECT (SELECT COALESCE(MAX(id), 0) FROM {t}), \
              (SELECT COUNT(*) FROM {t} WHERE status = 'pending')"
         );
-        let (after, pending): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(start.to_string())).fetch_one(pool).await?;
+        let (after, pending): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(start.to_string()))
+            .fetch_one(pool)
+            .await?;
         let cursor = super::FollowCursor {
             after,
             ..super::FollowCursor::default()
