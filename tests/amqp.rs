@@ -202,7 +202,7 @@ async fn relay_delivers_every_event_through_a_declared_topic_exchange() {
         &channel,
         &queue_name,
         expected.len(),
-        Duration::from_secs(60),
+        Duration::from_mins(1),
     )
     .await;
     stop.send(()).unwrap();

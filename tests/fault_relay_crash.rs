@@ -125,7 +125,7 @@ async fn sigkilled_relay_processes_lose_nothing() {
         &world.queue,
         &want,
         Duration::from_secs(2),
-        Duration::from_secs(120),
+        Duration::from_mins(2),
     )
     .await;
     let t = tally(&committed, &received);

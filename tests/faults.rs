@@ -107,7 +107,7 @@ async fn writers_rolling_back_under_load_deliver_exactly_the_committed_events() 
         &world.queue,
         &want,
         Duration::from_secs(2),
-        Duration::from_secs(120),
+        Duration::from_mins(2),
     )
     .await;
     let t = tally(&committed, &received);
@@ -231,7 +231,7 @@ async fn terminated_relay_connections_reconnect_and_lose_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop_producing.send(true).unwrap();
     let recorded = producer.await.unwrap();
-    let drained_after = world.wait_drained(Duration::from_secs(120)).await;
+    let drained_after = world.wait_drained(Duration::from_mins(2)).await;
     let recovered_in = last_kill.elapsed();
     stop.send(true).unwrap();
     let mut reports = Vec::new();
@@ -244,7 +244,7 @@ async fn terminated_relay_connections_reconnect_and_lose_nothing() {
         &world.queue,
         &want,
         Duration::from_secs(2),
-        Duration::from_secs(120),
+        Duration::from_mins(2),
     )
     .await;
     let t = tally(&committed, &received);
@@ -357,7 +357,7 @@ async fn hanging_broker_is_unavailable_and_loses_nothing() {
     let tap = Tap::new(world.rabbit());
     let (stop, signal) = stop_signal();
     let relay = tokio::spawn(outbox.relay(tap_publishers(&tap)).run(signal()));
-    let drained = world.wait_drained(Duration::from_secs(120)).await;
+    let drained = world.wait_drained(Duration::from_mins(2)).await;
     stop.send(true).unwrap();
     relay.await.unwrap();
     let committed = world.committed().await;
@@ -366,7 +366,7 @@ async fn hanging_broker_is_unavailable_and_loses_nothing() {
         &world.queue,
         &want,
         Duration::from_secs(2),
-        Duration::from_secs(120),
+        Duration::from_mins(2),
     )
     .await;
     let t = tally(&committed, &received);
@@ -752,7 +752,7 @@ async fn poison_and_bad_input_never_block_the_queue() {
         &world.queue,
         &want,
         Duration::from_secs(2),
-        Duration::from_secs(120),
+        Duration::from_mins(2),
     )
     .await;
     let (ticks, others): (Vec<Message>, Vec<Message>) = received

@@ -423,7 +423,7 @@ fn rows_written_wrong_do_not_block_the_queue() {
                 row.keys().copied().collect::<Vec<_>>().join(", "),
                 row.values().cloned().collect::<Vec<_>>().join(", ")
             );
-            sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).execute(&pool).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(&pool).await.unwrap();
             let good = Uuid::now_v7();
             sqlx::query(
                 "INSERT INTO outbox (event_id, name, payload) VALUES (?, 'fuzz.other', '{}')",

@@ -48,7 +48,7 @@ impl Harness for My {
         let sql = format!(
             "SELECT event_id, name, status, attempts, last_error FROM `{table}` ORDER BY id"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .fetch_all(pool)
             .await
             .unwrap()
@@ -65,7 +65,7 @@ impl Harness for My {
 
     async fn create_business(pool: &MySqlPool, table: &str) {
         let sql = format!("CREATE TABLE `{table}_biz` (id BIGINT PRIMARY KEY) ENGINE = InnoDB");
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .execute(pool)
             .await
             .unwrap();
@@ -73,7 +73,7 @@ impl Harness for My {
 
     async fn insert_business(conn: &mut MySqlConnection, table: &str, id: i64) {
         let sql = format!("INSERT INTO `{table}_biz` (id) VALUES (?)");
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .bind(id)
             .execute(conn)
             .await
@@ -82,7 +82,7 @@ impl Harness for My {
 
     async fn count_business(pool: &MySqlPool, table: &str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM `{table}_biz`");
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
             .fetch_one(pool)
             .await
             .unwrap()
@@ -90,7 +90,7 @@ impl Harness for My {
 
     async fn set_payload(pool: &MySqlPool, table: &str, event_id: Uuid, payload: &str) {
         let sql = format!("UPDATE `{table}` SET payload = ? WHERE event_id = ?");
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .bind(payload)
             .bind(event_id.to_string())
             .execute(pool)
@@ -111,7 +111,7 @@ impl Harness for My {
         let sql = format!(
             "DROP TABLE IF EXISTS `{table}`, `{table}_schema`, `{table}_blocked`, `{table}_biz`"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .execute(pool)
             .await
             .unwrap();
@@ -256,7 +256,7 @@ async fn locked_rows_are_skipped_and_inserts_go_on() {
     // of its claim would.
     let mut locker = pool.begin().await.unwrap();
     let lock_first = format!("SELECT id FROM `{table}` ORDER BY id LIMIT 1 FOR UPDATE");
-    sqlx::query(sqlx::AssertSqlSafe(lock_first.to_string()))
+    sqlx::query(sqlx::AssertSqlSafe(lock_first.clone()))
         .execute(&mut *locker)
         .await
         .unwrap();

@@ -34,7 +34,7 @@ impl Harness for Pg {
         let sql = format!(
             "SELECT event_id, name, status, attempts, last_error FROM \"{table}\" ORDER BY id"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .fetch_all(pool)
             .await
             .unwrap()
@@ -51,7 +51,7 @@ impl Harness for Pg {
 
     async fn create_business(pool: &PgPool, table: &str) {
         let sql = format!("CREATE TABLE \"{table}_biz\" (id BIGINT PRIMARY KEY)");
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .execute(pool)
             .await
             .unwrap();
@@ -59,7 +59,7 @@ impl Harness for Pg {
 
     async fn insert_business(conn: &mut PgConnection, table: &str, id: i64) {
         let sql = format!("INSERT INTO \"{table}_biz\" (id) VALUES ($1)");
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .bind(id)
             .execute(conn)
             .await
@@ -68,7 +68,7 @@ impl Harness for Pg {
 
     async fn count_business(pool: &PgPool, table: &str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM \"{table}_biz\"");
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
             .fetch_one(pool)
             .await
             .unwrap()
@@ -76,7 +76,7 @@ impl Harness for Pg {
 
     async fn set_payload(pool: &PgPool, table: &str, event_id: Uuid, payload: &str) {
         let sql = format!("UPDATE \"{table}\" SET payload = $1::json WHERE event_id = $2");
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .bind(payload)
             .bind(event_id)
             .execute(pool)
@@ -97,7 +97,7 @@ impl Harness for Pg {
         let sql = format!(
             "DROP TABLE IF EXISTS \"{table}\", \"{table}_schema\", \"{table}_blocked\", \"{table}_biz\""
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .execute(pool)
             .await
             .unwrap();
@@ -240,7 +240,7 @@ async fn killed_relay_process_loses_nothing() {
     for k in 1..=kills {
         let mut child = spawn();
         let target = k * 400;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let deadline = std::time::Instant::now() + Duration::from_mins(1);
         while lines() < target && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -248,7 +248,7 @@ async fn killed_relay_process_loses_nothing() {
         child.wait().unwrap();
     }
     let mut last = spawn();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let deadline = std::time::Instant::now() + Duration::from_mins(2);
     while !Pg::rows(&pool, &table).await.is_empty() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -519,7 +519,7 @@ fn webhook_signatures_verify_and_refuse() {
         .unwrap()
         .as_secs()
         .to_string();
-    let minute = Duration::from_secs(60);
+    let minute = Duration::from_mins(1);
     let signature = sign(b"k", format!("{now}.{{}}").as_bytes());
     assert!(verify_timestamped_signature(
         "k", &now, b"{}", &signature, minute
@@ -557,7 +557,7 @@ async fn relay_runs_with_select_update_delete_only() {
         format!("GRANT INSERT ON \"{t}\" TO {writer_role}"),
         format!("GRANT INSERT ON \"{t}_biz\" TO {writer_role}"),
     ] {
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .execute(&world.admin)
             .await
             .unwrap();
@@ -650,7 +650,7 @@ async fn relay_runs_with_select_update_delete_only() {
             .unwrap();
         k += n;
     }
-    let drained = world.wait_drained(Duration::from_secs(120)).await;
+    let drained = world.wait_drained(Duration::from_mins(2)).await;
     stop.send(true).unwrap();
     let report = relay.await.unwrap();
 
@@ -682,7 +682,7 @@ async fn relay_runs_with_select_update_delete_only() {
         &world.queue,
         &want,
         Duration::from_secs(2),
-        Duration::from_secs(120),
+        Duration::from_mins(2),
     )
     .await;
     let tally = tally(&committed, &received);

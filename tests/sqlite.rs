@@ -32,7 +32,7 @@ impl Harness for Lite {
         let sql = format!(
             "SELECT event_id, name, status, attempts, last_error FROM \"{table}\" ORDER BY id"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .fetch_all(pool)
             .await
             .unwrap()
@@ -49,7 +49,7 @@ impl Harness for Lite {
 
     async fn create_business(pool: &SqlitePool, table: &str) {
         let sql = format!("CREATE TABLE \"{table}_biz\" (id INTEGER PRIMARY KEY)");
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .execute(pool)
             .await
             .unwrap();
@@ -57,7 +57,7 @@ impl Harness for Lite {
 
     async fn insert_business(conn: &mut SqliteConnection, table: &str, id: i64) {
         let sql = format!("INSERT INTO \"{table}_biz\" (id) VALUES (?)");
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .bind(id)
             .execute(conn)
             .await
@@ -66,7 +66,7 @@ impl Harness for Lite {
 
     async fn count_business(pool: &SqlitePool, table: &str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM \"{table}_biz\"");
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
             .fetch_one(pool)
             .await
             .unwrap()
@@ -74,7 +74,7 @@ impl Harness for Lite {
 
     async fn set_payload(pool: &SqlitePool, table: &str, event_id: Uuid, payload: &str) {
         let sql = format!("UPDATE \"{table}\" SET payload = ? WHERE event_id = ?");
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .bind(payload)
             .bind(event_id.to_string())
             .execute(pool)

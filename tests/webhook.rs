@@ -130,7 +130,7 @@ async fn timestamped_signature_verifies() {
         .unwrap();
     let publishers = Publishers::builder().fallback(webhook).build().unwrap();
     assert_eq!(drain(&outbox, &publishers).await.published, 3);
-    let minute = Duration::from_secs(60);
+    let minute = Duration::from_mins(1);
     for req in server.received() {
         let ts = req.header("x-outbox-timestamp").unwrap();
         let sig = req.header("x-outbox-signature").unwrap();

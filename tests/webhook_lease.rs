@@ -131,7 +131,7 @@ async fn a_batch_slower_than_the_lease_is_never_delivered_twice() {
 
     for suffix in ["", "_schema", "_blocked"] {
         let sql = format!("DROP TABLE IF EXISTS \"{table}{suffix}\"");
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .execute(&pool)
             .await
             .unwrap();

@@ -300,7 +300,7 @@ pub(crate) async fn fill_pg(pool: &PgPool, table: &str, n: usize, status: &str) 
                FROM generate_series(1, $1::bigint) AS g) AS s"
     );
     let dead = status == "dead";
-    sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+    sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
         .bind(i64::try_from(n).unwrap_or(i64::MAX))
         .bind(Utc::now().timestamp_millis())
         .bind(OrderPlaced::NAME)
@@ -600,7 +600,7 @@ impl<P> Counted<P> {
 
 /// How long a drain of `n` may take before the run gives up on it.
 pub(crate) fn drain_deadline(n: usize) -> Duration {
-    Duration::from_secs(60) + Duration::from_millis(u64::try_from(n).unwrap_or(u64::MAX))
+    Duration::from_mins(1) + Duration::from_millis(u64::try_from(n).unwrap_or(u64::MAX))
 }
 
 /// Drains with one library relay per `Publishers` (run as users run it:

@@ -40,7 +40,7 @@ pub(crate) async fn gauges(b: &Bench) -> Res<()> {
     let outbox = lib(
         Outbox::builder(pool.clone())
             .table(table.as_str())
-            .keep_published(Duration::from_secs(30 * 24 * 3600))
+            .keep_published(Duration::from_hours(720))
             .max_attempts(1)
             .build()
             .await,

@@ -375,7 +375,7 @@ pub(crate) async fn poll_with_dead(b: &Bench) -> Res<()> {
     let kill = format!(
         "UPDATE \"{table}\" SET status = 'dead', attempts = 3, last_error = 'rejected by the benchmark'"
     );
-    sqlx::query(sqlx::AssertSqlSafe(kill.to_string()))
+    sqlx::query(sqlx::AssertSqlSafe(kill.clone()))
         .execute(&b.admin)
         .await
         .context("turning entries into dead letters")?;

@@ -184,7 +184,7 @@ pub(crate) async fn refill(pool: &SqlitePool, sql: &LiteSql, n: usize) -> Res<()
                 ?2, ?2 \
          FROM g"
     );
-    sqlx::query(sqlx::AssertSqlSafe(fill.to_string()))
+    sqlx::query(sqlx::AssertSqlSafe(fill.clone()))
         .bind(i64::try_from(n).unwrap_or(i64::MAX))
         .bind(Utc::now().timestamp_millis())
         .bind(OrderPlaced::NAME)
@@ -240,7 +240,7 @@ pub(crate) async fn raw_claim(
     sql: &LiteSql,
     token: Uuid,
 ) -> Res<Vec<RawRow>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.claim.to_string()))
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.claim.clone()))
         .bind(token.hyphenated())
         .bind(Utc::now().timestamp_millis())
         .bind(LEASE_MS)
@@ -273,7 +273,7 @@ pub(crate) async fn raw_delete(
         let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
         let ids = serde_json::to_string(&ids).context("encoding ids")?;
         let mut tx = conn.begin().await.context("BEGIN")?;
-        sqlx::query(sqlx::AssertSqlSafe(sql.delete_json.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.delete_json.clone()))
             .bind(token.hyphenated())
             .bind(ids)
             .execute(&mut *tx)

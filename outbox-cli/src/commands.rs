@@ -54,7 +54,7 @@ fn secs(d: Option<Duration>) -> Value {
 /// left over from a relay that stopped: shown as stale, not unhealthy. (A
 /// relay refreshes the row about every 10 s while the destination keeps
 /// failing.)
-const BLOCKED_STALE_AFTER: Duration = Duration::from_secs(60);
+const BLOCKED_STALE_AFTER: Duration = Duration::from_mins(1);
 
 /// How long ago `t` was (zero if it is in the future).
 fn age_of(t: DateTime<Utc>) -> Duration {

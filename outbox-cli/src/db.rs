@@ -380,7 +380,7 @@ impl Db for Postgres {
             return Ok(None);
         }
         let sql = format!("SELECT MAX(version)::int8 FROM {}", table.versions);
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
             .fetch_one(pool)
             .await
     }
@@ -413,7 +413,7 @@ impl Db for MySql {
             "SELECT CAST(MAX(version) AS SIGNED) FROM {}",
             table.versions
         );
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
             .fetch_one(pool)
             .await
     }
@@ -450,7 +450,7 @@ impl Db for Sqlite {
             return Ok(None);
         }
         let sql = format!("SELECT MAX(version) FROM {}", table.versions);
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
             .fetch_one(pool)
             .await
     }

@@ -86,11 +86,11 @@ mod tests {
     #[test]
     fn parses_units_and_compounds() {
         assert_eq!(parse("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse("2h"), Ok(Duration::from_secs(7_200)));
-        assert_eq!(parse("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse("5m"), Ok(Duration::from_mins(5)));
+        assert_eq!(parse("2h"), Ok(Duration::from_hours(2)));
+        assert_eq!(parse("7d"), Ok(Duration::from_hours(168)));
         assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse("1h30m"), Ok(Duration::from_mins(90)));
         assert_eq!(parse(" 0s "), Ok(Duration::ZERO));
     }
 
@@ -117,10 +117,10 @@ mod tests {
         assert_eq!(human(Duration::from_millis(12_340)), "12.3s");
         assert_eq!(human(Duration::from_secs(30)), "30s");
         assert_eq!(human(Duration::from_secs(312)), "5m 12s");
-        assert_eq!(human(Duration::from_secs(7_500)), "2h 5m");
-        assert_eq!(human(Duration::from_secs(273_600)), "3d 4h");
-        assert_eq!(human(Duration::from_secs(300)), "5m");
+        assert_eq!(human(Duration::from_mins(125)), "2h 5m");
+        assert_eq!(human(Duration::from_hours(76)), "3d 4h");
+        assert_eq!(human(Duration::from_mins(5)), "5m");
         assert_eq!(human(Duration::from_secs(7_259)), "2h");
-        assert_eq!(human(Duration::from_secs(604_800)), "7d");
+        assert_eq!(human(Duration::from_hours(168)), "7d");
     }
 }

@@ -362,7 +362,7 @@ pub(crate) async fn relay<DB: Db>(ctx: &Ctx<DB>, args: &RelayArgs) -> Result<(),
     let backoff = if args.backoff.is_zero() {
         Backoff::none()
     } else {
-        Backoff::exponential(args.backoff, Duration::from_secs(300).max(args.backoff))
+        Backoff::exponential(args.backoff, Duration::from_mins(5).max(args.backoff))
     };
     let mut builder = outbox::Outbox::builder(ctx.pool.clone())
         .table(&ctx.table.name)

@@ -590,12 +590,10 @@ async fn tail_follows_inserts_and_publications_postgres() {
     let after = start["after"].as_i64().unwrap();
 
     // The README's PostgreSQL statements: two entries, and a NOTIFY.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(
-        readme_sql("PostgreSQL", &t).to_string(),
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(readme_sql("PostgreSQL", &t).clone()))
+        .execute(&pool)
+        .await
+        .unwrap();
     let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(
         format!("SELECT id, event_id::text, name, stream_key FROM {t} WHERE id > $1 ORDER BY id"),
     ))
@@ -643,12 +641,10 @@ async fn tail_prints_lines_for_people_sqlite() {
         "following \"outbox\" after position 0 (0 pending); Ctrl-C to stop"
     );
     let pool = SqlitePool::connect(&url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(
-        readme_sql("SQLite", "outbox").to_string(),
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(readme_sql("SQLite", "outbox").clone()))
+        .execute(&pool)
+        .await
+        .unwrap();
     assert_eq!(
         tail.next_line(),
         "new   #1  billing.invoice_paid  0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d  stream=invoice-7"
@@ -794,12 +790,10 @@ async fn relay_delivers_plain_sql_rows_to_rabbitmq_and_stops_on_sigterm_postgres
     let (_connection, channel) = rabbit(&exchange, &queue).await;
     outbox(&pg_url(), &t, &["migrate"]).ok();
 
-    sqlx::raw_sql(sqlx::AssertSqlSafe(
-        readme_sql("PostgreSQL", &t).to_string(),
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(readme_sql("PostgreSQL", &t).clone()))
+        .execute(&pool)
+        .await
+        .unwrap();
     pg_insert(&pool, &t, "bulk.loaded", 50).await;
     let rows: Vec<(String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT event_id::text, name, payload::text FROM {t} ORDER BY id"
@@ -885,12 +879,10 @@ async fn relay_delivers_plain_sql_rows_to_redis_streams_sqlite() {
     let (url, file) = sqlite_url();
     outbox(&url, "outbox", &["migrate"]).ok();
     let pool = SqlitePool::connect(&url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(
-        readme_sql("SQLite", "outbox").to_string(),
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(readme_sql("SQLite", "outbox").clone()))
+        .execute(&pool)
+        .await
+        .unwrap();
     let stream = format!("outbox-cli-test:{}", Uuid::new_v4().simple());
 
     let relay = Spawned::start(command(
@@ -1026,12 +1018,10 @@ async fn relay_posts_plain_sql_rows_to_a_webhook_sqlite() {
     let (url, file) = sqlite_url();
     outbox(&url, "outbox", &["migrate"]).ok();
     let pool = SqlitePool::connect(&url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(
-        readme_sql("SQLite", "outbox").to_string(),
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(readme_sql("SQLite", "outbox").clone()))
+        .execute(&pool)
+        .await
+        .unwrap();
     let (hook, requests) = webhook_server();
 
     let args = [
@@ -1091,12 +1081,10 @@ async fn sqlite_migrate_contract_status_and_dead_letters() {
         format!("table \"outbox\" created (schema version 2) in {url}")
     );
     let pool = SqlitePool::connect(&url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(
-        readme_sql("SQLite", "outbox").to_string(),
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(readme_sql("SQLite", "outbox").clone()))
+        .execute(&pool)
+        .await
+        .unwrap();
     sqlx::query(
         "UPDATE outbox SET status = 'dead', attempts = 3, last_error = 'nope' WHERE id = 2",
     )
@@ -1153,7 +1141,7 @@ async fn mariadb_migrate_contract_and_status() {
     );
     outbox(&mysql_url(), &t, &["migrate"]).ok();
     sqlx::raw_sql(sqlx::AssertSqlSafe(
-        readme_sql("MySQL / MariaDB", &t).to_string(),
+        readme_sql("MySQL / MariaDB", &t).clone(),
     ))
     .execute(&pool)
     .await

@@ -27,7 +27,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self::exponential(Duration::from_secs(1), Duration::from_secs(300))
+        Self::exponential(Duration::from_secs(1), Duration::from_mins(5))
     }
 }
 
@@ -446,7 +446,7 @@ impl<DB: Backend> Outbox<DB> {
             min_poll_interval: Duration::from_millis(10),
             max_backoff: Duration::from_secs(30),
             stats_interval: Some(Duration::from_secs(15)),
-            cleanup_interval: Duration::from_secs(60),
+            cleanup_interval: Duration::from_mins(1),
         }
     }
 }

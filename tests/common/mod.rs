@@ -1141,7 +1141,7 @@ pub async fn shutdown_finishes_the_batch_in_flight<H: Harness>() {
         .unwrap();
     let totals = outbox
         .relay(p)
-        .poll_interval(Duration::from_secs(60))
+        .poll_interval(Duration::from_mins(1))
         .run(async move { started.notified().await })
         .await;
     assert_eq!(totals.published, 5);
@@ -1388,7 +1388,7 @@ pub async fn drain_with_relay_loops<H: Harness>(
             let _ = stop.wait_for(|stopped| *stopped).await;
         })));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
     while ledger.published.lock().unwrap().len() < n {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -1594,7 +1594,7 @@ pub async fn stats_report_pending_retrying_dead_and_age<H: Harness>() {
     );
     let age = stats.oldest_pending_age.expect("one pending entry");
     assert!(
-        age >= Duration::from_millis(40) && age < Duration::from_secs(60),
+        age >= Duration::from_millis(40) && age < Duration::from_mins(1),
         "{age:?}"
     );
     assert_eq!(stats.by_name.len(), 2);
@@ -1706,7 +1706,7 @@ pub async fn dead_letters_by_id_name_and_age<H: Harness>() {
 
     assert_eq!(
         outbox
-            .purge_dead_for(Duration::from_secs(3600))
+            .purge_dead_for(Duration::from_hours(1))
             .await
             .unwrap(),
         0,

@@ -136,7 +136,7 @@ pub async fn broker_outage(fault: BrokerFault) {
     let waiting = Instant::now();
     while tap_a.confirmed() + tap_b.confirmed() < CONFIRMED_BEFORE {
         assert!(
-            waiting.elapsed() < Duration::from_secs(60),
+            waiting.elapsed() < Duration::from_mins(1),
             "the relays did not start draining"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -173,8 +173,7 @@ pub async fn broker_outage(fault: BrokerFault) {
                 .unwrap();
             let down_at = Instant::now();
             tokio::time::sleep(down_for).await;
-            let port =
-                tokio::task::spawn_blocking(|| wait_port(AMQP_PORT, Duration::from_secs(60)));
+            let port = tokio::task::spawn_blocking(|| wait_port(AMQP_PORT, Duration::from_mins(1)));
             tokio::task::spawn_blocking(move || drop(guard))
                 .await
                 .unwrap();
@@ -258,7 +257,7 @@ pub async fn broker_outage(fault: BrokerFault) {
         &world.queue,
         &want,
         Duration::from_secs(2),
-        Duration::from_secs(120),
+        Duration::from_mins(2),
     )
     .await;
     let t = tally(&committed, &received);

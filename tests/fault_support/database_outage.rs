@@ -142,7 +142,7 @@ pub async fn database_outage(how: DatabaseStop) {
     let waiting = Instant::now();
     while confirmed() < CONFIRMED_BEFORE {
         assert!(
-            waiting.elapsed() < Duration::from_secs(60),
+            waiting.elapsed() < Duration::from_mins(1),
             "the relays did not start draining"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -160,7 +160,7 @@ pub async fn database_outage(how: DatabaseStop) {
     tokio::task::spawn_blocking(move || drop(guard))
         .await
         .unwrap();
-    let accepting_after = wait_postgres(Duration::from_secs(60)).await;
+    let accepting_after = wait_postgres(Duration::from_mins(1)).await;
     let back_at = Instant::now();
     let down_for = back_at - stopped_at;
 
@@ -183,7 +183,7 @@ pub async fn database_outage(how: DatabaseStop) {
     };
 
     producer.await.unwrap();
-    let drained_after = world.wait_drained(Duration::from_secs(60)).await;
+    let drained_after = world.wait_drained(Duration::from_mins(1)).await;
     stop.send(true).unwrap();
     let mut reports = Vec::new();
     for relay in relays {
@@ -196,7 +196,7 @@ pub async fn database_outage(how: DatabaseStop) {
         &world.queue,
         &want,
         Duration::from_secs(2),
-        Duration::from_secs(120),
+        Duration::from_mins(2),
     )
     .await;
     let t = tally(&committed, &received);

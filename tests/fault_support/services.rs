@@ -19,7 +19,7 @@ pub const AMQP_PORT: u16 = 5672;
 pub const POSTGRES_PORT: u16 = 5432;
 /// The longest a service may take to come back (a RabbitMQ boot after a
 /// SIGKILL recovers its queues first).
-const COME_BACK_WITHIN: Duration = Duration::from_secs(60);
+const COME_BACK_WITHIN: Duration = Duration::from_mins(1);
 
 fn run(program: &str, args: &[&str]) -> bool {
     let started = Instant::now();

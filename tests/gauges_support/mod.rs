@@ -57,9 +57,9 @@ pub(crate) async fn outbox<DB: Backend>(
 ) -> Outbox<DB> {
     Outbox::builder(pool.clone())
         .table(table)
-        .keep_published(Duration::from_secs(3600))
+        .keep_published(Duration::from_hours(1))
         .max_attempts(attempts)
-        .backoff(Backoff::fixed(Duration::from_secs(3600)))
+        .backoff(Backoff::fixed(Duration::from_hours(1)))
         .build()
         .await
         .unwrap()

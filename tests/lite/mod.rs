@@ -163,7 +163,7 @@ impl Lite {
             "SELECT event_id, name, payload, stream_key, headers, correlation_id FROM \"{}\" ORDER BY id",
             self.table
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .fetch_all(&self.pool)
             .await
             .unwrap()
@@ -186,7 +186,7 @@ impl Lite {
             "SELECT event_id, status, attempts, last_error FROM \"{}\" ORDER BY id",
             self.table
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .fetch_all(&self.pool)
             .await
             .unwrap()

@@ -936,7 +936,7 @@ mod tests {
             .as_secs()
             .to_string();
         let sig = sign(mac, Some(&now), b"body");
-        let day = Duration::from_secs(86_400);
+        let day = Duration::from_hours(24);
         assert!(verify_timestamped_signature("k", &now, b"body", &sig, day));
         assert!(!verify_signature("k", b"body", &sig));
         assert!(!verify_timestamped_signature("k", "12", b"body", &sig, day));

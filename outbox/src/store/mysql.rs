@@ -263,12 +263,12 @@ impl Store for MySql {
             super::COLUMNS,
             table.quoted('`', "")
         );
-        let probe = sqlx::query(sqlx::AssertSqlSafe(probe.to_string()))
+        let probe = sqlx::query(sqlx::AssertSqlSafe(probe.clone()))
             .execute(pool)
             .await
             .map(drop);
         let version = format!("SELECT MAX(version) FROM {}", table.quoted('`', "_schema"));
-        let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version.to_string()))
+        let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version.clone()))
             .fetch_one(pool)
             .await;
         let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
@@ -521,7 +521,7 @@ impl Store for MySql {
             sql.dead_letters.as_str(),
             filter(&which)
         );
-        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
+        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
             .bind(limit_param(limit))
             .fetch_all(pool)
             .await?;
@@ -544,7 +544,7 @@ impl Store for MySql {
 
     async fn requeue(pool: &MySqlPool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.requeue.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
             .execute(pool)
             .await?;
         tracing::info!(table = %sql.table, requeued = done.rows_affected(), "dead letters requeued");
@@ -597,7 +597,7 @@ impl Store for MySql {
 
     async fn purge(pool: &MySqlPool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.purge.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
             .execute(pool)
             .await?;
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
@@ -614,7 +614,7 @@ impl Store for MySql {
              CROSS JOIN (SELECT COUNT(*) AS dead FROM {t} WHERE status = 'dead') AS d"
         );
         let (pending, dead, oldest): (i64, i64, Option<f64>) =
-            sqlx::query_as(sqlx::AssertSqlSafe(gauges.to_string()))
+            sqlx::query_as(sqlx::AssertSqlSafe(gauges.clone()))
                 .fetch_one(pool)
                 .await?;
         Ok(super::Gauges {
@@ -630,7 +630,7 @@ impl Store for MySql {
             "SELECT CAST(COALESCE(MAX(id), 0) AS SIGNED), \
              (SELECT COUNT(*) FROM {t} WHERE status = 'pending') FROM {t}"
         );
-        let (after, pending): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(start.to_string()))
+        let (after, pending): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(start.clone()))
             .fetch_one(pool)
             .await?;
         let cursor = super::FollowCursor {
@@ -702,7 +702,7 @@ async fn apply(conn: &mut PoolConnection<MySql>, table: &TableName) -> Result<()
         .execute(&mut **conn)
         .await?;
     let select = format!("SELECT version FROM {versions}");
-    let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.to_string()))
+    let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.clone()))
         .fetch_all(&mut **conn)
         .await?;
     for (version, up) in MIGRATIONS {
@@ -715,7 +715,7 @@ async fn apply(conn: &mut PoolConnection<MySql>, table: &TableName) -> Result<()
             .await?;
         let insert =
             format!("INSERT INTO {versions} (version, applied_at) VALUES (?, UTC_TIMESTAMP(6))");
-        sqlx::query(sqlx::AssertSqlSafe(insert.to_string()))
+        sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
             .bind(version)
             .execute(&mut **conn)
             .await?;
@@ -736,7 +736,7 @@ async fn insert_chunk(conn: &mut MySqlConnection, sql: &Sql, chunk: &[NewRow]) -
         }
         text.push_str(ROW);
     }
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(text.to_string()));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(text.clone()));
     for row in chunk {
         query = query
             .bind(row.event_id.hyphenated())

@@ -228,12 +228,12 @@ impl Store for Postgres {
             super::COLUMNS,
             table.quoted('"', "")
         );
-        let probe = sqlx::query(sqlx::AssertSqlSafe(probe.to_string()))
+        let probe = sqlx::query(sqlx::AssertSqlSafe(probe.clone()))
             .execute(pool)
             .await
             .map(drop);
         let version = format!("SELECT MAX(version) FROM {}", table.quoted('"', "_schema"));
-        let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version.to_string()))
+        let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version.clone()))
             .fetch_one(pool)
             .await;
         let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
@@ -255,7 +255,7 @@ impl Store for Postgres {
             .execute(&mut *tx)
             .await?;
         let select = format!("SELECT version FROM {versions}");
-        let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.to_string()))
+        let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.clone()))
             .fetch_all(&mut *tx)
             .await?;
         for (version, up) in MIGRATIONS {
@@ -267,7 +267,7 @@ impl Store for Postgres {
                 .execute(&mut *tx)
                 .await?;
             let insert = format!("INSERT INTO {versions} (version) VALUES ($1)");
-            sqlx::query(sqlx::AssertSqlSafe(insert.to_string()))
+            sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
                 .bind(version)
                 .execute(&mut *tx)
                 .await?;
@@ -492,7 +492,7 @@ impl Store for Postgres {
             sql.dead_letters.as_str(),
             filter(&which)
         );
-        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
+        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(pool)
             .await?;
@@ -515,7 +515,7 @@ impl Store for Postgres {
 
     async fn requeue(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.requeue.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
             .execute(pool)
             .await?;
         tracing::info!(table = %sql.table, requeued = done.rows_affected(), "dead letters requeued");
@@ -564,7 +564,7 @@ impl Store for Postgres {
 
     async fn purge(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.purge.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
             .execute(pool)
             .await?;
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
@@ -573,7 +573,7 @@ impl Store for Postgres {
 
     async fn gauges(pool: &PgPool, sql: &Sql) -> Result<super::Gauges> {
         let (pending, dead, oldest): (i64, i64, Option<f64>) =
-            sqlx::query_as(sqlx::AssertSqlSafe(gauges_sql(&sql.table).to_string()))
+            sqlx::query_as(sqlx::AssertSqlSafe(gauges_sql(&sql.table).clone()))
                 .fetch_one(pool)
                 .await?;
         Ok(super::Gauges {
@@ -592,7 +592,7 @@ impl Store for Postgres {
              (SELECT count(*) FROM {t} WHERE status = 'pending')"
         );
         let (snapshot, taken_at, after, pending): (String, _, i64, i64) =
-            sqlx::query_as(sqlx::AssertSqlSafe(start.to_string()))
+            sqlx::query_as(sqlx::AssertSqlSafe(start.clone()))
                 .fetch_one(pool)
                 .await?;
         let cursor = super::FollowCursor {
@@ -629,7 +629,7 @@ impl Store for Postgres {
         let mut last = 0_i64;
         loop {
             let rows: Vec<(i64, String, String, Option<String>)> =
-                sqlx::query_as(sqlx::AssertSqlSafe(page.to_string()))
+                sqlx::query_as(sqlx::AssertSqlSafe(page.clone()))
                     .bind(&cursor.snapshot)
                     .bind(published_since)
                     .bind(last)

@@ -159,12 +159,12 @@ impl Store for Sqlite {
             super::COLUMNS,
             table.quoted('"', "")
         );
-        let probe = sqlx::query(sqlx::AssertSqlSafe(probe.to_string()))
+        let probe = sqlx::query(sqlx::AssertSqlSafe(probe.clone()))
             .execute(pool)
             .await
             .map(drop);
         let version = format!("SELECT MAX(version) FROM {}", table.quoted('"', "_schema"));
-        let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version.to_string()))
+        let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version.clone()))
             .fetch_one(pool)
             .await;
         let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
@@ -182,7 +182,7 @@ impl Store for Sqlite {
             .execute(&mut *tx)
             .await?;
         let select = format!("SELECT version FROM {versions}");
-        let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.to_string()))
+        let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.clone()))
             .fetch_all(&mut *tx)
             .await?;
         for (version, up) in MIGRATIONS {
@@ -194,7 +194,7 @@ impl Store for Sqlite {
                 .execute(&mut *tx)
                 .await?;
             let insert = format!("INSERT OR IGNORE INTO {versions} (version) VALUES (?1)");
-            sqlx::query(sqlx::AssertSqlSafe(insert.to_string()))
+            sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
                 .bind(version)
                 .execute(&mut *tx)
                 .await?;
@@ -215,7 +215,7 @@ impl Store for Sqlite {
                 }
                 text.push_str("(?,?,?,?,?,?,?,?,?)");
             }
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(text.to_string()));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(text.clone()));
             for row in chunk {
                 query = query
                     .bind(row.event_id.hyphenated())
@@ -374,7 +374,7 @@ impl Store for Sqlite {
             sql.dead_letters.as_str(),
             filter(&which)
         );
-        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
+        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(pool)
             .await?;
@@ -397,7 +397,7 @@ impl Store for Sqlite {
 
     async fn requeue(pool: &SqlitePool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.requeue.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
             .bind(now_millis())
             .execute(pool)
             .await?;
@@ -446,7 +446,7 @@ impl Store for Sqlite {
 
     async fn purge(pool: &SqlitePool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.purge.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.to_string())), &which)
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
             .execute(pool)
             .await?;
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
@@ -463,7 +463,7 @@ impl Store for Sqlite {
              (SELECT COUNT(*) AS dead FROM {t} WHERE status = 'dead') AS d"
         );
         let (pending, dead, oldest): (i64, i64, Option<f64>) =
-            sqlx::query_as(sqlx::AssertSqlSafe(gauges.to_string()))
+            sqlx::query_as(sqlx::AssertSqlSafe(gauges.clone()))
                 .bind(now_millis())
                 .fetch_one(pool)
                 .await?;
@@ -480,7 +480,7 @@ impl Store for Sqlite {
             "SELECT (SELECT COALESCE(MAX(id), 0) FROM {t}), \
              (SELECT COUNT(*) FROM {t} WHERE status = 'pending')"
         );
-        let (after, pending): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(start.to_string()))
+        let (after, pending): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(start.clone()))
             .fetch_one(pool)
             .await?;
         let cursor = super::FollowCursor {
