@@ -383,7 +383,7 @@ async fn credentials_never_reach_logs_errors_or_debug_output() {
     }
     // The capture did see the failures it was meant to check.
     for expected in [
-        "publisher unavailable",
+        "publisher blocked",
         "outbox run failed",
         "ACCESS_REFUSED",
         "does not exist",

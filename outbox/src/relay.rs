@@ -13,7 +13,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::entry::{Entry, Headers};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::handle::Outbox;
 use crate::publisher::{Delivery, Judgement, PUBLISH_TIMEOUT, Publishers, Route};
 use crate::store::{Backend, ClaimedRow, Settlement, Update};
@@ -184,13 +184,34 @@ impl<DB: Backend> Outbox<DB> {
             let ids: Vec<i64> = claimed.iter().map(|(id, _)| *id).collect();
             let dispatch = self.dispatch(publishers, rows, &mut report);
             let settlement = self.renewing(conn, token, &ids, dispatch).await;
-            let settled = DB::settle(conn, &inner.sql, token, &settlement).await?;
+            let settled = match DB::settle(conn, &inner.sql, token, &settlement).await {
+                Ok(settled) => settled,
+                // The connection broke while the batch was out (a killed
+                // backend, a failover): while the lease holds, the outcomes
+                // can still be recorded on a fresh one instead of the whole
+                // batch going out again after the lease.
+                Err(Error::Database(err)) if is_connection_error(&err) => {
+                    tracing::warn!(error = %err, "recording outcomes failed on a broken connection; retrying on a new one");
+                    *conn = inner.pool.acquire().await?;
+                    DB::settle(conn, &inner.sql, token, &settlement).await?
+                }
+                Err(err) => return Err(err),
+            };
             if settled.len() < claimed.len() {
                 self.count_lost(&claimed, &settled, &settlement, &mut report);
             }
             let changes = publishers.take_changes();
-            if !changes.is_empty() {
-                DB::save_blocked(conn, &inner.sql, &changes).await?;
+            if !changes.is_empty()
+                && let Err(err) = DB::save_blocked(conn, &inner.sql, &changes).await
+            {
+                // Reporting is best effort: the outcomes are recorded, and
+                // the block is logged and in `Publishers::blocked` anyway.
+                tracing::warn!(
+                    table = %inner.table,
+                    error = %err,
+                    "could not record blocked publishers in <table>_blocked \
+                     (the relay's role needs SELECT, INSERT, UPDATE, DELETE on it)"
+                );
             }
             Ok((report, last))
         }
@@ -812,6 +833,14 @@ impl<DB: Backend> Relay<DB> {
         }
         totals
     }
+}
+
+/// Whether `err` means the connection itself is gone (not the statement).
+fn is_connection_error(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_)
+    ) || matches!(err, sqlx::Error::Database(db) if db.code().as_deref().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
 }
 
 fn next_backoff(current: Duration, max: Duration) -> Duration {
