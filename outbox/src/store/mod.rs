@@ -378,6 +378,38 @@ pub(crate) fn millis(d: Duration) -> i64 {
 pub(crate) const COLUMNS: &str = "id, event_id, name, payload, stream_key, headers, correlation_id, \
      causation_id, created_at, status, attempts, last_error, available_at, claim_token, published_at";
 
+/// Probes `table` (quoted with `quote`) for [`COLUMNS`] and its newest
+/// recorded schema version, and judges with [`verdict`].
+pub(crate) async fn check_table<DB>(
+    pool: &sqlx::Pool<DB>,
+    table: &TableName,
+    quote: char,
+    latest: i32,
+) -> Result<()>
+where
+    DB: sqlx::Database,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    (Option<i32>,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let probe = format!(
+        "SELECT {COLUMNS} FROM {} WHERE 1 = 0",
+        table.quoted(quote, "")
+    );
+    let probe = sqlx::query(sqlx::AssertSqlSafe(probe))
+        .execute(pool)
+        .await
+        .map(drop);
+    let version = format!(
+        "SELECT MAX(version) FROM {}",
+        table.quoted(quote, "_schema")
+    );
+    let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version))
+        .fetch_one(pool)
+        .await;
+    verdict(table, probe, version, latest)
+}
+
 /// Turns the outcome of probing `table` into the check's verdict: `probe`
 /// is the result of selecting [`COLUMNS`] from it, `version` the newest
 /// schema version recorded, `latest` the newest this build knows.

@@ -258,21 +258,8 @@ impl Store for MySql {
     }
 
     async fn check(pool: &MySqlPool, table: &TableName) -> Result<()> {
-        let probe = format!(
-            "SELECT {} FROM {} WHERE 1 = 0",
-            super::COLUMNS,
-            table.quoted('`', "")
-        );
-        let probe = sqlx::query(sqlx::AssertSqlSafe(probe.clone()))
-            .execute(pool)
-            .await
-            .map(drop);
-        let version = format!("SELECT MAX(version) FROM {}", table.quoted('`', "_schema"));
-        let version = sqlx::query_scalar(sqlx::AssertSqlSafe(version.clone()))
-            .fetch_one(pool)
-            .await;
         let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
-        super::verdict(table, probe, version, latest)
+        super::check_table(pool, table, '`', latest).await
     }
 
     async fn migrate(pool: &MySqlPool, table: &TableName) -> Result<()> {
