@@ -4,6 +4,7 @@
 //! migrations, `db.table` names, and times independent of the session zone.
 
 mod common;
+mod discard_support;
 mod gauges_support;
 
 use std::collections::HashSet;
@@ -355,5 +356,15 @@ async fn session_time_zone_does_not_matter() {
 async fn gauges_equal_the_totals_of_stats() {
     let (pool, table) = My::fresh().await;
     gauges_support::gauges_equal_stats(&pool, &table).await;
+    My::cleanup(&pool, &table).await;
+}
+
+/// Pending entries discarded by id and by name (other names, dead letters
+/// and live claims untouched, nothing discarded is published); dead
+/// letters carry their headers.
+#[tokio::test]
+async fn discard_pending_entries_and_dead_letter_headers() {
+    let (pool, table) = My::fresh().await;
+    discard_support::discard_and_dead_letter_headers(&pool, &table, '`').await;
     My::cleanup(&pool, &table).await;
 }

@@ -2,6 +2,7 @@
 //! `test` database): every test gets its own table.
 
 mod common;
+mod discard_support;
 mod gauges_support;
 
 use common::{Harness, Row};
@@ -449,4 +450,14 @@ async fn seen_position(pool: &PgPool, table: &str, event_id: Uuid) -> i64 {
     .fetch_one(pool)
     .await
     .unwrap()
+}
+
+/// Pending entries discarded by id and by name (other names, dead letters
+/// and live claims untouched, nothing discarded is published); dead
+/// letters carry their headers.
+#[tokio::test]
+async fn discard_pending_entries_and_dead_letter_headers() {
+    let (pool, table) = Pg::fresh().await;
+    discard_support::discard_and_dead_letter_headers(&pool, &table, '"').await;
+    Pg::cleanup(&pool, &table).await;
 }

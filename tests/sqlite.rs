@@ -1,6 +1,7 @@
 //! The shared suite on SQLite: a fresh database file per test.
 
 mod common;
+mod discard_support;
 mod gauges_support;
 
 use common::{Harness, Row};
@@ -116,5 +117,15 @@ async fn schema_names_are_refused_on_sqlite() {
 async fn gauges_equal_the_totals_of_stats() {
     let (pool, table) = Lite::fresh().await;
     gauges_support::gauges_equal_stats(&pool, &table).await;
+    Lite::cleanup(&pool, &table).await;
+}
+
+/// Pending entries discarded by id and by name (other names, dead letters
+/// and live claims untouched, nothing discarded is published); dead
+/// letters carry their headers.
+#[tokio::test]
+async fn discard_pending_entries_and_dead_letter_headers() {
+    let (pool, table) = Lite::fresh().await;
+    discard_support::discard_and_dead_letter_headers(&pool, &table, '"').await;
     Lite::cleanup(&pool, &table).await;
 }

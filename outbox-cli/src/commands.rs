@@ -1,5 +1,5 @@
-//! `migrate`, `status` and `dead ...`: one-shot commands over the library's
-//! administrative calls.
+//! `migrate`, `status`, `dead ...` and `discard`: one-shot commands over the
+//! library's administrative calls.
 
 use std::time::Duration;
 
@@ -274,6 +274,10 @@ fn dead_json(d: &outbox::DeadLetter) -> Value {
         "event_id": d.event_id.to_string(),
         "name": d.name,
         "stream_key": d.stream_key,
+        "headers": d.headers,
+        "headers_error": d.headers_error,
+        "correlation_id": d.correlation_id.map(|id| id.to_string()),
+        "causation_id": d.causation_id.map(|id| id.to_string()),
         "attempts": d.attempts,
         "reason": d.reason,
         "created_at": time(d.created_at),
@@ -353,11 +357,17 @@ pub(crate) async fn dead_show<DB: Db>(ctx: &Ctx<DB>, id: &str) -> Result<(), Fai
     let payload = serde_json::from_str::<Value>(&d.payload)
         .and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or_else(|_| d.payload.clone());
-    let text = [
+    let id_or_dash = |id: Option<Uuid>| id.map_or_else(|| "-".to_owned(), |id| id.to_string());
+    let mut text = vec![
         format!("event id    {}", d.event_id),
         format!("position    {}", d.position),
         format!("name        {}", d.name),
         format!("stream key  {}", d.stream_key.as_deref().unwrap_or("-")),
+        format!("correlation {}", id_or_dash(d.correlation_id)),
+        format!("causation   {}", id_or_dash(d.causation_id)),
+    ];
+    text.extend(headers_lines(&d));
+    text.extend([
         format!("attempts    {}", d.attempts),
         format!(
             "created at  {} ({} ago)",
@@ -372,8 +382,31 @@ pub(crate) async fn dead_show<DB: Db>(ctx: &Ctx<DB>, id: &str) -> Result<(), Fai
         format!("reason      {}", d.reason),
         "payload".to_owned(),
         payload,
-    ];
+    ]);
     out::line(text.join("\n"))
+}
+
+/// `headers     key: value`, one line per header (aligned under the first),
+/// `-` for none; a note when the stored headers do not decode.
+fn headers_lines(d: &outbox::DeadLetter) -> Vec<String> {
+    let mut lines: Vec<String> = d
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, (key, value))| {
+            let label = if i == 0 { "headers" } else { "" };
+            format!("{label:<11} {key}: {}", crate::error::one_line(value))
+        })
+        .collect();
+    if let Some(error) = &d.headers_error {
+        lines.push(format!(
+            "headers     - (the stored headers are shown empty: {})",
+            crate::error::one_line(error)
+        ));
+    } else if lines.is_empty() {
+        lines.push("headers     -".to_owned());
+    }
+    lines
 }
 
 /// Which dead letters `requeue` acts on.
@@ -510,6 +543,72 @@ pub(crate) async fn dead_purge<DB: Db>(
         "purged",
         n,
         format!("purged {}", plural(n, "dead letter", "dead letters")),
+    )
+}
+
+/// Which pending entries `discard` deletes.
+pub(crate) enum Discard {
+    One(String),
+    Name(String),
+}
+
+/// `outbox discard (ID | --name NAME) [--yes]`: pending entries deleted for
+/// good; the library leaves entries under a live claim to their relay.
+pub(crate) async fn discard<DB: Db>(
+    ctx: &Ctx<DB>,
+    which: Discard,
+    yes: bool,
+) -> Result<(), Failure> {
+    let t = &ctx.table.name;
+    let n = match which {
+        Discard::One(id) => {
+            let id = parse_id(&id)?;
+            let outbox = ctx.outbox().await?;
+            confirm(
+                &format!("delete pending entry {id} of \"{t}\" for good"),
+                yes,
+            )?;
+            if !outbox.discard(id).await? {
+                return Err(Failure::new(format!(
+                    "no pending entry with event id {id} in \"{t}\" \
+                     (or a relay is publishing it right now)"
+                )));
+            }
+            1
+        }
+        Discard::Name(name) => {
+            let outbox = ctx.outbox().await?;
+            let pending = outbox
+                .stats()
+                .await?
+                .by_name
+                .iter()
+                .find(|n| n.name == name)
+                .map_or(0, |n| n.pending);
+            if pending == 0 {
+                return done(
+                    ctx.json,
+                    "discarded",
+                    0,
+                    format!("no pending entries named \"{name}\" in \"{t}\""),
+                );
+            }
+            let what = plural(pending, "pending entry", "pending entries");
+            confirm(
+                &format!("delete {what} named \"{name}\" of \"{t}\" for good"),
+                yes,
+            )?;
+            outbox.discard_named(&name).await?
+        }
+    };
+    done(
+        ctx.json,
+        "discarded",
+        n,
+        format!(
+            "discarded {}",
+            plural(n, "pending entry", "pending entries")
+        ),
     )
 }
 

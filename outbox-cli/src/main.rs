@@ -1,9 +1,9 @@
 //! `outbox`: operate a transactional outbox table from the command line.
 //!
 //! Create or upgrade the table, see its health, list, requeue and purge dead
-//! letters, follow it live, and relay it to RabbitMQ, NATS, Redis or a
-//! webhook for writers that are not Rust services. See the README's
-//! "Operating it" section.
+//! letters, discard pending entries, follow it live, and relay it to
+//! RabbitMQ, NATS, Redis or a webhook for writers that are not Rust
+//! services. See the README's "Operating it" section.
 
 mod commands;
 mod db;
@@ -63,6 +63,9 @@ enum Command {
     /// List, show, requeue or purge dead letters.
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Delete pending entries for good (recorded by mistake, or unroutable),
+    /// by event id or by name; entries a relay is publishing right now stay.
+    Discard(DiscardArgs),
     /// Follow new entries and publications live (Ctrl-C stops).
     Tail {
         /// How often to poll (PostgreSQL also wakes up on NOTIFY at once).
@@ -146,6 +149,25 @@ struct PurgeWhich {
     /// Every dead letter that died more than this long ago (30s, 5m, 2h, 7d; 0s: all).
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     older_than: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+struct DiscardArgs {
+    #[command(flatten)]
+    which: DiscardWhich,
+    /// Do not ask for confirmation.
+    #[arg(long, short)]
+    yes: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct DiscardWhich {
+    /// The event id of one pending entry.
+    id: Option<String>,
+    /// Every pending entry with this event name.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
 }
 
 /// What every command gets: the pool, the table, the URL for messages, and
@@ -279,6 +301,13 @@ async fn run<DB: Db>(cli: Cli, url: DbUrl) -> Result<(), Failure> {
                 (None, age) => commands::Purge::OlderThan(age.unwrap_or_default()),
             };
             commands::dead_purge(&ctx, which, args.yes).await
+        }
+        Command::Discard(args) => {
+            let which = match (args.which.id, args.which.name) {
+                (Some(id), _) => commands::Discard::One(id),
+                (None, name) => commands::Discard::Name(name.unwrap_or_default()),
+            };
+            commands::discard(&ctx, which, args.yes).await
         }
         Command::Tail { interval } => tail::tail(&ctx, interval).await,
         Command::Relay(args) => relay::relay(&ctx, &args).await,

@@ -570,6 +570,150 @@ async fn dead_requeue_and_purge_ask_first_postgres() {
     pg_drop(&pool, &t).await;
 }
 
+// ---------------------------------------------------------------- discard
+
+#[tokio::test]
+async fn discard_pending_entries_by_name_and_id_postgres() {
+    let pool = pg().await;
+    let t = table("discard");
+    outbox(&pg_url(), &t, &["migrate"]).ok();
+    pg_insert(&pool, &t, "mistake.recorded", 3).await;
+    pg_insert(&pool, &t, "shop.order_placed", 2).await;
+    pg_insert(&pool, &t, "mistake.recorded", 1).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE {t} SET status = 'dead', last_error = 'no' \
+         WHERE id = (SELECT max(id) FROM {t})"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mistakes = "name = 'mistake.recorded' AND status = 'pending'";
+
+    // Deleting asks first: refused without a terminal and without --yes.
+    outbox(&pg_url(), &t, &["discard", "--name", "mistake.recorded"]).fails(
+        1,
+        "without confirmation: stdin is not a terminal (pass --yes)",
+    );
+    assert_eq!(pg_count(&pool, &t, mistakes).await, 3);
+
+    let args = ["--json", "discard", "--name", "mistake.recorded", "--yes"];
+    assert_eq!(outbox(&pg_url(), &t, &args).ok().json()["discarded"], 3);
+    assert_eq!(pg_count(&pool, &t, mistakes).await, 0);
+    assert_eq!(
+        pg_count(
+            &pool,
+            &t,
+            "name = 'shop.order_placed' AND status = 'pending'"
+        )
+        .await,
+        2,
+        "other names stay"
+    );
+    assert_eq!(
+        pg_count(&pool, &t, "status = 'dead'").await,
+        1,
+        "dead letters stay"
+    );
+    let run = outbox(
+        &pg_url(),
+        &t,
+        &["discard", "--name", "mistake.recorded", "--yes"],
+    )
+    .ok();
+    assert_eq!(
+        run.stdout.trim(),
+        format!("no pending entries named \"mistake.recorded\" in \"{t}\"")
+    );
+
+    // One by id.
+    let id: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT event_id::text FROM {t} WHERE status = 'pending' ORDER BY id LIMIT 1"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    outbox(&pg_url(), &t, &["discard", &id]).fails(1, "pass --yes");
+    let run = outbox(&pg_url(), &t, &["discard", &id, "--yes"]).ok();
+    assert_eq!(run.stdout.trim(), "discarded 1 pending entry");
+    assert_eq!(pg_count(&pool, &t, &format!("event_id = '{id}'")).await, 0);
+    outbox(&pg_url(), &t, &["discard", &id, "--yes"]).fails(1, "no pending entry with event id");
+    outbox(&pg_url(), &t, &["discard", "--yes"]).fails(1, "required");
+    assert_eq!(pg_count(&pool, &t, "status = 'pending'").await, 1);
+    pg_drop(&pool, &t).await;
+}
+
+#[tokio::test]
+async fn dead_show_prints_headers_postgres() {
+    let pool = pg().await;
+    let t = table("deadheaders");
+    outbox(&pg_url(), &t, &["migrate"]).ok();
+    pg_insert(&pool, &t, "billing.invoice_paid", 2).await;
+    let correlation = Uuid::new_v4();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE {t} SET status = 'dead', last_error = 'no', \
+         headers = '{{\"tenant\": \"acme\", \"x-trace\": \"abc\"}}', \
+         correlation_id = '{correlation}' WHERE id = (SELECT min(id) FROM {t});\
+         UPDATE {t} SET status = 'dead', last_error = 'no', headers = '{{\"n\": 1}}' \
+         WHERE id = (SELECT max(id) FROM {t});"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT event_id::text FROM {t} ORDER BY id"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+
+    let run = outbox(&pg_url(), &t, &["dead", "show", &ids[0]]).ok();
+    assert!(
+        run.stdout
+            .contains("\nheaders     tenant: acme\n            x-trace: abc\n"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains(&format!("\ncorrelation {correlation}\n")),
+        "{run:?}"
+    );
+    let json = outbox(&pg_url(), &t, &["--json", "dead", "show", &ids[0]])
+        .ok()
+        .json();
+    assert_eq!(json["headers"]["tenant"], "acme");
+    assert_eq!(json["headers"]["x-trace"], "abc");
+    assert_eq!(json["headers_error"], Value::Null);
+    assert_eq!(json["correlation_id"], correlation.to_string());
+
+    // Headers that are not a string map: shown empty, with a note.
+    let run = outbox(&pg_url(), &t, &["dead", "show", &ids[1]]).ok();
+    assert!(
+        run.stdout
+            .contains("\nheaders     - (the stored headers are shown empty: headers do not decode"),
+        "{run:?}"
+    );
+    let json = outbox(&pg_url(), &t, &["--json", "dead", "show", &ids[1]])
+        .ok()
+        .json();
+    assert_eq!(json["headers"], serde_json::json!({}));
+    assert!(
+        json["headers_error"]
+            .as_str()
+            .unwrap()
+            .contains("string map")
+    );
+    assert_eq!(
+        outbox(&pg_url(), &t, &["--json", "dead", "list"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    pg_drop(&pool, &t).await;
+}
+
 // ---------------------------------------------------------------- tail
 
 #[tokio::test]

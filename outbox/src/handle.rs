@@ -1,4 +1,5 @@
-//! The [`Outbox`] handle: building it, recording events, dead letters.
+//! The [`Outbox`] handle: building it, recording events, dead letters,
+//! discarding pending entries.
 
 use std::fmt;
 use std::sync::Arc;
@@ -604,5 +605,37 @@ impl<DB: Backend> Outbox<DB> {
     /// Deletes the dead letters that died more than `age` ago; returns how many.
     pub async fn purge_dead_for(&self, age: Duration) -> Result<u64> {
         DB::purge(&self.inner.pool, &self.inner.sql, Which::DeadFor(age)).await
+    }
+
+    /// Deletes the pending entry `event_id` for good, so it is never
+    /// published: for an event recorded by mistake, or one no publisher
+    /// will ever take (unroutable). `false` if there is no such pending
+    /// entry, or if a relay holds a live claim on it right now.
+    ///
+    /// An entry a relay has claimed and not yet settled (its lease has not
+    /// run out) is left alone: it may be on its way to the broker, and the
+    /// relay's outcome decides what becomes of it (published and gone, or
+    /// pending again after a failure, when a second `discard` takes it).
+    /// An entry whose lease expired (its relay died) is discarded. Dead
+    /// letters and kept published entries are never touched (see
+    /// [`purge`](Self::purge) for dead letters). Logged at `info` with the
+    /// count.
+    pub async fn discard(&self, event_id: Uuid) -> Result<bool> {
+        Ok(DB::discard(&self.inner.pool, &self.inner.sql, Which::One(event_id)).await? > 0)
+    }
+
+    /// Deletes every pending entry named `name` for good; returns how
+    /// many. Entries under a live claim are left to their relay, as in
+    /// [`discard`](Self::discard); dead letters of that name stay (see
+    /// [`purge`](Self::purge)). Events of that name recorded afterwards are
+    /// recorded as usual: filter the name when building the outbox to stop
+    /// them (see [`OutboxBuilder::filter`]).
+    pub async fn discard_named(&self, name: &str) -> Result<u64> {
+        DB::discard(
+            &self.inner.pool,
+            &self.inner.sql,
+            Which::Name(name.to_owned()),
+        )
+        .await
     }
 }

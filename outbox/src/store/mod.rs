@@ -20,6 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::entry::Headers;
 use crate::error::{Error, Result};
 use crate::publisher::Blocked;
 
@@ -166,10 +167,47 @@ pub struct DeadLetter {
     pub reason: String,
     /// The stream key, if any.
     pub stream_key: Option<String>,
+    /// The headers given at record time. Empty when the stored value does
+    /// not decode as a string map; [`headers_error`](Self::headers_error)
+    /// then says why (the listing never fails on it).
+    pub headers: Headers,
+    /// Why the stored headers do not decode as a string map, if they do not.
+    pub headers_error: Option<String>,
+    /// The correlation id given at record time, if any.
+    pub correlation_id: Option<Uuid>,
+    /// The causation id given at record time, if any.
+    pub causation_id: Option<Uuid>,
     /// When it was recorded.
     pub created_at: DateTime<Utc>,
     /// When it became a dead letter.
     pub dead_since: DateTime<Utc>,
+}
+
+/// Decodes the stored headers of a dead letter: the map, or an empty one
+/// and why (a value written by hand, a column of another type).
+pub(crate) fn dead_headers(
+    stored: std::result::Result<Option<String>, sqlx::Error>,
+) -> (Headers, Option<String>) {
+    let text = match stored {
+        Ok(Some(text)) => text,
+        Ok(None) => return (Headers::new(), None),
+        Err(err) => {
+            return (
+                Headers::new(),
+                Some(format!("headers do not read as text: {err}")),
+            );
+        }
+    };
+    if text == "{}" {
+        return (Headers::new(), None);
+    }
+    match serde_json::from_str(&text) {
+        Ok(headers) => (headers, None),
+        Err(err) => (
+            Headers::new(),
+            Some(format!("headers do not decode as a string map: {err}")),
+        ),
+    }
 }
 
 /// Counts for a health check: see [`Outbox::stats`](crate::Outbox::stats).
@@ -554,7 +592,9 @@ pub(crate) mod private {
         pub taken_at: Option<DateTime<Utc>>,
     }
 
-    /// Which dead letters an administrative call acts on.
+    /// Which entries an administrative call acts on: dead letters for
+    /// listing, requeues and purges; pending entries for discards (`One`
+    /// or `Name` only).
     #[derive(Debug, Clone)]
     pub enum Which {
         One(Uuid),
@@ -650,6 +690,14 @@ pub(crate) mod private {
         ) -> impl Future<Output = Result<u64>> + Send;
 
         fn purge(
+            pool: &sqlx::Pool<Self>,
+            sql: &Self::Sql,
+            which: Which,
+        ) -> impl Future<Output = Result<u64>> + Send;
+
+        /// Deletes the pending entries `which` (`One` or `Name`) that no
+        /// relay holds a live claim on; returns how many.
+        fn discard(
             pool: &sqlx::Pool<Self>,
             sql: &Self::Sql,
             which: Which,

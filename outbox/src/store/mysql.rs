@@ -52,7 +52,7 @@ use super::private::Store;
 use sqlx::SqlStr;
 
 use super::{
-    ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
+    ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which, dead_headers,
     decode_claimed, name_stats, render, safe,
 };
 use crate::error::Result;
@@ -86,6 +86,11 @@ const LOCK_WAIT_SECS: i64 = 10;
 const COLUMNS: &str = "o.id, o.event_id, o.name, o.payload, o.stream_key, o.headers, o.correlation_id, \
      o.causation_id, o.created_at, o.attempts";
 
+/// What a dead-letter listing reads.
+const DEAD_COLUMNS: &str = "id, event_id, name, payload, attempts, \
+     COALESCE(last_error, '') AS last_error, stream_key, headers, correlation_id, causation_id, \
+     created_at, available_at";
+
 /// The SQL for one table.
 pub struct Sql {
     table: TableName,
@@ -111,7 +116,40 @@ pub struct Sql {
     dead_letters: SqlStr,
     requeue: SqlStr,
     purge: SqlStr,
+    discard: DiscardSql,
 }
+
+/// The statements of a discard, which works as a claim does: a plain read
+/// of the ids of pending entries under no live claim (never claimed,
+/// settled, or the lease ran out), then a delete of those by primary key
+/// that checks again (an entry claimed in between is left to its relay).
+/// No secondary-index range is locked.
+struct DiscardSql {
+    /// `filter` and the paging follow.
+    candidates: SqlStr,
+    /// Takes the list of ids.
+    delete: SqlStr,
+}
+
+impl DiscardSql {
+    fn new(t: &str, by_ids: &str) -> Self {
+        let unclaimed =
+            |o: &str| format!("({o}claim_token IS NULL OR {o}available_at <= UTC_TIMESTAMP(6))");
+        Self {
+            candidates: safe(format!(
+                "SELECT id FROM {t} WHERE status = 'pending' AND {}",
+                unclaimed("")
+            )),
+            delete: safe(format!(
+                "DELETE o FROM {by_ids} WHERE o.status = 'pending' AND {}",
+                unclaimed("o.")
+            )),
+        }
+    }
+}
+
+/// Entries one discard transaction deletes at most.
+const DISCARD_BATCH: usize = 1_000;
 
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros())
@@ -245,8 +283,7 @@ impl Store for MySql {
                  AND published_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND LIMIT ?"
             )),
             dead_letters: safe(format!(
-                "SELECT id, event_id, name, payload, attempts, COALESCE(last_error, '') AS last_error, \
-                 stream_key, created_at, available_at FROM {t} WHERE status = 'dead'"
+                "SELECT {DEAD_COLUMNS} FROM {t} WHERE status = 'dead'"
             )),
             // A dead entry is never claimed, so `available_at` keeps the time it died.
             requeue: safe(format!(
@@ -254,6 +291,7 @@ impl Store for MySql {
                  claim_token = NULL WHERE status = 'dead'"
             )),
             purge: safe(format!("DELETE FROM {t} WHERE status = 'dead'")),
+            discard: DiscardSql::new(&t, &by_ids),
         }
     }
 
@@ -514,6 +552,7 @@ impl Store for MySql {
             .await?;
         rows.iter()
             .map(|row| {
+                let (headers, headers_error) = dead_headers(row.try_get("headers"));
                 Ok(DeadLetter {
                     position: row.try_get("id")?,
                     event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
@@ -522,6 +561,10 @@ impl Store for MySql {
                     attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
                     reason: row.try_get("last_error")?,
                     stream_key: row.try_get("stream_key")?,
+                    headers,
+                    headers_error,
+                    correlation_id: uuid_opt(row.try_get("correlation_id")?),
+                    causation_id: uuid_opt(row.try_get("causation_id")?),
                     created_at: row.try_get("created_at")?,
                     dead_since: row.try_get("available_at")?,
                 })
@@ -591,6 +634,48 @@ impl Store for MySql {
         Ok(done.rows_affected())
     }
 
+    async fn discard(pool: &MySqlPool, sql: &Sql, which: Which) -> Result<u64> {
+        let text = format!(
+            "{} AND {} AND id > ? ORDER BY id LIMIT ?",
+            sql.discard.candidates.as_str(),
+            filter(&which)
+        );
+        let (mut after, mut total) = (0_i64, 0_u64);
+        loop {
+            let mut conn = pool.acquire().await?;
+            // No gap locks, as in a claim.
+            (&mut *conn)
+                .execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                .await?;
+            let mut tx = conn.begin().await?;
+            let ids = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
+                .bind(after)
+                .bind(limit_param(DISCARD_BATCH))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.try_get::<i64, _>(0))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let Some(&last) = ids.last() else {
+                tx.commit().await?;
+                break;
+            };
+            let full = ids.len() >= DISCARD_BATCH;
+            let done = sqlx::query(sql.discard.delete.clone())
+                .bind(id_list(ids))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            total += done.rows_affected();
+            after = last;
+            if !full {
+                break;
+            }
+        }
+        tracing::info!(table = %sql.table, discarded = total, "pending entries discarded");
+        Ok(total)
+    }
+
     async fn gauges(pool: &MySqlPool, sql: &Sql) -> Result<super::Gauges> {
         let t = sql.table.quoted('`', "");
         // Two ranges of the (status, id) index; published rows are not read.
@@ -654,7 +739,7 @@ impl Store for MySql {
     }
 }
 
-/// The condition selecting `which` dead letters, with at most one parameter.
+/// The condition selecting `which` entries, with at most one parameter.
 fn filter(which: &Which) -> &'static str {
     match which {
         Which::One(_) => "event_id = ?",

@@ -11,7 +11,7 @@ use super::private::{Store, Wakeup};
 use sqlx::SqlStr;
 
 use super::{
-    ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
+    ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which, dead_headers,
     decode_claimed, millis, name_stats, render, safe,
 };
 use crate::error::Result;
@@ -48,6 +48,7 @@ pub struct Sql {
     dead_letters: SqlStr,
     requeue: SqlStr,
     purge: SqlStr,
+    discard: SqlStr,
 }
 
 /// The claim: up to `$1` due entries past position `$4`, in order, stamped
@@ -209,6 +210,7 @@ impl Store for Postgres {
             dead_letters: safe(format!(
                 "SELECT id, event_id, name, payload::text AS payload, attempts, \
                  COALESCE(last_error, '') AS last_error, stream_key, \
+                 headers::text AS headers, correlation_id, causation_id, \
                  COALESCE(CASE WHEN created_at BETWEEN '0001-01-01' AND '9999-12-31' THEN created_at END, \
                  'epoch') AS created_at, available_at \
                  FROM {t} WHERE status = 'dead'"
@@ -219,6 +221,14 @@ impl Store for Postgres {
                  WHERE status = 'dead'"
             )),
             purge: safe(format!("DELETE FROM {t} WHERE status = 'dead'")),
+            // Pending and not under a live claim: an entry a relay is
+            // publishing right now is left to the relay's outcome. A claim
+            // in progress holds the row lock, and the condition is checked
+            // again on the row it leaves.
+            discard: safe(format!(
+                "DELETE FROM {t} WHERE status = 'pending' \
+                 AND (claim_token IS NULL OR available_at <= now())"
+            )),
         }
     }
 
@@ -485,6 +495,7 @@ impl Store for Postgres {
             .await?;
         rows.iter()
             .map(|row| {
+                let (headers, headers_error) = dead_headers(row.try_get("headers"));
                 Ok(DeadLetter {
                     position: row.try_get("id")?,
                     event_id: row.try_get("event_id")?,
@@ -493,6 +504,10 @@ impl Store for Postgres {
                     attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
                     reason: row.try_get("last_error")?,
                     stream_key: row.try_get("stream_key")?,
+                    headers,
+                    headers_error,
+                    correlation_id: row.try_get("correlation_id")?,
+                    causation_id: row.try_get("causation_id")?,
                     created_at: row.try_get("created_at")?,
                     dead_since: row.try_get("available_at")?,
                 })
@@ -555,6 +570,15 @@ impl Store for Postgres {
             .execute(pool)
             .await?;
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
+        Ok(done.rows_affected())
+    }
+
+    async fn discard(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
+        let text = format!("{} AND {}", sql.discard.as_str(), filter(&which));
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
+            .execute(pool)
+            .await?;
+        tracing::info!(table = %sql.table, discarded = done.rows_affected(), "pending entries discarded");
         Ok(done.rows_affected())
     }
 
@@ -691,7 +715,7 @@ fn follow_page_sql(t: &str) -> String {
     )
 }
 
-/// The condition selecting `which` dead letters; its parameter, if any, is `$1`.
+/// The condition selecting `which` entries; its parameter, if any, is `$1`.
 fn filter(which: &Which) -> &'static str {
     match which {
         Which::One(_) => "event_id = $1",

@@ -13,7 +13,7 @@ use super::private::Store;
 use sqlx::SqlStr;
 
 use super::{
-    ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
+    ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which, dead_headers,
     decode_claimed, millis, name_stats, render, safe,
 };
 use crate::error::Result;
@@ -51,6 +51,7 @@ pub struct Sql {
     dead_letters: SqlStr,
     requeue: SqlStr,
     purge: SqlStr,
+    discard: SqlStr,
 }
 
 fn now_millis() -> i64 {
@@ -142,7 +143,8 @@ impl Store for Sqlite {
             unblock: safe(format!("DELETE FROM {blocked_table} WHERE publisher = ?1")),
             dead_letters: safe(format!(
                 "SELECT id, event_id, name, payload, attempts, COALESCE(last_error, '') AS last_error, \
-                 stream_key, CAST(created_at AS INTEGER) AS created_at, available_at FROM {t} WHERE status = 'dead'"
+                 stream_key, headers, correlation_id, causation_id, \
+                 CAST(created_at AS INTEGER) AS created_at, available_at FROM {t} WHERE status = 'dead'"
             )),
             // A dead entry is never claimed, so `available_at` keeps the time it died.
             requeue: safe(format!(
@@ -150,6 +152,12 @@ impl Store for Sqlite {
                  WHERE status = 'dead'"
             )),
             purge: safe(format!("DELETE FROM {t} WHERE status = 'dead'")),
+            // Pending and not under a live claim (`?2` is now): an entry a
+            // relay is publishing right now is left to the relay's outcome.
+            discard: safe(format!(
+                "DELETE FROM {t} WHERE status = 'pending' \
+                 AND (claim_token IS NULL OR available_at <= ?2)"
+            )),
         }
     }
 
@@ -367,6 +375,7 @@ impl Store for Sqlite {
             .await?;
         rows.iter()
             .map(|row| {
+                let (headers, headers_error) = dead_headers(row.try_get("headers"));
                 Ok(DeadLetter {
                     position: row.try_get("id")?,
                     event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
@@ -375,6 +384,10 @@ impl Store for Sqlite {
                     attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
                     reason: row.try_get("last_error")?,
                     stream_key: row.try_get("stream_key")?,
+                    headers,
+                    headers_error,
+                    correlation_id: uuid_opt(row.try_get("correlation_id")?),
+                    causation_id: uuid_opt(row.try_get("causation_id")?),
                     created_at: time(row.try_get("created_at")?),
                     dead_since: time(row.try_get("available_at")?),
                 })
@@ -440,6 +453,16 @@ impl Store for Sqlite {
         Ok(done.rows_affected())
     }
 
+    async fn discard(pool: &SqlitePool, sql: &Sql, which: Which) -> Result<u64> {
+        let text = format!("{} AND {}", sql.discard.as_str(), filter(&which));
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
+            .bind(now_millis())
+            .execute(pool)
+            .await?;
+        tracing::info!(table = %sql.table, discarded = done.rows_affected(), "pending entries discarded");
+        Ok(done.rows_affected())
+    }
+
     async fn gauges(pool: &SqlitePool, sql: &Sql) -> Result<super::Gauges> {
         let t = sql.table.quoted('"', "");
         // Each subquery matches a partial index; published rows are not read.
@@ -499,7 +522,7 @@ impl Store for Sqlite {
     }
 }
 
-/// The condition selecting `which` dead letters; its parameter, if any, is `?1`.
+/// The condition selecting `which` entries; its parameter, if any, is `?1`.
 fn filter(which: &Which) -> &'static str {
     match which {
         Which::One(_) => "event_id = ?1",
