@@ -448,6 +448,37 @@ where
     verdict(table, probe, version, latest)
 }
 
+/// Whether a database error says a table or column does not exist
+/// (PostgreSQL 42P01/42703, MySQL 42S02/42S22, SQLite's messages).
+fn is_missing(err: &dyn sqlx::error::DatabaseError) -> bool {
+    matches!(
+        err.code().as_deref(),
+        Some("42P01" | "42703" | "42S02" | "42S22" | "1146" | "1054")
+    ) || err.message().starts_with("no such table")
+        || err.message().starts_with("no such column")
+}
+
+/// Whether a database error is a refused privilege.
+pub(crate) fn is_denied(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("42501") || db.message().contains("denied"))
+}
+
+/// Rows of `<table>_blocked`, or none when this role may not read it (a
+/// least-privilege relay or reader): the rest of the stats still count.
+pub(crate) fn blocked_or_none(
+    rows: std::result::Result<Vec<Blocked>, sqlx::Error>,
+) -> Result<Vec<Blocked>> {
+    match rows {
+        Ok(rows) => Ok(rows),
+        Err(err) if is_denied(&err) => {
+            tracing::debug!(error = %err, "blocked publishers not readable by this role");
+            Ok(Vec::new())
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// Turns the outcome of probing `table` into the check's verdict: `probe`
 /// is the result of selecting [`COLUMNS`] from it, `version` the newest
 /// schema version recorded, `latest` the newest this build knows.
@@ -461,29 +492,27 @@ pub(crate) fn verdict(
         table: table.to_string(),
         reason,
     };
-    // A role that may not read the table or its migration record (a
-    // writer with INSERT only, a relay without access to `_schema`) cannot
-    // check: it trusts the deploy step that migrated.
-    let denied = |err: &sqlx::Error| {
-        matches!(err, sqlx::Error::Database(db)
-            if db.code().as_deref() == Some("42501") || db.message().contains("denied"))
-    };
+    // Only a definite answer about the table counts: a missing table or
+    // column. Anything else (the database unreachable now, a role that may
+    // not read the table or its migration record) cannot be checked here:
+    // the build goes on, and the relay reports what it meets at run time.
     match probe {
-        Err(err) if denied(&err) => return Ok(()),
-        Err(sqlx::Error::Database(err)) => return Err(not(err.message().to_owned())),
-        Err(err) => return Err(err.into()),
-        Ok(()) => {}
+        Err(sqlx::Error::Database(err)) if is_missing(&*err) => {
+            return Err(not(err.message().to_owned()));
+        }
+        Err(_) | Ok(()) => {}
     }
     match version {
-        Err(err) if denied(&err) => Ok(()),
-        Err(sqlx::Error::Database(_)) | Ok(None) => Err(not(format!(
+        Err(sqlx::Error::Database(err)) if is_missing(&*err) => Err(not(format!(
             "its migration record `{table}_schema` is missing"
         ))),
-        Err(err) => Err(err.into()),
+        Ok(None) => Err(not(format!(
+            "its migration record `{table}_schema` is empty"
+        ))),
         Ok(Some(found)) if found < latest => Err(not(format!(
             "its schema is at version {found}, this build needs {latest}"
         ))),
-        Ok(Some(_)) => Ok(()),
+        Err(_) | Ok(Some(_)) => Ok(()),
     }
 }
 

@@ -532,17 +532,20 @@ impl Store for Postgres {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let blocked = sqlx::query(sql.blocked.select.clone())
             .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|row| {
-                Ok(Blocked {
-                    publisher: row.try_get("publisher")?,
-                    since: row.try_get("since")?,
-                    reason: row.try_get("reason")?,
-                    seen_at: row.try_get("seen_at")?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .await
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|row| {
+                        Ok::<_, sqlx::Error>(Blocked {
+                            publisher: row.try_get("publisher")?,
+                            since: row.try_get("since")?,
+                            reason: row.try_get("reason")?,
+                            seen_at: row.try_get("seen_at")?,
+                        })
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()
+            });
+        let blocked = super::blocked_or_none(blocked)?;
         Ok(Stats::from_names(by_name, blocked))
     }
 
