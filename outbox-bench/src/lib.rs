@@ -157,13 +157,13 @@ fn parse(args: &[String]) -> Res<Option<Options>> {
 }
 
 /// The hidden first argument a re-executed drain child receives. A binary
-/// that embeds the benchmarks (the `outbox` command's `bench`) hands its
-/// arguments to [`main_with`] whenever the first one is this.
+/// that embeds the benchmarks hands its arguments to [`main_with`] whenever
+/// the first one is this.
 pub const CHILD_SUBCOMMAND: &str = child::SUBCOMMAND;
 
 /// Runs the benchmark program with `args` (without the program name) and
 /// returns its exit code. Call it outside any tokio runtime: it starts its
-/// own. Used by `outbox-bench`'s `main` and by `outbox bench`.
+/// own. Used by `outbox-bench`'s `main`.
 #[must_use]
 pub fn main_with(args: &[String]) -> ExitCode {
     let result = tokio::runtime::Builder::new_multi_thread()

@@ -74,18 +74,6 @@ enum Command {
     },
     /// Relay the table to a broker as raw JSON, until Ctrl-C or SIGTERM.
     Relay(Box<relay::RelayArgs>),
-    /// Run the benchmarks (the library against hand-written loops) against
-    /// --database-url and the local brokers; `outbox bench -- --help` lists
-    /// their options (--quick, --only FIGURE,.., --amqp-url, --nats-url).
-    Bench {
-        /// Options handed to the benchmark program.
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "OPTIONS"
-        )]
-        args: Vec<String>,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,22 +181,10 @@ impl<DB: Db> Ctx<DB> {
 
 fn main() -> ExitCode {
     logging::quiet_panics();
-    // The benchmarks re-execute this binary for their drain children.
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    if raw.first().map(String::as_str) == Some(outbox_bench::CHILD_SUBCOMMAND) {
-        return outbox_bench::main_with(&raw);
-    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return clap_failure(&err),
     };
-    if let Command::Bench { args } = &cli.command {
-        let mut args = args.clone();
-        if let Some(url) = &cli.database_url {
-            args.extend(["--database-url".to_owned(), url.clone()]);
-        }
-        return outbox_bench::main_with(&args);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -311,8 +287,6 @@ async fn run<DB: Db>(cli: Cli, url: DbUrl) -> Result<(), Failure> {
         }
         Command::Tail { interval } => tail::tail(&ctx, interval).await,
         Command::Relay(args) => relay::relay(&ctx, &args).await,
-        // Handled in `main`, before any runtime or connection exists.
-        Command::Bench { .. } => Ok(()),
     };
     ctx.pool.close().await;
     result.map_err(|failure| ctx.url.scrub(failure))

@@ -1494,33 +1494,6 @@ async fn bad_input_is_one_error_line_and_a_non_zero_exit() {
     }
 }
 
-/// `outbox bench` drives the benchmark program (here one quick figure that
-/// re-executes the binary for its drain children, and one in-process).
-#[test]
-fn bench_runs_the_benchmarks_against_the_given_database() {
-    let run = outbox(
-        &pg_url(),
-        "unused",
-        &["bench", "--quick", "--only", "scale,poll_with_dead"],
-    )
-    .ok();
-    for expected in [
-        "scale ratio",
-        "poll_with_dead ratio",
-        "library/raw",
-        "total wall time",
-    ] {
-        assert!(
-            run.stdout.contains(expected),
-            "{expected:?} missing from {}",
-            run.stdout
-        );
-    }
-    let bad = outbox(&pg_url(), "unused", &["bench", "--only", "no_such_figure"]);
-    assert_ne!(bad.code, 0, "{bad:?}");
-    assert!(!bad.stderr.contains("panicked"), "{bad:?}");
-}
-
 // ---------------------------------------------------------------- blocked
 
 /// A relay to a RabbitMQ exchange that does not exist blocks its publisher
