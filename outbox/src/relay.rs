@@ -12,7 +12,7 @@ use sqlx::pool::PoolConnection;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::entry::{Entry, Headers};
+use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::handle::Outbox;
 use crate::publisher::{Delivery, Judgement, PUBLISH_TIMEOUT, Publishers, Route};
@@ -102,16 +102,9 @@ impl std::ops::AddAssign for Report {
 }
 
 fn to_entry(row: ClaimedRow) -> std::result::Result<Entry, (i64, String, String)> {
-    let headers: Headers = if row.headers == "{}" {
-        Headers::new()
-    } else {
-        match serde_json::from_str(&row.headers) {
-            Ok(headers) => headers,
-            Err(err) => {
-                let reason = format!("headers do not decode as a string map: {err}");
-                return Err((row.id, row.name, reason));
-            }
-        }
+    let headers = match crate::store::decode_headers(&row.headers) {
+        Ok(headers) => headers,
+        Err(reason) => return Err((row.id, row.name, reason)),
     };
     let attempts = u32::try_from(row.attempts).unwrap_or(0);
     Ok(Entry {

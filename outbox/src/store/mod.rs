@@ -183,6 +183,16 @@ pub struct DeadLetter {
     pub dead_since: DateTime<Utc>,
 }
 
+/// Decodes stored headers (a JSON object of strings); the error is the
+/// reason a claimed entry becomes a dead letter.
+pub(crate) fn decode_headers(text: &str) -> std::result::Result<Headers, String> {
+    if text == "{}" {
+        return Ok(Headers::new());
+    }
+    serde_json::from_str(text)
+        .map_err(|err| format!("headers do not decode as a string map: {err}"))
+}
+
 /// Decodes the stored headers of a dead letter: the map, or an empty one
 /// and why (a value written by hand, a column of another type).
 pub(crate) fn dead_headers(
@@ -198,15 +208,9 @@ pub(crate) fn dead_headers(
             );
         }
     };
-    if text == "{}" {
-        return (Headers::new(), None);
-    }
-    match serde_json::from_str(&text) {
+    match decode_headers(&text) {
         Ok(headers) => (headers, None),
-        Err(err) => (
-            Headers::new(),
-            Some(format!("headers do not decode as a string map: {err}")),
-        ),
+        Err(reason) => (Headers::new(), Some(reason)),
     }
 }
 
