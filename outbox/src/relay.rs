@@ -140,7 +140,7 @@ impl<DB: Backend> Outbox<DB> {
     /// [`run`](Self::run) over the entries past position `after` only (an
     /// earlier pending entry of a stream still holds back the later ones);
     /// also returns the highest position claimed (0 if none). Claims and
-    /// outcomes go through `conn`, acquired from the pool if `None`.
+    /// outcomes go through `slot`, acquired from the pool if `None`.
     ///
     /// The relay loop uses it to skip, while a backlog drains, the index
     /// entries of rows it already drained: PostgreSQL keeps those until
@@ -152,15 +152,15 @@ impl<DB: Backend> Outbox<DB> {
         publishers: &Publishers,
         limit: usize,
         after: i64,
-        conn: &mut Option<PoolConnection<DB>>,
+        slot: &mut Option<PoolConnection<DB>>,
     ) -> Result<(Report, i64)> {
         let token = Uuid::new_v4();
         let span = tracing::debug_span!("outbox.run", table = %self.inner.table, claimed = tracing::field::Empty);
         async move {
             let inner = &self.inner;
-            let conn = match conn {
+            let conn = match slot {
                 Some(conn) => conn,
-                None => conn.insert(inner.pool.acquire().await?),
+                None => slot.insert(inner.pool.acquire().await?),
             };
             let mut rows = DB::claim(conn, &inner.sql, limit, inner.lease, token, after).await?;
             tracing::Span::current().record("claimed", rows.len());
@@ -183,12 +183,19 @@ impl<DB: Backend> Outbox<DB> {
                 // backend, a failover): while the lease holds, the outcomes
                 // can still be recorded on a fresh one instead of the whole
                 // batch going out again after the lease.
+                // The broken one is given back first: never wait for a
+                // second connection while holding one (a small pool, with
+                // LISTEN holding another, would wait out its timeout).
                 Err(Error::Database(err)) if is_connection_error(&err) => {
                     tracing::warn!(error = %err, "recording outcomes failed on a broken connection; retrying on a new one");
-                    *conn = inner.pool.acquire().await?;
-                    DB::settle(conn, &inner.sql, token, &settlement).await?
+                    *slot = None;
+                    let fresh = slot.insert(inner.pool.acquire().await?);
+                    DB::settle(fresh, &inner.sql, token, &settlement).await?
                 }
                 Err(err) => return Err(err),
+            };
+            let Some(conn) = slot.as_mut() else {
+                return Ok((report, last));
             };
             if settled.len() < claimed.len() {
                 self.count_lost(&claimed, &settled, &settlement, &mut report);
