@@ -281,6 +281,27 @@ mod tests {
         assert_eq!(health.blocked().unwrap().publisher, "*");
     }
 
+    /// The error log and the `<table>_blocked` row of a blocked publisher
+    /// are renewed every 10 s, not at every failed probe.
+    #[tokio::test(start_paused = true)]
+    async fn a_blocked_publisher_is_reported_again_every_ten_seconds() {
+        let health = Health::new("e".into());
+        health.judge(0, &[], Some("down"), MAX);
+        assert!(
+            matches!(health.take_change(), Some(Ok(_))),
+            "reported when it blocks"
+        );
+        tokio::time::advance(Duration::from_secs(9)).await;
+        health.judge(0, &[], Some("down"), MAX);
+        assert!(health.take_change().is_none(), "not again within 10 s");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        health.judge(0, &[], Some("down"), MAX);
+        assert!(
+            matches!(health.take_change(), Some(Ok(_))),
+            "again after 10 s"
+        );
+    }
+
     #[test]
     fn answers_next_to_an_outage_keep_the_block_and_its_since() {
         let health = Health::new("e".into());
