@@ -468,6 +468,23 @@ pub(crate) fn is_denied(err: &sqlx::Error) -> bool {
         if db.code().as_deref() == Some("42501") || db.message().contains("denied"))
 }
 
+/// Decodes one row of `<table>_blocked` where the times are timestamps
+/// (PostgreSQL, MySQL; SQLite keeps Unix milliseconds and decodes its own).
+pub(crate) fn blocked_row<'r, R>(row: &'r R) -> std::result::Result<Blocked, sqlx::Error>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(Blocked {
+        publisher: row.try_get("publisher")?,
+        since: row.try_get("since")?,
+        reason: row.try_get("reason")?,
+        seen_at: row.try_get("seen_at")?,
+    })
+}
+
 /// Rows of `<table>_blocked`, or none when this role may not read it (a
 /// least-privilege relay or reader): the rest of the stats still count.
 pub(crate) fn blocked_or_none(

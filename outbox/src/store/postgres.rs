@@ -533,18 +533,7 @@ impl Store for Postgres {
         let blocked = sqlx::query(sql.blocked.select.clone())
             .fetch_all(pool)
             .await
-            .and_then(|rows| {
-                rows.iter()
-                    .map(|row| {
-                        Ok::<_, sqlx::Error>(Blocked {
-                            publisher: row.try_get("publisher")?,
-                            since: row.try_get("since")?,
-                            reason: row.try_get("reason")?,
-                            seen_at: row.try_get("seen_at")?,
-                        })
-                    })
-                    .collect::<std::result::Result<Vec<_>, _>>()
-            });
+            .and_then(|rows| rows.iter().map(super::blocked_row).collect());
         let blocked = super::blocked_or_none(blocked)?;
         Ok(Stats::from_names(by_name, blocked))
     }
