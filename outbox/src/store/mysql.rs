@@ -546,7 +546,7 @@ impl Store for MySql {
             sql.dead_letters.as_str(),
             filter(&which)
         );
-        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
+        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .bind(limit_param(limit))
             .fetch_all(pool)
             .await?;
@@ -574,7 +574,7 @@ impl Store for MySql {
 
     async fn requeue(pool: &MySqlPool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.requeue.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .execute(pool)
             .await?;
         tracing::info!(table = %sql.table, requeued = done.rows_affected(), "dead letters requeued");
@@ -619,7 +619,7 @@ impl Store for MySql {
 
     async fn purge(pool: &MySqlPool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.purge.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .execute(pool)
             .await?;
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
@@ -640,7 +640,7 @@ impl Store for MySql {
                 .execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
                 .await?;
             let mut tx = conn.begin().await?;
-            let ids = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
+            let ids = bind(sqlx::query(sqlx::AssertSqlSafe(text.as_str())), &which)
                 .bind(after)
                 .bind(limit_param(DISCARD_BATCH))
                 .fetch_all(&mut *tx)
@@ -678,7 +678,7 @@ impl Store for MySql {
              CROSS JOIN (SELECT COUNT(*) AS dead FROM {t} WHERE status = 'dead') AS d"
         );
         let (pending, dead, oldest): (i64, i64, Option<f64>) =
-            sqlx::query_as(sqlx::AssertSqlSafe(gauges.clone()))
+            sqlx::query_as(sqlx::AssertSqlSafe(gauges))
                 .fetch_one(pool)
                 .await?;
         Ok(super::Gauges {
@@ -694,7 +694,7 @@ impl Store for MySql {
             "SELECT CAST(COALESCE(MAX(id), 0) AS SIGNED), \
              (SELECT COUNT(*) FROM {t} WHERE status = 'pending') FROM {t}"
         );
-        let (after, pending): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(start.clone()))
+        let (after, pending): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(start))
             .fetch_one(pool)
             .await?;
         let cursor = super::FollowCursor {
@@ -766,7 +766,7 @@ async fn apply(conn: &mut PoolConnection<MySql>, table: &TableName) -> Result<()
         .execute(&mut **conn)
         .await?;
     let select = format!("SELECT version FROM {versions}");
-    let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.clone()))
+    let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select))
         .fetch_all(&mut **conn)
         .await?;
     for (version, up) in MIGRATIONS {
@@ -779,7 +779,7 @@ async fn apply(conn: &mut PoolConnection<MySql>, table: &TableName) -> Result<()
             .await?;
         let insert =
             format!("INSERT INTO {versions} (version, applied_at) VALUES (?, UTC_TIMESTAMP(6))");
-        sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+        sqlx::query(sqlx::AssertSqlSafe(insert))
             .bind(version)
             .execute(&mut **conn)
             .await?;
@@ -800,7 +800,7 @@ async fn insert_chunk(conn: &mut MySqlConnection, sql: &Sql, chunk: &[NewRow]) -
         }
         text.push_str(ROW);
     }
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(text.clone()));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(text));
     for row in chunk {
         query = query
             .bind(row.event_id.hyphenated())

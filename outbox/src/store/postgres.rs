@@ -252,7 +252,7 @@ impl Store for Postgres {
             .execute(&mut *tx)
             .await?;
         let select = format!("SELECT version FROM {versions}");
-        let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.clone()))
+        let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select))
             .fetch_all(&mut *tx)
             .await?;
         for (version, up) in MIGRATIONS {
@@ -264,7 +264,7 @@ impl Store for Postgres {
                 .execute(&mut *tx)
                 .await?;
             let insert = format!("INSERT INTO {versions} (version) VALUES ($1)");
-            sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+            sqlx::query(sqlx::AssertSqlSafe(insert))
                 .bind(version)
                 .execute(&mut *tx)
                 .await?;
@@ -489,7 +489,7 @@ impl Store for Postgres {
             sql.dead_letters.as_str(),
             filter(&which)
         );
-        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
+        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(pool)
             .await?;
@@ -517,7 +517,7 @@ impl Store for Postgres {
 
     async fn requeue(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.requeue.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .execute(pool)
             .await?;
         tracing::info!(table = %sql.table, requeued = done.rows_affected(), "dead letters requeued");
@@ -558,7 +558,7 @@ impl Store for Postgres {
 
     async fn purge(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.purge.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .execute(pool)
             .await?;
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
@@ -567,7 +567,7 @@ impl Store for Postgres {
 
     async fn discard(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.discard.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .execute(pool)
             .await?;
         tracing::info!(table = %sql.table, discarded = done.rows_affected(), "pending entries discarded");
@@ -595,7 +595,7 @@ impl Store for Postgres {
              (SELECT count(*) FROM {t} WHERE status = 'pending')"
         );
         let (snapshot, taken_at, after, pending): (String, _, i64, i64) =
-            sqlx::query_as(sqlx::AssertSqlSafe(start.clone()))
+            sqlx::query_as(sqlx::AssertSqlSafe(start))
                 .fetch_one(pool)
                 .await?;
         let cursor = super::FollowCursor {
@@ -632,7 +632,7 @@ impl Store for Postgres {
         let mut last = 0_i64;
         loop {
             let rows: Vec<(i64, String, String, Option<String>)> =
-                sqlx::query_as(sqlx::AssertSqlSafe(page.clone()))
+                sqlx::query_as(sqlx::AssertSqlSafe(page.as_str()))
                     .bind(&cursor.snapshot)
                     .bind(published_since)
                     .bind(last)

@@ -177,7 +177,7 @@ impl Store for Sqlite {
             .execute(&mut *tx)
             .await?;
         let select = format!("SELECT version FROM {versions}");
-        let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.clone()))
+        let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select))
             .fetch_all(&mut *tx)
             .await?;
         for (version, up) in MIGRATIONS {
@@ -189,7 +189,7 @@ impl Store for Sqlite {
                 .execute(&mut *tx)
                 .await?;
             let insert = format!("INSERT OR IGNORE INTO {versions} (version) VALUES (?1)");
-            sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+            sqlx::query(sqlx::AssertSqlSafe(insert))
                 .bind(version)
                 .execute(&mut *tx)
                 .await?;
@@ -210,7 +210,7 @@ impl Store for Sqlite {
                 }
                 text.push_str("(?,?,?,?,?,?,?,?,?)");
             }
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(text.clone()));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(text));
             for row in chunk {
                 query = query
                     .bind(row.event_id.hyphenated())
@@ -369,7 +369,7 @@ impl Store for Sqlite {
             sql.dead_letters.as_str(),
             filter(&which)
         );
-        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
+        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(pool)
             .await?;
@@ -397,7 +397,7 @@ impl Store for Sqlite {
 
     async fn requeue(pool: &SqlitePool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.requeue.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .bind(now_millis())
             .execute(pool)
             .await?;
@@ -449,7 +449,7 @@ impl Store for Sqlite {
 
     async fn purge(pool: &SqlitePool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.purge.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .execute(pool)
             .await?;
         tracing::info!(table = %sql.table, purged = done.rows_affected(), "dead letters purged");
@@ -458,7 +458,7 @@ impl Store for Sqlite {
 
     async fn discard(pool: &SqlitePool, sql: &Sql, which: Which) -> Result<u64> {
         let text = format!("{} AND {}", sql.discard.as_str(), filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text.clone())), &which)
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .bind(now_millis())
             .execute(pool)
             .await?;
@@ -476,7 +476,7 @@ impl Store for Sqlite {
              (SELECT COUNT(*) AS dead FROM {t} WHERE status = 'dead') AS d"
         );
         let (pending, dead, oldest): (i64, i64, Option<f64>) =
-            sqlx::query_as(sqlx::AssertSqlSafe(gauges.clone()))
+            sqlx::query_as(sqlx::AssertSqlSafe(gauges))
                 .bind(now_millis())
                 .fetch_one(pool)
                 .await?;
@@ -493,7 +493,7 @@ impl Store for Sqlite {
             "SELECT (SELECT COALESCE(MAX(id), 0) FROM {t}), \
              (SELECT COUNT(*) FROM {t} WHERE status = 'pending')"
         );
-        let (after, pending): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(start.clone()))
+        let (after, pending): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(start))
             .fetch_one(pool)
             .await?;
         let cursor = super::FollowCursor {
