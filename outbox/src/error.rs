@@ -22,6 +22,13 @@ pub enum Error {
         what: String,
     },
 
+    /// One event type (or the catch-all) was given two inbox consumers.
+    #[error("a second consumer was registered for {what}")]
+    DuplicateConsumer {
+        /// The event name, or "the catch-all".
+        what: String,
+    },
+
     /// The table name is not a plain identifier (or `schema.table`).
     #[error("invalid outbox table name {name:?}: {reason}")]
     InvalidTableName {

@@ -133,6 +133,7 @@ mod error;
 mod event;
 mod follow;
 mod handle;
+pub mod inbox;
 pub mod publisher;
 mod registry;
 mod relay;

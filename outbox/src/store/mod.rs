@@ -7,6 +7,7 @@
     allow(dead_code)
 )]
 
+pub(crate) mod inbox;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
@@ -36,9 +37,9 @@ pub(crate) use private::{ClaimedRow, FollowCursor, NewRow, Settlement, SqlOption
             `\"mysql\"` for `sqlx::MySql`, `\"sqlite\"` for `sqlx::Sqlite`",
     note = "and the same sqlx as `outbox` uses (`outbox::sqlx`, sqlx 0.9)"
 )]
-pub trait Backend: sqlx::Database + private::Store {}
+pub trait Backend: sqlx::Database + private::Store + inbox::InboxStore {}
 
-impl<DB: sqlx::Database + private::Store> Backend for DB {}
+impl<DB: sqlx::Database + private::Store + inbox::InboxStore> Backend for DB {}
 
 /// Longest table name accepted (leaves room for the derived index and
 /// schema-table names within PostgreSQL's 63-byte identifiers).

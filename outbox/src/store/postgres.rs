@@ -17,6 +17,8 @@ use super::{
 use crate::error::Result;
 use crate::publisher::Blocked;
 
+mod inbox;
+
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -238,39 +240,7 @@ impl Store for Postgres {
     }
 
     async fn migrate(pool: &PgPool, table: &TableName) -> Result<()> {
-        let mut tx = pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(format!("outbox migrate {table}"))
-            .execute(&mut *tx)
-            .await?;
-        let versions = table.quoted('"', "_schema");
-        let create = format!(
-            "CREATE TABLE IF NOT EXISTS {versions} (version INTEGER PRIMARY KEY, \
-             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(create))
-            .execute(&mut *tx)
-            .await?;
-        let select = format!("SELECT version FROM {versions}");
-        let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select))
-            .fetch_all(&mut *tx)
-            .await?;
-        for (version, up) in MIGRATIONS {
-            if applied.contains(version) {
-                continue;
-            }
-            let up = render(up, table, '"');
-            sqlx::raw_sql(sqlx::AssertSqlSafe(up))
-                .execute(&mut *tx)
-                .await?;
-            let insert = format!("INSERT INTO {versions} (version) VALUES ($1)");
-            sqlx::query(sqlx::AssertSqlSafe(insert))
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        migrate_with(pool, table, MIGRATIONS).await
     }
 
     async fn insert(conn: &mut PgConnection, sql: &Sql, rows: &[NewRow]) -> Result<()> {
@@ -727,6 +697,44 @@ fn bind<'q>(
         Which::Name(name) => query.bind(name),
         Which::DeadFor(age) => query.bind(millis(*age)),
     }
+}
+
+/// Applies the `migrations` that `<table>_schema` does not list yet, in one
+/// transaction under an advisory lock (outbox and inbox tables alike).
+async fn migrate_with(pool: &PgPool, table: &TableName, migrations: &[(i32, &str)]) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(format!("outbox migrate {table}"))
+        .execute(&mut *tx)
+        .await?;
+    let versions = table.quoted('"', "_schema");
+    let create = format!(
+        "CREATE TABLE IF NOT EXISTS {versions} (version INTEGER PRIMARY KEY, \
+         applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+        .execute(&mut *tx)
+        .await?;
+    let select = format!("SELECT version FROM {versions}");
+    let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select))
+        .fetch_all(&mut *tx)
+        .await?;
+    for (version, up) in migrations {
+        if applied.contains(version) {
+            continue;
+        }
+        let up = render(up, table, '"');
+        sqlx::raw_sql(sqlx::AssertSqlSafe(up))
+            .execute(&mut *tx)
+            .await?;
+        let insert = format!("INSERT INTO {versions} (version) VALUES ($1)");
+        sqlx::query(sqlx::AssertSqlSafe(insert))
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// LISTEN on the outbox's channel; reconnects by itself (sqlx's `PgListener`).
