@@ -53,6 +53,14 @@
 //! }
 //! ```
 //!
+//! # The receiving side
+//!
+//! [`inbox`] is the other half: a consumer service decodes the same event
+//! types, and each message's database effects commit exactly once, together
+//! with its event id, before the broker is acknowledged (RabbitMQ, NATS
+//! JetStream, Redis Streams and HTTP sources, each behind its broker
+//! feature).
+//!
 //! # Features
 //!
 //! | feature | enables |
