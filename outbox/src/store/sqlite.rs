@@ -19,6 +19,8 @@ use super::{
 use crate::error::Result;
 use crate::publisher::Blocked;
 
+mod inbox;
+
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -167,35 +169,7 @@ impl Store for Sqlite {
     }
 
     async fn migrate(pool: &SqlitePool, table: &TableName) -> Result<()> {
-        let mut tx = pool.begin().await?;
-        let versions = table.quoted('"', "_schema");
-        let create = format!(
-            "CREATE TABLE IF NOT EXISTS {versions} (version INTEGER PRIMARY KEY, \
-             applied_at INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)))"
-        );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(create))
-            .execute(&mut *tx)
-            .await?;
-        let select = format!("SELECT version FROM {versions}");
-        let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select))
-            .fetch_all(&mut *tx)
-            .await?;
-        for (version, up) in MIGRATIONS {
-            if applied.contains(version) {
-                continue;
-            }
-            let up = render(up, table, '"');
-            sqlx::raw_sql(sqlx::AssertSqlSafe(up))
-                .execute(&mut *tx)
-                .await?;
-            let insert = format!("INSERT OR IGNORE INTO {versions} (version) VALUES (?1)");
-            sqlx::query(sqlx::AssertSqlSafe(insert))
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        migrate_with(pool, table, MIGRATIONS).await
     }
 
     async fn insert(conn: &mut SqliteConnection, sql: &Sql, rows: &[NewRow]) -> Result<()> {
@@ -545,4 +519,42 @@ fn bind<'q>(
         Which::Name(name) => query.bind(name.as_str()),
         Which::DeadFor(age) => query.bind(now_millis().saturating_sub(millis(*age))),
     }
+}
+
+/// Applies the `migrations` that `<table>_schema` does not list yet, in one
+/// transaction (outbox and inbox tables alike; SQLite has one writer).
+async fn migrate_with(
+    pool: &SqlitePool,
+    table: &TableName,
+    migrations: &[(i32, &str)],
+) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let versions = table.quoted('"', "_schema");
+    let create = format!(
+        "CREATE TABLE IF NOT EXISTS {versions} (version INTEGER PRIMARY KEY, \
+         applied_at INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)))"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+        .execute(&mut *tx)
+        .await?;
+    let select = format!("SELECT version FROM {versions}");
+    let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select))
+        .fetch_all(&mut *tx)
+        .await?;
+    for (version, up) in migrations {
+        if applied.contains(version) {
+            continue;
+        }
+        let up = render(up, table, '"');
+        sqlx::raw_sql(sqlx::AssertSqlSafe(up))
+            .execute(&mut *tx)
+            .await?;
+        let insert = format!("INSERT OR IGNORE INTO {versions} (version) VALUES (?1)");
+        sqlx::query(sqlx::AssertSqlSafe(insert))
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }

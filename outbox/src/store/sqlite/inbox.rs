@@ -1,0 +1,287 @@
+//! SQLite inbox tables: the statements of the PostgreSQL store, with times
+//! as Unix milliseconds bound by the library and UUIDs as text. One writer
+//! at a time: the handler's transaction takes the write lock with its first
+//! statement (the take), so two deliveries of one message never both run.
+
+use std::time::Duration;
+
+use sqlx::types::uuid::fmt::Hyphenated;
+use sqlx::{Row, SqlStr, Sqlite, SqliteConnection, SqlitePool};
+use uuid::Uuid;
+
+use super::super::inbox::{Failed, InboxRow, InboxStore, Take};
+use super::super::{DeadLetter, TableName, Which, dead_headers, millis, safe};
+use super::{migrate_with, now_millis, time, uuid_opt};
+use crate::error::Result;
+use crate::inbox::{InboxNameStats, InboxStats};
+
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    include_str!("../../../migrations/sqlite/inbox/0001_create_inbox.up.sql"),
+)];
+
+/// The SQL for one inbox table.
+pub struct InboxSql {
+    take: SqlStr,
+    fail: SqlStr,
+    dead_letters: String,
+    requeue: String,
+    purge: String,
+    requeued: SqlStr,
+    stats: SqlStr,
+    cleanup: SqlStr,
+}
+
+/// The message columns, in the order [`InboxRow`] binds them.
+const MESSAGE: &str = "event_id, name, payload, stream_key, headers, correlation_id, causation_id";
+
+impl InboxStore for Sqlite {
+    type InboxSql = InboxSql;
+
+    fn inbox_sql(table: &TableName) -> InboxSql {
+        let t = table.quoted('"', "");
+        InboxSql {
+            // A new id is inserted as processed; a failed or requeued one
+            // becomes processed; a processed or dead one returns no row.
+            // `?3` is now.
+            take: safe(format!(
+                "INSERT INTO {t} (event_id, name, status, received_at, updated_at) \
+                 VALUES (?1, ?2, 'done', ?3, ?3) \
+                 ON CONFLICT (event_id) DO UPDATE SET status = 'done', payload = NULL, \
+                 headers = NULL, last_error = NULL, updated_at = ?3 \
+                 WHERE status IN ('failed', 'requeued') \
+                 RETURNING id, attempts"
+            )),
+            // `?9` is the attempt that makes the message dead, `?10` now.
+            fail: safe(format!(
+                "INSERT INTO {t} ({MESSAGE}, status, attempts, last_error, received_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
+                 CASE WHEN ?9 <= 1 THEN 'dead' ELSE 'failed' END, 1, ?8, ?10, ?10) \
+                 ON CONFLICT (event_id) DO UPDATE SET attempts = attempts + 1, \
+                 last_error = excluded.last_error, payload = excluded.payload, \
+                 headers = excluded.headers, stream_key = excluded.stream_key, \
+                 correlation_id = excluded.correlation_id, causation_id = excluded.causation_id, \
+                 status = CASE WHEN attempts + 1 >= ?9 THEN 'dead' \
+                 WHEN status = 'requeued' THEN 'requeued' ELSE 'failed' END, updated_at = ?10 \
+                 WHERE status IN ('failed', 'requeued') \
+                 RETURNING attempts, status = 'dead'"
+            )),
+            dead_letters: format!(
+                "SELECT id, {MESSAGE}, attempts, last_error, received_at, updated_at \
+                 FROM {t} WHERE status = 'dead'"
+            ),
+            // `?2` is now (after the filter's `?1`).
+            requeue: format!(
+                "UPDATE {t} SET status = 'requeued', attempts = 0, updated_at = ?2 \
+                 WHERE status = 'dead'"
+            ),
+            purge: format!(
+                "UPDATE {t} SET status = 'done', payload = NULL, headers = NULL, \
+                 last_error = 'purged', updated_at = ?2 WHERE status = 'dead'"
+            ),
+            requeued: safe(format!(
+                "SELECT {MESSAGE} FROM {t} WHERE status = 'requeued' ORDER BY id LIMIT ?1"
+            )),
+            stats: safe(format!(
+                "SELECT name, \
+                 SUM(status = 'done') AS processed, \
+                 SUM(status = 'failed') AS retrying, \
+                 SUM(status = 'dead') AS dead, \
+                 SUM(status = 'requeued') AS requeued \
+                 FROM {t} GROUP BY name ORDER BY name"
+            )),
+            cleanup: safe(format!(
+                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE status = 'done' \
+                 AND updated_at < ?1 LIMIT ?2)"
+            )),
+        }
+    }
+
+    async fn inbox_migrate(pool: &SqlitePool, table: &TableName) -> Result<()> {
+        migrate_with(pool, table, MIGRATIONS).await
+    }
+
+    async fn inbox_take(
+        conn: &mut SqliteConnection,
+        sql: &InboxSql,
+        row: &InboxRow,
+    ) -> Result<Take> {
+        let taken: Option<(i64, i64)> = sqlx::query_as(sql.take.clone())
+            .bind(row.event_id.hyphenated())
+            .bind(&row.name)
+            .bind(now_millis())
+            .fetch_optional(conn)
+            .await?;
+        Ok(match taken {
+            Some((position, attempts)) => Take::Taken {
+                position,
+                attempts: u32::try_from(attempts).unwrap_or(0),
+            },
+            None => Take::Seen,
+        })
+    }
+
+    async fn inbox_fail(
+        pool: &SqlitePool,
+        sql: &InboxSql,
+        row: &InboxRow,
+        reason: &str,
+        dead_at: u32,
+    ) -> Result<Failed> {
+        let failed: Option<(i64, bool)> = sqlx::query_as(sql.fail.clone())
+            .bind(row.event_id.hyphenated())
+            .bind(&row.name)
+            .bind(&row.payload)
+            .bind(&row.stream_key)
+            .bind(&row.headers)
+            .bind(row.correlation_id.map(Uuid::hyphenated))
+            .bind(row.causation_id.map(Uuid::hyphenated))
+            .bind(reason)
+            .bind(i64::from(dead_at))
+            .bind(now_millis())
+            .fetch_optional(pool)
+            .await?;
+        Ok(failed.map(|(attempts, dead)| (u32::try_from(attempts).unwrap_or(0), dead)))
+    }
+
+    async fn inbox_dead_letters(
+        pool: &SqlitePool,
+        sql: &InboxSql,
+        which: Which,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        let text = format!(
+            "{} AND {} ORDER BY id LIMIT ?2",
+            sql.dead_letters,
+            filter(&which)
+        );
+        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let (headers, headers_error) = dead_headers(row.try_get("headers"));
+                Ok(DeadLetter {
+                    position: row.try_get("id")?,
+                    event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
+                    name: row.try_get("name")?,
+                    payload: row
+                        .try_get::<Option<String>, _>("payload")?
+                        .unwrap_or_default(),
+                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                    reason: row
+                        .try_get::<Option<String>, _>("last_error")?
+                        .unwrap_or_default(),
+                    stream_key: row.try_get("stream_key")?,
+                    headers,
+                    headers_error,
+                    correlation_id: uuid_opt(row.try_get("correlation_id")?),
+                    causation_id: uuid_opt(row.try_get("causation_id")?),
+                    created_at: time(row.try_get("received_at")?),
+                    dead_since: time(row.try_get("updated_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn inbox_requeue(pool: &SqlitePool, sql: &InboxSql, which: Which) -> Result<u64> {
+        let text = format!("{} AND {}", sql.requeue, filter(&which));
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
+            .bind(now_millis())
+            .execute(pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn inbox_purge(pool: &SqlitePool, sql: &InboxSql, which: Which) -> Result<u64> {
+        let text = format!("{} AND {}", sql.purge, filter(&which));
+        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
+            .bind(now_millis())
+            .execute(pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn inbox_requeued(
+        pool: &SqlitePool,
+        sql: &InboxSql,
+        limit: usize,
+    ) -> Result<Vec<InboxRow>> {
+        let rows = sqlx::query(sql.requeued.clone())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(InboxRow {
+                    event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
+                    name: row.try_get("name")?,
+                    payload: row
+                        .try_get::<Option<String>, _>("payload")?
+                        .unwrap_or_default(),
+                    stream_key: row.try_get("stream_key")?,
+                    headers: row
+                        .try_get::<Option<String>, _>("headers")?
+                        .unwrap_or_else(|| "{}".to_owned()),
+                    correlation_id: uuid_opt(row.try_get("correlation_id")?),
+                    causation_id: uuid_opt(row.try_get("causation_id")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn inbox_stats(pool: &SqlitePool, sql: &InboxSql) -> Result<InboxStats> {
+        let rows = sqlx::query(sql.stats.clone()).fetch_all(pool).await?;
+        let by_name = rows
+            .iter()
+            .map(|row| {
+                let n = |column: &str| row.try_get::<i64, _>(column).map(super::super::count);
+                Ok(InboxNameStats {
+                    name: row.try_get("name")?,
+                    processed: n("processed")?,
+                    retrying: n("retrying")?,
+                    dead: n("dead")?,
+                    requeued: n("requeued")?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+        Ok(InboxStats::from_names(by_name))
+    }
+
+    async fn inbox_cleanup(
+        pool: &SqlitePool,
+        sql: &InboxSql,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<u64> {
+        let done = sqlx::query(sql.cleanup.clone())
+            .bind(now_millis().saturating_sub(millis(older_than)))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// The condition selecting `which` dead letters; its parameter is `?1`.
+fn filter(which: &Which) -> &'static str {
+    match which {
+        Which::One(_) => "event_id = ?1",
+        Which::All => "?1 IS NULL",
+        Which::Name(_) => "name = ?1",
+        Which::DeadFor(_) => "updated_at < ?1",
+    }
+}
+
+fn bind<'q>(
+    query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    which: &'q Which,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    match which {
+        Which::One(id) => query.bind(id.hyphenated()),
+        Which::All => query.bind(None::<i64>),
+        Which::Name(name) => query.bind(name.as_str()),
+        Which::DeadFor(age) => query.bind(now_millis().saturating_sub(millis(*age))),
+    }
+}
