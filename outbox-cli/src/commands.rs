@@ -246,7 +246,7 @@ fn status_human<DB: Db>(
     out::line(text.join("\n"))
 }
 
-fn parse_id(id: &str) -> Result<Uuid, Failure> {
+pub(crate) fn parse_id(id: &str) -> Result<Uuid, Failure> {
     Uuid::parse_str(id.trim()).map_err(|_| {
         Failure::new(format!(
             "invalid event id {id:?}: not a UUID (e.g. 0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d)"
@@ -254,11 +254,11 @@ fn parse_id(id: &str) -> Result<Uuid, Failure> {
     })
 }
 
-fn time(t: DateTime<Utc>) -> String {
+pub(crate) fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn ago(t: DateTime<Utc>) -> String {
+pub(crate) fn ago(t: DateTime<Utc>) -> String {
     (Utc::now() - t)
         .to_std()
         .map_or_else(|_| "just now".to_owned(), human)
@@ -268,7 +268,7 @@ fn payload_value(payload: &str) -> Value {
     serde_json::from_str(payload).unwrap_or_else(|_| Value::String(payload.to_owned()))
 }
 
-fn dead_json(d: &outbox::DeadLetter) -> Value {
+pub(crate) fn dead_json(d: &outbox::DeadLetter) -> Value {
     json!({
         "position": d.position,
         "event_id": d.event_id.to_string(),
@@ -297,8 +297,20 @@ pub(crate) async fn dead_list<DB: Db>(
         Some(name) => outbox.dead_letters_named(name, limit).await?,
         None => outbox.dead_letters(limit).await?,
     };
+    print_dead_list(ctx, &dead, name, limit, dead_json)
+}
+
+/// Prints dead letters as `dead list` does (a table, or a JSON array of
+/// `to_json`).
+pub(crate) fn print_dead_list<DB: Db>(
+    ctx: &Ctx<DB>,
+    dead: &[outbox::DeadLetter],
+    name: Option<&str>,
+    limit: usize,
+    to_json: fn(&outbox::DeadLetter) -> Value,
+) -> Result<(), Failure> {
     if ctx.json {
-        return out::json(&Value::Array(dead.iter().map(dead_json).collect()), true);
+        return out::json(&Value::Array(dead.iter().map(to_json).collect()), true);
     }
     let named = name.map_or_else(String::new, |n| format!(" named \"{n}\""));
     if dead.is_empty() {
@@ -354,6 +366,12 @@ pub(crate) async fn dead_show<DB: Db>(ctx: &Ctx<DB>, id: &str) -> Result<(), Fai
     if ctx.json {
         return out::json(&dead_json(&d), true);
     }
+    print_dead(&d, "created at")
+}
+
+/// Prints one dead letter as `dead show` does; `created` labels its
+/// `created_at` (`created at`, `received at`).
+pub(crate) fn print_dead(d: &outbox::DeadLetter, created: &str) -> Result<(), Failure> {
     let payload = serde_json::from_str::<Value>(&d.payload)
         .and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or_else(|_| d.payload.clone());
@@ -366,11 +384,11 @@ pub(crate) async fn dead_show<DB: Db>(ctx: &Ctx<DB>, id: &str) -> Result<(), Fai
         format!("correlation {}", id_or_dash(d.correlation_id)),
         format!("causation   {}", id_or_dash(d.causation_id)),
     ];
-    text.extend(headers_lines(&d));
+    text.extend(headers_lines(d));
     text.extend([
         format!("attempts    {}", d.attempts),
         format!(
-            "created at  {} ({} ago)",
+            "{created:<11} {} ({} ago)",
             time(d.created_at),
             ago(d.created_at)
         ),
@@ -422,7 +440,7 @@ pub(crate) enum Purge {
     OlderThan(Duration),
 }
 
-fn done(ctx_json: bool, key: &str, n: u64, text: String) -> Result<(), Failure> {
+pub(crate) fn done(ctx_json: bool, key: &str, n: u64, text: String) -> Result<(), Failure> {
     if ctx_json {
         out::json(&json!({ key: n }), true)
     } else {

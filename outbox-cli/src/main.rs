@@ -9,6 +9,7 @@ mod commands;
 mod db;
 mod duration;
 mod error;
+mod inbox;
 mod logging;
 mod out;
 mod relay;
@@ -38,9 +39,9 @@ pub(crate) struct Cli {
     )]
     database_url: Option<String>,
 
-    /// The outbox table (`schema.table` on PostgreSQL).
-    #[arg(long, default_value = "outbox", global = true, value_name = "NAME")]
-    table: String,
+    /// The table (`schema.table` on PostgreSQL) [default: outbox; inbox for `outbox inbox ...`].
+    #[arg(long, global = true, value_name = "NAME")]
+    table: Option<String>,
 
     /// Machine-readable output: JSON on stdout (JSON lines for `tail`).
     #[arg(long, global = true)]
@@ -74,6 +75,9 @@ enum Command {
     },
     /// Relay the table to a broker as raw JSON, until Ctrl-C or SIGTERM.
     Relay(Box<relay::RelayArgs>),
+    /// The inbox table (the consuming side): migrate, status, dead letters.
+    #[command(subcommand)]
+    Inbox(inbox::InboxCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,8 +251,15 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
 }
 
 async fn run<DB: Db>(cli: Cli, url: DbUrl) -> Result<(), Failure> {
-    let table = Table::new::<DB>(&cli.table)?;
-    let migrate = matches!(cli.command, Command::Migrate);
+    let default_table = match cli.command {
+        Command::Inbox(_) => "inbox",
+        _ => "outbox",
+    };
+    let table = Table::new::<DB>(cli.table.as_deref().unwrap_or(default_table))?;
+    let migrate = matches!(
+        cli.command,
+        Command::Migrate | Command::Inbox(inbox::InboxCommand::Migrate)
+    );
     let pool = db::connect::<DB>(&url, migrate).await?;
     let ctx = Ctx {
         pool,
@@ -287,6 +298,7 @@ async fn run<DB: Db>(cli: Cli, url: DbUrl) -> Result<(), Failure> {
         }
         Command::Tail { interval } => tail::tail(&ctx, interval).await,
         Command::Relay(args) => relay::relay(&ctx, &args).await,
+        Command::Inbox(command) => inbox::run(&ctx, command).await,
     };
     ctx.pool.close().await;
     result.map_err(|failure| ctx.url.scrub(failure))

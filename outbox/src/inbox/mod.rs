@@ -856,8 +856,8 @@ impl<DB: Backend> InboxBuilder<DB> {
     }
 }
 
-/// Creates or upgrades the inbox table `table` (what `outbox migrate
-/// --inbox` runs).
+/// Creates or upgrades the inbox table `table` (what `outbox inbox
+/// migrate` runs).
 pub async fn migrate<DB: Backend>(pool: &sqlx::Pool<DB>, table: &str) -> Result<()> {
     DB::inbox_migrate(pool, &TableName::new(table)?).await
 }
