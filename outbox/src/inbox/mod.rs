@@ -79,6 +79,9 @@
 //! CLI (`outbox inbox dead list|show|requeue|purge`).
 
 mod consume;
+#[cfg(feature = "broker-http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "broker-http")))]
+pub mod http;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -80,6 +80,7 @@
 //! | 408, 423, 425, 429, and 5xx but 501, 505, 511 | [`transient`](PublishError::transient) | this event, this time: it backs off on its own (an attempt while the endpoint answers others; 3 entries in a row with no answer in between block the publisher) |
 //! | a request timeout ([`timeout`](WebhookPublisherBuilder::timeout)), or the connection lost after it was made (reset or closed before the response) | [`transient`](PublishError::transient) | as above: the endpoint was reached |
 //! | 401, 403, 407 (credentials), 404, 405, 410, 421 (URL), 426 (use TLS), 501, 505 (the endpoint cannot take this request at all), 511 (a proxy wants credentials) | [`unavailable`](PublishError::unavailable) | a setting of the endpoint: every event would get the same; no attempt, the publisher pauses and resumes when the endpoint takes a request again |
+//! | 503 with [`X-Outbox-Outcome: unavailable`](OUTCOME_HEADER) (an inbox [`WebhookReceiver`](crate::inbox::http::WebhookReceiver) whose database is down) | [`unavailable`](PublishError::unavailable) | the receiver cannot take any event now: no attempt, the publisher pauses (a plain 503 is transient, above) |
 //! | 3xx (redirects are not followed; the message names the `Location`) | [`unavailable`](PublishError::unavailable) | the URL is outdated: update it |
 //! | connection refused, DNS failure, connect timeout, TLS handshake failure (untrusted or mismatched certificate, a plaintext server behind `https://`) | [`unavailable`](PublishError::unavailable) | the endpoint is down or unreachable |
 //! | an `http://` URL from a [`url_fn`](WebhookPublisherBuilder::url_fn) while a TLS option is set | [`unavailable`](PublishError::unavailable) | a setting: it is never sent in plaintext |
@@ -162,6 +163,12 @@ pub const HEADERS_HEADER: &str = "X-Outbox-Headers";
 pub const TIMESTAMP_HEADER: &str = "X-Outbox-Timestamp";
 /// `X-Outbox-Signature`: `sha256=<hex HMAC-SHA256>`.
 pub const SIGNATURE_HEADER: &str = "X-Outbox-Signature";
+/// `X-Outbox-Outcome`: a response header the inbox's
+/// [`WebhookReceiver`](crate::inbox::http::WebhookReceiver) sends with every
+/// answer (`processed`, `duplicate`, `retry`, `unavailable`, ...). A `503`
+/// with `X-Outbox-Outcome: unavailable` (the receiver's database is down) is
+/// an outage of the endpoint, not a failure of the event.
+pub const OUTCOME_HEADER: &str = "X-Outbox-Outcome";
 
 /// How many bytes of an error response's body the error message quotes.
 const EXCERPT_BYTES: usize = 200;
@@ -633,7 +640,18 @@ async fn judge(target: &Target, mut response: reqwest::Response) -> PublishResul
         }
         return Ok(());
     }
-    let scope = status_scope(status);
+    let scope = if status == StatusCode::SERVICE_UNAVAILABLE
+        && response
+            .headers()
+            .get(OUTCOME_HEADER)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"unavailable"))
+    {
+        // An inbox receiver whose database is down: every event would get
+        // the same answer.
+        ErrorKind::Unavailable
+    } else {
+        status_scope(status)
+    };
     let mut notes = Vec::new();
     if status.is_redirection() {
         let location = header_text(&response, reqwest::header::LOCATION)
@@ -827,7 +845,14 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn verify(secret: &[u8], timestamp: Option<&str>, body: &[u8], header_value: &str) -> bool {
+/// Checks `header_value` (`sha256=<hex>`) against the HMAC-SHA256 of
+/// `[timestamp "."] body` under `secret`, in constant time (`verify_slice`).
+pub(crate) fn verify(
+    secret: &[u8],
+    timestamp: Option<&str>,
+    body: &[u8],
+    header_value: &str,
+) -> bool {
     let Some(expected) = header_value
         .trim()
         .strip_prefix("sha256=")
@@ -875,16 +900,20 @@ pub fn verify_timestamped_signature(
     header_value: &str,
     max_age: Duration,
 ) -> bool {
-    let Ok(sent) = timestamp.trim().parse::<u64>() else {
-        return false;
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if now.abs_diff(sent) > max_age.as_secs() {
+    if timestamp_skew(timestamp).is_none_or(|skew| skew > max_age.as_secs()) {
         return false;
     }
     verify(secret.as_ref(), Some(timestamp.trim()), body, header_value)
+}
+
+/// How many seconds `timestamp` (Unix seconds) is away from this machine's
+/// clock, either way; `None` if it is not a number.
+pub(crate) fn timestamp_skew(timestamp: &str) -> Option<u64> {
+    let sent = timestamp.trim().parse::<u64>().ok()?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Some(now.abs_diff(sent))
 }
 
 impl RawPublisher for WebhookPublisher {
@@ -946,6 +975,28 @@ mod tests {
             b"body",
         );
         assert!(!verify_timestamped_signature("k", "12", b"body", &old, day));
+    }
+
+    /// A 503 is the event's (transient) unless an inbox receiver says its
+    /// database is down: then it is the endpoint's.
+    #[tokio::test]
+    async fn an_inbox_outage_is_the_endpoints() {
+        let target = Target::parse("http://127.0.0.1:9/hooks").unwrap();
+        let answer = |outcome: Option<&str>| {
+            let mut response = http::Response::builder().status(503);
+            if let Some(outcome) = outcome {
+                response = response.header(OUTCOME_HEADER, outcome);
+            }
+            reqwest::Response::from(response.body("{}").unwrap())
+        };
+        let err = judge(&target, answer(Some("unavailable")))
+            .await
+            .unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        for outcome in [Some("retry"), None] {
+            let err = judge(&target, answer(outcome)).await.unwrap_err();
+            assert!(err.is_transient(), "{err}");
+        }
     }
 
     #[test]
