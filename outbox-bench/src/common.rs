@@ -64,6 +64,8 @@ pub(crate) struct Plan {
     pub(crate) drain_n: usize,
     /// Entries drained into each broker.
     pub(crate) broker_n: usize,
+    /// Messages consumed from RabbitMQ into PostgreSQL (`consume`).
+    pub(crate) consume_n: usize,
     /// Entries drained on SQLite.
     pub(crate) sqlite_n: usize,
     /// Events measured per latency mode (after the warm-up).
@@ -87,6 +89,7 @@ impl Plan {
                 record_slice: Duration::from_millis(100),
                 drain_n: 3_000,
                 broker_n: 2_000,
+                consume_n: 10_000,
                 sqlite_n: 3_000,
                 latency_n: 100,
                 dead_n: 100_000,
@@ -102,6 +105,7 @@ impl Plan {
                 record_slice: Duration::from_millis(250),
                 drain_n: 100_000,
                 broker_n: 50_000,
+                consume_n: 50_000,
                 sqlite_n: 100_000,
                 latency_n: 2_000,
                 dead_n: 100_000,
@@ -178,6 +182,16 @@ impl Bench {
             .await
             .context(format!("configuring table {name}"))?;
         Ok(name)
+    }
+
+    /// Names `bench_<run>_<figure>` and remembers it for
+    /// [`drop_tables`](Self::drop_tables), without creating it.
+    pub(crate) fn plain_table(&self, figure: &str) -> String {
+        let name = format!("bench_{}_{figure}", self.run);
+        if let Ok(mut tables) = self.tables.lock() {
+            tables.push(name.clone());
+        }
+        name
     }
 
     /// Drops every table this run created (and the migration's version tables).

@@ -26,6 +26,11 @@
 //!   run before each repetition; library and raw loop alternate; events/s count from the
 //!   first publisher call (a relay already running when the backlog
 //!   arrives), the start-up before it is printed beside.
+//! - consume: before each repetition the queue is refilled (persistent
+//!   messages, as the library's AMQP publisher writes them) and the tables
+//!   are emptied and vacuumed; library and raw loop alternate, with the same
+//!   prefetch, concurrency and pool; events/s count from the subscription to
+//!   the last message committed and acknowledged.
 //! - memory and scale: each drain runs in a child process (this binary,
 //!   re-executed with a hidden subcommand) whose `VmHWM` the parent reads.
 //!
@@ -37,6 +42,7 @@
 mod broker;
 mod child;
 mod common;
+mod consume;
 mod diagnose;
 mod drain;
 mod gauges;
@@ -71,6 +77,10 @@ const FIGURES: &[(&str, &str)] = &[
     ("drain_noop_4", "the same with 4 relays"),
     ("drain_amqp", "drained into RabbitMQ with confirms"),
     ("drain_nats", "drained into NATS JetStream with acks"),
+    (
+        "consume",
+        "RabbitMQ queue consumed into PostgreSQL by the inbox, exactly once",
+    ),
     (
         "latency",
         "commit to publisher call at 200 events/s, NOTIFY and polling",
@@ -202,7 +212,7 @@ async fn run(args: &[String]) -> Res<()> {
     )
     .await?;
     // Fail at once, in one line, if a broker the figures need is down.
-    if wants("drain_amqp") && !options.diagnose {
+    if (wants("drain_amqp") || wants("consume")) && !options.diagnose {
         preflight_amqp(&options.amqp_url).await?;
     }
     if wants("drain_nats") && !options.diagnose {
@@ -249,6 +259,9 @@ async fn figures(b: &Bench, wants: &dyn Fn(&str) -> bool) -> Res<()> {
     }
     if wants("drain_nats") {
         drain::drain_nats(b).await?;
+    }
+    if wants("consume") {
+        consume::consume(b).await?;
     }
     if wants("latency") {
         latency::latency(b).await?;
