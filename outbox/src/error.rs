@@ -70,6 +70,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// An inbox source could not start: a setting is wrong (a URL that does
+    /// not parse), the broker cannot be reached or refuses the login, or
+    /// what it should read (a queue, a stream) does not exist. Messages
+    /// never contain credentials: URLs in them are redacted.
+    #[error("{broker} inbox source: {reason}")]
+    InboxSource {
+        /// Which broker (`"amqp"`, ...).
+        broker: &'static str,
+        /// What is wrong, and what to fix.
+        reason: String,
+    },
+
     /// The table is missing, is not an outbox table, or has an older
     /// schema than this build needs.
     #[error(

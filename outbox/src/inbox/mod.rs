@@ -82,6 +82,12 @@ mod consume;
 #[cfg(feature = "broker-http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "broker-http")))]
 pub mod http;
+#[cfg(feature = "broker-nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "broker-nats")))]
+pub mod nats;
+#[cfg(feature = "broker-redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "broker-redis")))]
+pub mod redis;
 
 use std::collections::HashMap;
 use std::fmt;

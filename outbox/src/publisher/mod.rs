@@ -84,7 +84,7 @@ pub mod nats;
     feature = "broker-redis",
     feature = "broker-http"
 ))]
-mod redact;
+pub(crate) mod redact;
 #[cfg(feature = "broker-redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "broker-redis")))]
 pub mod redis;

@@ -153,7 +153,8 @@ struct Inner {
     context: Mutex<Option<Context>>,
 }
 
-fn shown(url: &str) -> String {
+/// `url` (or a bare `host:port`) without credentials.
+pub(crate) fn shown(url: &str) -> String {
     if url.contains("://") {
         redact_url(url)
     } else {
@@ -296,7 +297,7 @@ impl NatsPublisherBuilder {
 
 /// A TLS client configuration (rustls on ring) trusting the system roots
 /// and the CA certificates in `pem`.
-fn client_config(pem: &[u8]) -> Result<ClientConfig, String> {
+pub(crate) fn client_config(pem: &[u8]) -> Result<ClientConfig, String> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem) {
         let cert = cert.map_err(|err| format!("tls_ca_pem: {err}"))?;
@@ -316,6 +317,52 @@ fn client_config(pem: &[u8]) -> Result<ClientConfig, String> {
         .map_err(|err| format!("TLS: {err}"))?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// Connects to `url` (TLS as asked or as the server requires, rustls on
+/// ring); the error says what to check and never holds credentials.
+pub(crate) async fn connect(
+    url: &str,
+    timeout: Duration,
+    require_tls: bool,
+    tls: Option<&ClientConfig>,
+) -> Result<async_nats::Client, String> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("outbox")
+        .connection_timeout(timeout)
+        .require_tls(require_tls);
+    if let Some(tls) = tls {
+        options = options.tls_client_config(tls.clone());
+    }
+    options
+        .connect(url)
+        .await
+        .map_err(|err| connect_failure(url, require_tls, &err))
+}
+
+/// The reason for a failed connect, saying what to check.
+fn connect_failure(url: &str, require_tls: bool, err: &async_nats::ConnectError) -> String {
+    let shown_url = shown(url);
+    // TLS was asked for, or the server asked for it and rustls failed.
+    let tls = require_tls
+        || url
+            .split(',')
+            .any(|server| server.trim().to_ascii_lowercase().starts_with("tls://"))
+        || is_tls_failure(err);
+    match err.kind() {
+        ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+            format!(
+                "NATS at {shown_url} refused the credentials ({err}): check the user, password or \
+                 token in the URL"
+            )
+        }
+        ConnectErrorKind::Tls | ConnectErrorKind::Io if tls => format!(
+            "the TLS connection to NATS at {shown_url} failed: {err} (does the server speak TLS on \
+             this port? is its certificate valid for this host and signed by a CA of the \
+             system roots or of tls_ca_pem?)"
+        ),
+        _ => format!("cannot connect to NATS at {shown_url}: {err}"),
+    }
 }
 
 /// Whether rustls is behind a connect error (a handshake or certificate
@@ -382,50 +429,20 @@ impl NatsPublisher {
         if let Some(context) = &*context {
             return Ok(context.clone());
         }
-        let mut options = async_nats::ConnectOptions::new()
-            .name("outbox")
-            .connection_timeout(inner.timeout)
-            .require_tls(inner.require_tls);
-        if let Some(tls) = &inner.tls {
-            options = options.tls_client_config(tls.clone());
-        }
-        let client = options
-            .connect(inner.url.as_str())
-            .await
-            .map_err(|err| PublishError::unavailable(self.connect_failure(&err)))?;
+        let client = connect(
+            &inner.url,
+            inner.timeout,
+            inner.require_tls,
+            inner.tls.as_ref(),
+        )
+        .await
+        .map_err(PublishError::unavailable)?;
         tracing::debug!(url = %shown(&inner.url), "connected to NATS");
         let js = jetstream::ContextBuilder::new()
             .timeout(inner.timeout)
             .build(client);
         *context = Some(js.clone());
         Ok(js)
-    }
-
-    /// The reason for a failed connect, saying what to check.
-    fn connect_failure(&self, err: &async_nats::ConnectError) -> String {
-        let inner = &*self.inner;
-        let url = shown(&inner.url);
-        // TLS was asked for, or the server asked for it and rustls failed.
-        let tls = inner.require_tls
-            || inner
-                .url
-                .split(',')
-                .any(|server| server.trim().to_ascii_lowercase().starts_with("tls://"))
-            || is_tls_failure(err);
-        match err.kind() {
-            ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
-                format!(
-                    "NATS at {url} refused the credentials ({err}): check the user, password or \
-                     token in the URL"
-                )
-            }
-            ConnectErrorKind::Tls | ConnectErrorKind::Io if tls => format!(
-                "the TLS connection to NATS at {url} failed: {err} (does the server speak TLS on \
-                 this port? is its certificate valid for this host and signed by a CA of the \
-                 system roots or of tls_ca_pem?)"
-            ),
-            _ => format!("cannot connect to NATS at {url}: {err}"),
-        }
     }
 
     fn subject_of(&self, entry: &Entry) -> String {

@@ -351,45 +351,7 @@ impl RedisStreamPublisherBuilder {
         let stream = self.stream.ok_or_else(|| {
             config_error("no stream: call `.stream(key)` or `.stream_fn(..)`".to_owned())
         })?;
-        let info = redis::IntoConnectionInfo::into_connection_info(self.url.as_str())
-            .map_err(|err| config_error(format!("{url}: {}", describe(&err))))?;
-        let tls = match info.addr() {
-            ConnectionAddr::TcpTls { insecure: true, .. } => {
-                return Err(config_error(format!(
-                    "{url}: certificate verification cannot be turned off (`#insecure`)"
-                )));
-            }
-            ConnectionAddr::TcpTls { .. } => true,
-            _ => false,
-        };
-        let client = match &self.tls_ca {
-            Some(_) if !tls => {
-                return Err(config_error(format!(
-                    "{url} is not a rediss:// URL, but `tls_ca_pem` asks for TLS"
-                )));
-            }
-            Some(pem) => {
-                use rustls::pki_types::pem::PemObject as _;
-                let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|err| config_error(format!("tls_ca_pem: {err}")))?;
-                if certs.is_empty() {
-                    return Err(config_error(
-                        "tls_ca_pem: no CERTIFICATE block in the PEM text".to_owned(),
-                    ));
-                }
-                let certificates = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                };
-                redis::Client::build_with_tls(info, certificates)
-            }
-            None => redis::Client::open(info),
-        }
-        .map_err(|err| config_error(format!("{url}: {}", describe(&err))))?;
-        if tls {
-            install_ring_provider();
-        }
+        let client = client(&self.url, self.tls_ca.as_deref()).map_err(config_error)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connection_timeout))
             .set_response_timeout(Some(self.response_timeout))
@@ -407,6 +369,56 @@ impl RedisStreamPublisherBuilder {
             }),
         })
     }
+}
+
+/// A client for `url` (`redis://`, or `rediss://` verified against the
+/// system roots or only against the CA in `tls_ca`), as the publisher
+/// checks it: certificate verification cannot be turned off and a CA needs
+/// a `rediss://` URL. Installs ring's rustls provider for TLS. The error
+/// never holds credentials.
+pub(crate) fn client(
+    url: &str,
+    tls_ca: Option<&[u8]>,
+) -> std::result::Result<redis::Client, String> {
+    let shown = redact_url(url);
+    let info = redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(|err| format!("{shown}: {}", describe(&err)))?;
+    let tls = match info.addr() {
+        ConnectionAddr::TcpTls { insecure: true, .. } => {
+            return Err(format!(
+                "{shown}: certificate verification cannot be turned off (`#insecure`)"
+            ));
+        }
+        ConnectionAddr::TcpTls { .. } => true,
+        _ => false,
+    };
+    let client = match tls_ca {
+        Some(_) if !tls => {
+            return Err(format!(
+                "{shown} is not a rediss:// URL, but `tls_ca_pem` asks for TLS"
+            ));
+        }
+        Some(pem) => {
+            use rustls::pki_types::pem::PemObject as _;
+            let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|err| format!("tls_ca_pem: {err}"))?;
+            if certs.is_empty() {
+                return Err("tls_ca_pem: no CERTIFICATE block in the PEM text".to_owned());
+            }
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            };
+            redis::Client::build_with_tls(info, certificates)
+        }
+        None => redis::Client::open(info),
+    }
+    .map_err(|err| format!("{shown}: {}", describe(&err)))?;
+    if tls {
+        install_ring_provider();
+    }
+    Ok(client)
 }
 
 /// Installs `ring` as rustls' process-wide provider unless one is

@@ -1,0 +1,357 @@
+//! What the broker inbox suites (`inbox_nats`, `inbox_redis`) share: service
+//! A's outbox and service B's inbox and business table on the local
+//! PostgreSQL (tables of their own per test), recording events with every
+//! kind of metadata, a typed consumer that writes one business row per
+//! event (not unique on the event id, so a doubled effect shows), and the
+//! exact check of those rows against what was recorded.
+
+#![allow(dead_code)] // Reason: each test binary uses a different subset of the helpers.
+#![allow(unreachable_pub)] // Reason: shared by several test crates through `mod inbox_broker_support`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use outbox::inbox::{ConsumeError, Consumers, Inbox, Tx};
+use outbox::{Metadata, Outbox, Publishers, Recorded};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// The event service A records and service B consumes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, outbox::Event)]
+#[outbox(name = "inbox_test.invoice_paid")]
+pub struct InvoicePaid {
+    pub invoice_id: i64,
+    pub note: String,
+}
+
+/// A pool on the local PostgreSQL (`DATABASE_URL`).
+pub async fn pool() -> PgPool {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned());
+    PgPoolOptions::new()
+        .max_connections(12)
+        .connect(&url)
+        .await
+        .expect("PostgreSQL at DATABASE_URL (default postgres://root@127.0.0.1:5432/test)")
+}
+
+/// Service A's outbox and service B's inbox and business table, each a
+/// table of this test's own.
+pub struct Services {
+    pub pool: PgPool,
+    pub outbox: Outbox<Postgres>,
+    pub inbox: Inbox<Postgres>,
+    pub business: String,
+    suffix: String,
+}
+
+impl Services {
+    pub async fn new() -> Self {
+        let pool = pool().await;
+        let suffix = Uuid::new_v4().simple().to_string();
+        let outbox = Outbox::builder(pool.clone())
+            .table(format!("outbox_{suffix}"))
+            .build()
+            .await
+            .unwrap();
+        let inbox = Inbox::builder(pool.clone())
+            .table(format!("inbox_{suffix}"))
+            .build()
+            .await
+            .unwrap();
+        let business = format!("paid_{suffix}");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE {business} (event_id uuid NOT NULL, invoice_id bigint NOT NULL, \
+             note text NOT NULL, stream_key text, headers text NOT NULL, \
+             correlation_id uuid, causation_id uuid)"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        Self {
+            pool,
+            outbox,
+            inbox,
+            business,
+            suffix,
+        }
+    }
+
+    /// Records `n` events in transactions of 10: stream keys over three
+    /// streams, two headers, a correlation id on every 2nd, a causation id
+    /// on every 3rd.
+    pub async fn record(&self, n: i64) -> Vec<Expected> {
+        let mut expected = Vec::new();
+        let mut tx = self.pool.begin().await.unwrap();
+        for i in 0..n {
+            let event = InvoicePaid {
+                invoice_id: i,
+                note: format!("naïve \"quoted\" ✓ {i}"),
+            };
+            let stream_key = format!("invoice-{}", i % 3);
+            let headers: BTreeMap<String, String> = [
+                ("tenant".to_owned(), format!("tenant-{}", i % 2)),
+                ("x-seq".to_owned(), i.to_string()),
+            ]
+            .into();
+            let correlation_id = (i % 2 == 0).then(Uuid::now_v7);
+            let causation_id = (i % 3 == 0).then(Uuid::now_v7);
+            let mut meta = Metadata::new().stream_key(stream_key.clone());
+            for (k, v) in &headers {
+                meta = meta.header(k.clone(), v.clone());
+            }
+            if let Some(id) = correlation_id {
+                meta = meta.correlation_id(id);
+            }
+            if let Some(id) = causation_id {
+                meta = meta.causation_id(id);
+            }
+            let recording = self
+                .outbox
+                .record_with(&mut *tx, &event, meta)
+                .await
+                .unwrap();
+            expected.push(Expected {
+                event_id: recording.event_id().expect("stored"),
+                invoice_id: i,
+                note: event.note,
+                stream_key: Some(stream_key),
+                headers,
+                correlation_id,
+                causation_id,
+            });
+            if i % 10 == 9 {
+                tx.commit().await.unwrap();
+                tx = self.pool.begin().await.unwrap();
+            }
+        }
+        tx.commit().await.unwrap();
+        expected
+    }
+
+    /// Runs the relay loop with `publishers` until [`Relay::stop`].
+    pub fn relay(&self, publishers: Publishers) -> Relay {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let relay = self.outbox.relay(publishers);
+        let task = tokio::spawn(async move {
+            relay
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Relay { stop, task }
+    }
+
+    /// The consumer: one business row per event, with its metadata.
+    pub fn consumers(&self) -> Consumers<Postgres> {
+        consumers(self.business.clone(), None)
+    }
+
+    /// Business rows, in no particular order.
+    pub async fn rows(&self) -> Vec<Expected> {
+        let rows: Vec<(Uuid, i64, String, Option<String>, String, Option<Uuid>, Option<Uuid>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT event_id, invoice_id, note, stream_key, headers, correlation_id, causation_id FROM {}",
+                self.business
+            )))
+            .fetch_all(&self.pool)
+            .await
+            .unwrap();
+        rows.into_iter()
+            .map(
+                |(
+                    event_id,
+                    invoice_id,
+                    note,
+                    stream_key,
+                    headers,
+                    correlation_id,
+                    causation_id,
+                )| Expected {
+                    event_id,
+                    invoice_id,
+                    note,
+                    stream_key,
+                    headers: serde_json::from_str(&headers).unwrap(),
+                    correlation_id,
+                    causation_id,
+                },
+            )
+            .collect()
+    }
+
+    pub async fn count(&self) -> usize {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {}",
+            self.business
+        )))
+        .fetch_one(&self.pool)
+        .await
+        .unwrap();
+        usize::try_from(n).unwrap()
+    }
+
+    /// Waits (up to 60 s) until the business table holds `n` rows.
+    pub async fn wait_for_rows(&self, n: usize) {
+        until(&format!("{n} business rows"), || async {
+            self.count().await >= n
+        })
+        .await;
+    }
+
+    /// Checks that the business table holds exactly one row per expected
+    /// event, with the metadata that was recorded.
+    pub async fn check_exactly_once(&self, expected: &[Expected]) {
+        let mut rows = self.rows().await;
+        rows.sort_by_key(|row| row.invoice_id);
+        let mut want = expected.to_vec();
+        want.sort_by_key(|row| row.invoice_id);
+        assert_eq!(rows.len(), want.len(), "one business row per event");
+        assert_eq!(rows, want);
+    }
+
+    /// Drops the test's tables.
+    pub async fn cleanup(self) {
+        for table in [
+            format!("outbox_{}", self.suffix),
+            format!("outbox_{}_blocked", self.suffix),
+            format!("inbox_{}", self.suffix),
+            format!("inbox_{}_schema", self.suffix),
+            self.business.clone(),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP TABLE IF EXISTS {table} CASCADE"
+            )))
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+/// A consumer writing one business row per event; with `gate`, it counts
+/// its calls and, from call `gate.0` on, never finishes (a consumer that
+/// hangs with its messages unacknowledged).
+pub fn consumers(business: String, gate: Option<(usize, Arc<AtomicUsize>)>) -> Consumers<Postgres> {
+    Consumers::builder()
+        .on(move |tx: &mut Tx<Postgres>, paid: Recorded<InvoicePaid>| {
+            let business = business.clone();
+            let gate = gate.clone();
+            Box::pin(async move {
+                if let Some((hang_from, calls)) = gate {
+                    let call = calls.fetch_add(1, Ordering::SeqCst);
+                    if call >= hang_from {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                insert(tx, &business, &paid).await
+            })
+        })
+        .build()
+        .unwrap()
+}
+
+async fn insert(
+    tx: &mut Tx<Postgres>,
+    business: &str,
+    paid: &Recorded<InvoicePaid>,
+) -> Result<(), ConsumeError> {
+    let entry = paid.entry();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {business} (event_id, invoice_id, note, stream_key, headers, correlation_id, causation_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    )))
+    .bind(entry.event_id())
+    .bind(paid.event().invoice_id)
+    .bind(&paid.event().note)
+    .bind(entry.stream_key())
+    .bind(serde_json::to_string(entry.headers()).unwrap())
+    .bind(entry.correlation_id())
+    .bind(entry.causation_id())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A recorded event, or a business row made from one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub event_id: Uuid,
+    pub invoice_id: i64,
+    pub note: String,
+    pub stream_key: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+}
+
+/// A running relay loop.
+pub struct Relay {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
+}
+
+/// A running consumer loop and its shutdown.
+pub struct Running {
+    stop: oneshot::Sender<()>,
+    pub task: JoinHandle<outbox::inbox::ConsumeReport>,
+}
+
+impl Running {
+    /// Runs `inbox.consume(consumers)` (`max_in_flight` 4) over `source`.
+    pub fn start(
+        inbox: &Inbox<Postgres>,
+        consumers: Consumers<Postgres>,
+        source: impl outbox::inbox::Source + 'static,
+    ) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let consume = inbox
+            .consume(consumers)
+            .max_in_flight(4)
+            .poll_interval(Duration::from_millis(200));
+        let task = tokio::spawn(consume.run(source, async {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    /// Shuts the loop down and returns its report.
+    pub async fn stop(self) -> outbox::inbox::ConsumeReport {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the loop stops")
+            .unwrap()
+    }
+}
+
+/// Polls `check` every 20 ms until it holds; panics after 60 s.
+pub async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
