@@ -49,6 +49,7 @@ pub trait Acker: Send + Sync + 'static {
     /// for redelivery (a negative acknowledgement with requeue). Default:
     /// nothing, the broker redelivers it when the connection closes or its
     /// ack deadline passes.
+    #[allow(clippy::must_use_candidate)] // Reason: async_trait returns the future; dropping it is the caller's choice.
     async fn release(self: Box<Self>) {}
 
     /// Called every 10 s while the loop still works on the message (a
@@ -460,10 +461,10 @@ async fn housekeeping<DB: Backend>(
             match inbox.cleanup(CLEANUP_BATCH).await {
                 Ok(0) => {}
                 Ok(n) => {
-                    tracing::debug!(inbox = %inbox.table(), deleted = n, "processed ids past the dedupe window deleted")
+                    tracing::debug!(inbox = %inbox.table(), deleted = n, "processed ids past the dedupe window deleted");
                 }
                 Err(err) => {
-                    tracing::warn!(inbox = %inbox.table(), error = %err, "inbox cleanup failed")
+                    tracing::warn!(inbox = %inbox.table(), error = %err, "inbox cleanup failed");
                 }
             }
         }

@@ -600,9 +600,9 @@ impl Message {
         self.event_id.as_deref()
     }
 
-    /// Checks the metadata: the row to store, or the row and why it is a
-    /// dead letter at once.
-    fn check(self) -> std::result::Result<InboxRow, (InboxRow, String)> {
+    /// Checks the metadata: the row to store and, when it is a dead letter
+    /// at once, why.
+    fn check(self) -> (InboxRow, Option<String>) {
         let mut problems = Vec::new();
         let event_id = match self.event_id.as_deref().map(Uuid::try_parse) {
             Some(Ok(id)) => id,
@@ -650,11 +650,8 @@ impl Message {
             correlation_id,
             causation_id,
         };
-        if problems.is_empty() {
-            Ok(row)
-        } else {
-            Err((row, problems.join("; ")))
-        }
+        let problem = (!problems.is_empty()).then(|| problems.join("; "));
+        (row, problem)
     }
 }
 
@@ -916,10 +913,10 @@ impl<DB: Backend> Inbox<DB> {
     /// tries again; an HTTP endpoint answers 503 and lets the sender retry).
     pub async fn handle(&self, consumers: &Consumers<DB>, message: Message) -> Outcome {
         let created_at = message.created_at;
-        let row = match message.check() {
-            Ok(row) => row,
-            Err((row, reason)) => return self.dead_now(&row, reason).await,
-        };
+        let (row, problem) = message.check();
+        if let Some(reason) = problem {
+            return self.dead_now(&row, reason).await;
+        }
         self.handle_row(consumers, row, created_at).await
     }
 
