@@ -58,6 +58,8 @@ use super::{
 use crate::error::Result;
 use crate::publisher::Blocked;
 
+mod inbox;
+
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -301,48 +303,7 @@ impl Store for MySql {
     }
 
     async fn migrate(pool: &MySqlPool, table: &TableName) -> Result<()> {
-        let mut conn = pool.acquire().await?;
-        // `GET_LOCK` belongs to the session: should this future be dropped
-        // half-way, closing the connection is what releases the lock.
-        conn.close_on_drop();
-        // Lock names are server-wide (and at most 64 characters on MySQL):
-        // hash the database-qualified table name.
-        let display = table.to_string();
-        let lock: String = sqlx::query_scalar(
-            "SELECT CONCAT('outbox:', SHA1(IF(?, ?, CONCAT(DATABASE(), '.', ?))))",
-        )
-        .bind(table.has_schema())
-        .bind(display.as_str())
-        .bind(display.as_str())
-        .fetch_one(&mut *conn)
-        .await?;
-        loop {
-            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
-                .bind(lock.as_str())
-                .bind(LOCK_WAIT_SECS)
-                .fetch_one(&mut *conn)
-                .await?;
-            match got {
-                Some(1) => break,
-                Some(_) => {
-                    tracing::debug!(table = %table, "waiting for another migration of the table");
-                }
-                None => {
-                    return Err(sqlx::Error::Protocol(format!(
-                        "GET_LOCK for migrating outbox table {table} returned NULL"
-                    ))
-                    .into());
-                }
-            }
-        }
-        let outcome = apply(&mut conn, table).await;
-        // The connection is closed on drop anyway; releasing first lets a
-        // waiting migration go on at once.
-        let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
-            .bind(lock.as_str())
-            .execute(&mut *conn)
-            .await;
-        outcome
+        migrate_with(pool, table, MIGRATIONS).await
     }
 
     async fn insert(conn: &mut MySqlConnection, sql: &Sql, rows: &[NewRow]) -> Result<()> {
@@ -754,9 +715,64 @@ fn bind<'q>(
     }
 }
 
+/// Applies the `migrations` that `<table>_schema` does not list yet (outbox
+/// and inbox tables alike), serialized with `GET_LOCK`: DDL is not
+/// transactional here.
+async fn migrate_with(
+    pool: &MySqlPool,
+    table: &TableName,
+    migrations: &[(i32, &str)],
+) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    // `GET_LOCK` belongs to the session: should this future be dropped
+    // half-way, closing the connection is what releases the lock.
+    conn.close_on_drop();
+    // Lock names are server-wide (and at most 64 characters on MySQL):
+    // hash the database-qualified table name.
+    let display = table.to_string();
+    let lock: String =
+        sqlx::query_scalar("SELECT CONCAT('outbox:', SHA1(IF(?, ?, CONCAT(DATABASE(), '.', ?))))")
+            .bind(table.has_schema())
+            .bind(display.as_str())
+            .bind(display.as_str())
+            .fetch_one(&mut *conn)
+            .await?;
+    loop {
+        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+            .bind(lock.as_str())
+            .bind(LOCK_WAIT_SECS)
+            .fetch_one(&mut *conn)
+            .await?;
+        match got {
+            Some(1) => break,
+            Some(_) => {
+                tracing::debug!(table = %table, "waiting for another migration of the table");
+            }
+            None => {
+                return Err(sqlx::Error::Protocol(format!(
+                    "GET_LOCK for migrating table {table} returned NULL"
+                ))
+                .into());
+            }
+        }
+    }
+    let outcome = apply(&mut conn, table, migrations).await;
+    // The connection is closed on drop anyway; releasing first lets a
+    // waiting migration go on at once.
+    let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
+        .bind(lock.as_str())
+        .execute(&mut *conn)
+        .await;
+    outcome
+}
+
 /// Applies the migrations not yet recorded in `<table>_schema`; the caller
 /// holds the migration lock.
-async fn apply(conn: &mut PoolConnection<MySql>, table: &TableName) -> Result<()> {
+async fn apply(
+    conn: &mut PoolConnection<MySql>,
+    table: &TableName,
+    migrations: &[(i32, &str)],
+) -> Result<()> {
     let versions = table.quoted('`', "_schema");
     let create = format!(
         "CREATE TABLE IF NOT EXISTS {versions} (version INT NOT NULL PRIMARY KEY, \
@@ -769,7 +785,7 @@ async fn apply(conn: &mut PoolConnection<MySql>, table: &TableName) -> Result<()
     let applied: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(select))
         .fetch_all(&mut **conn)
         .await?;
-    for (version, up) in MIGRATIONS {
+    for (version, up) in migrations {
         if applied.contains(version) {
             continue;
         }
