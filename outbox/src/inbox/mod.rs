@@ -78,6 +78,9 @@
 //! purged; from the library ([`Inbox::requeue`], [`Inbox::purge`]) or the
 //! CLI (`outbox inbox dead list|show|requeue|purge`).
 
+#[cfg(feature = "broker-amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "broker-amqp")))]
+pub mod amqp;
 mod consume;
 #[cfg(feature = "broker-http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "broker-http")))]

@@ -173,9 +173,7 @@ pub struct AmqpPublisher {
 }
 
 struct Inner {
-    uri: String,
-    parsed: AMQPUri,
-    tls: OwnedTLSConfig,
+    endpoint: Endpoint,
     exchange: String,
     routing_key: Option<Box<RoutingFn>>,
     declare: Option<ExchangeKind>,
@@ -196,13 +194,13 @@ impl fmt::Debug for AmqpPublisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &self.inner;
         f.debug_struct("AmqpPublisher")
-            .field("uri", &redact_url(&inner.uri))
+            .field("uri", &redact_url(&inner.endpoint.uri))
             .field("exchange", &inner.exchange)
             .field("custom_routing_key", &inner.routing_key.is_some())
             .field("declare", &inner.declare)
             .field("mandatory", &inner.mandatory)
             .field("timeout", &inner.timeout)
-            .field("tls_ca_pem", &inner.tls.cert_chain.is_some())
+            .field("tls_ca_pem", &inner.endpoint.tls.cert_chain.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -301,12 +299,7 @@ impl AmqpPublisherBuilder {
             publisher: "amqp",
             reason,
         };
-        let parsed = self.uri.parse::<AMQPUri>().map_err(|err| {
-            config(format!(
-                "URI {} does not parse: {err}",
-                redact_url(&self.uri)
-            ))
-        })?;
+        let endpoint = Endpoint::new(self.uri, self.tls_ca_pem).map_err(config)?;
         if ShortString::try_new(self.exchange.as_str()).is_err() {
             return Err(config(format!(
                 "exchange name is {} bytes, over AMQP's 255",
@@ -322,21 +315,9 @@ impl AmqpPublisherBuilder {
                     .to_owned(),
             ));
         }
-        let mut tls = OwnedTLSConfig::default();
-        if let Some(pem) = self.tls_ca_pem {
-            if parsed.scheme != AMQPScheme::AMQPS {
-                return Err(config(format!(
-                    "{} is not an amqps:// URI, but `tls_ca_pem` asks for TLS",
-                    redact_url(&self.uri)
-                )));
-            }
-            tls.cert_chain = Some(checked_pem(pem).map_err(config)?);
-        }
         Ok(AmqpPublisher {
             inner: Arc::new(Inner {
-                uri: self.uri,
-                parsed,
-                tls,
+                endpoint,
                 exchange: self.exchange,
                 routing_key: self.routing_key,
                 declare: self.declare,
@@ -345,6 +326,104 @@ impl AmqpPublisherBuilder {
                 link: Mutex::new(Link::default()),
             }),
         })
+    }
+}
+
+/// Where a broker is and how to reach it: what the publisher and the inbox
+/// source (`inbox::amqp`) share. The URI is kept only for redacted messages.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    pub(crate) uri: String,
+    pub(crate) parsed: AMQPUri,
+    pub(crate) tls: OwnedTLSConfig,
+}
+
+impl Endpoint {
+    /// Parses `uri` and checks `tls_ca_pem` (it needs `amqps://` and at
+    /// least one certificate). The error never holds the password.
+    pub(crate) fn new(uri: String, tls_ca_pem: Option<Vec<u8>>) -> Result<Self, String> {
+        let parsed = uri
+            .parse::<AMQPUri>()
+            .map_err(|err| format!("URI {} does not parse: {err}", redact_url(&uri)))?;
+        let mut tls = OwnedTLSConfig::default();
+        if let Some(pem) = tls_ca_pem {
+            if parsed.scheme != AMQPScheme::AMQPS {
+                return Err(format!(
+                    "{} is not an amqps:// URI, but `tls_ca_pem` asks for TLS",
+                    redact_url(&uri)
+                ));
+            }
+            tls.cert_chain = Some(checked_pem(pem)?);
+        }
+        Ok(Self { uri, parsed, tls })
+    }
+
+    /// Opens a connection named `name` (TLS for `amqps://`) within
+    /// `timeout`; the error says what to fix.
+    pub(crate) async fn connect(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Connection, String> {
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let connect = async {
+            let runtime = lapin::runtime::default_runtime()?;
+            Connection::connect_uri_with_config(
+                self.parsed.clone(),
+                properties,
+                self.tls.clone(),
+                runtime,
+            )
+            .await
+        };
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(err)) => Err(self.connect_failure(&err)),
+            Err(_) => Err(format!(
+                "cannot connect to RabbitMQ at {}: no answer within {timeout:?}",
+                redact_url(&self.uri)
+            )),
+        }
+    }
+
+    /// Why a connection could not be opened: the login, the vhost, the TLS
+    /// handshake, or the broker out of reach.
+    fn connect_failure(&self, err: &lapin::Error) -> String {
+        match err.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) => {
+                let said = amqp.get_message().as_str();
+                match amqp.kind() {
+                    AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => format!(
+                        "RabbitMQ refused the login (403 ACCESS_REFUSED): check the user and \
+                         password in the URI [{said}]"
+                    ),
+                    AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => format!(
+                        "RabbitMQ refused the virtual host `{}` (530 NOT_ALLOWED): check \
+                         the vhost in the URI (`%2f` is `/`) and the user's permissions [{said}]",
+                        self.parsed.vhost
+                    ),
+                    _ => format!("RabbitMQ closed the connection ({}): {said}", amqp.get_id()),
+                }
+            }
+            lapin::ErrorKind::IOError(io)
+                if self.parsed.scheme == AMQPScheme::AMQPS
+                    && matches!(
+                        io.kind(),
+                        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                    ) =>
+            {
+                format!(
+                    "the TLS handshake with RabbitMQ at {} failed: {io} (is the port a TLS port? \
+                     is the broker's certificate valid for this host and signed by a CA of the \
+                     system roots or of tls_ca_pem?)",
+                    redact_url(&self.uri)
+                )
+            }
+            _ => format!(
+                "cannot connect to RabbitMQ at {}: {err}",
+                redact_url(&self.uri)
+            ),
+        }
     }
 }
 
@@ -366,8 +445,6 @@ fn checked_pem(pem: Vec<u8>) -> Result<String, String> {
 /// at each step.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Step {
-    /// Opening the connection (login, vhost, TLS).
-    Connect,
     /// Opening a channel and declaring the exchange.
     Open,
     /// Publishing and awaiting confirms.
@@ -407,25 +484,13 @@ impl Inner {
     /// Classifies a lapin error met at `step`, with a reason that says what
     /// to fix.
     fn classify(&self, err: &lapin::Error, step: Step) -> Failure {
-        let vhost = &self.parsed.vhost;
+        let vhost = &self.endpoint.parsed.vhost;
         let exchange = self.exchange_shown();
         match err.kind() {
             lapin::ErrorKind::ProtocolError(amqp) => {
                 let said = amqp.get_message().as_str();
                 let code = amqp.get_id();
                 match (amqp.kind(), step) {
-                    (AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED), Step::Connect) => {
-                        Failure::Link(format!(
-                            "RabbitMQ refused the login (403 ACCESS_REFUSED): check the user and \
-                             password in the URI [{said}]"
-                        ))
-                    }
-                    (AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED), Step::Connect) => {
-                        Failure::Link(format!(
-                            "RabbitMQ refused the virtual host `{vhost}` (530 NOT_ALLOWED): check \
-                             the vhost in the URI (`%2f` is `/`) and the user's permissions [{said}]"
-                        ))
-                    }
                     (AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND), _) => Failure::Setup(format!(
                         "RabbitMQ: {exchange} does not exist in vhost `{vhost}` (404 NOT_FOUND); \
                          declare it or fix .exchange(..) [{said}]"
@@ -451,7 +516,7 @@ impl Inner {
                     ) => Failure::Message(format!(
                         "RabbitMQ refused the message and closed the channel ({code}): {said}"
                     )),
-                    (AMQPErrorKind::Soft(_), Step::Connect) | (AMQPErrorKind::Hard(_), _) => {
+                    (AMQPErrorKind::Hard(_), _) => {
                         Failure::Link(format!("RabbitMQ closed the connection ({code}): {said}"))
                     }
                     (AMQPErrorKind::Soft(_), _) => Failure::Setup(format!(
@@ -459,25 +524,6 @@ impl Inner {
                     )),
                 }
             }
-            lapin::ErrorKind::IOError(io)
-                if step == Step::Connect
-                    && self.parsed.scheme == AMQPScheme::AMQPS
-                    && matches!(
-                        io.kind(),
-                        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-                    ) =>
-            {
-                Failure::Link(format!(
-                    "the TLS handshake with RabbitMQ at {} failed: {io} (is the port a TLS port? \
-                     is the broker's certificate valid for this host and signed by a CA of the \
-                     system roots or of tls_ca_pem?)",
-                    redact_url(&self.uri)
-                ))
-            }
-            _ if step == Step::Connect => Failure::Link(format!(
-                "cannot connect to RabbitMQ at {}: {err}",
-                redact_url(&self.uri)
-            )),
             _ => Failure::Link(format!("RabbitMQ unavailable: {err}")),
         }
     }
@@ -580,7 +626,7 @@ impl AmqpPublisher {
             .open_channel(&connection)
             .await
             .map_err(Failure::into_error)?;
-        tracing::debug!(uri = %redact_url(&inner.uri), "connected to RabbitMQ");
+        tracing::debug!(uri = %redact_url(&inner.endpoint.uri), "connected to RabbitMQ");
         link.open = Some((connection, channel.clone()));
         Ok((channel, link.generation))
     }
@@ -588,26 +634,11 @@ impl AmqpPublisher {
     /// Opens a connection (TLS for `amqps://`), within the timeout.
     async fn open_connection(&self) -> Result<Connection, PublishError> {
         let inner = &*self.inner;
-        let properties = ConnectionProperties::default().with_connection_name("outbox".into());
-        let connect = async {
-            let runtime = lapin::runtime::default_runtime()?;
-            Connection::connect_uri_with_config(
-                inner.parsed.clone(),
-                properties,
-                inner.tls.clone(),
-                runtime,
-            )
+        inner
+            .endpoint
+            .connect("outbox", inner.timeout)
             .await
-        };
-        match tokio::time::timeout(inner.timeout, connect).await {
-            Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(err)) => Err(inner.classify(&err, Step::Connect).into_error()),
-            Err(_) => Err(PublishError::unavailable(format!(
-                "cannot connect to RabbitMQ at {}: no answer within {:?}",
-                redact_url(&inner.uri),
-                inner.timeout
-            ))),
-        }
+            .map_err(PublishError::unavailable)
     }
 
     /// Opens a channel in confirm mode and declares the exchange if asked.
