@@ -121,6 +121,7 @@ impl Harness for My {
 }
 
 backend_suite!(My);
+inbox_suite!(My);
 
 /// MySQL takes `database.table` names.
 #[tokio::test]

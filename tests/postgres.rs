@@ -107,6 +107,7 @@ impl Harness for Pg {
 }
 
 backend_suite!(Pg);
+inbox_suite!(Pg);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_never_pass_an_open_transaction() {

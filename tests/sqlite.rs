@@ -98,6 +98,7 @@ impl Harness for Lite {
 }
 
 backend_suite!(Lite);
+inbox_suite!(Lite);
 
 /// SQLite takes no schema-qualified names.
 #[tokio::test]

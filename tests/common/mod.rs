@@ -5,6 +5,8 @@
 #![allow(dead_code)] // Reason: each test binary uses a different subset of the helpers.
 #![allow(unreachable_pub)] // Reason: shared by several test crates through `mod common`.
 
+pub mod inbox;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
