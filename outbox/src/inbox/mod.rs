@@ -223,9 +223,10 @@ fn is_connection_error(err: &sqlx::Error) -> bool {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
     ) || matches!(err, sqlx::Error::Database(db)
-        // PostgreSQL: admin shutdown, crash shutdown, cannot connect now,
-        // connection failures; MySQL: server gone away, lost connection.
-        if matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006" | "2006" | "2013")))
+        // PostgreSQL: admin shutdown, crash shutdown, cannot connect now;
+        // SQLSTATE class 08 (connection exceptions) everywhere. A lost MySQL
+        // connection surfaces as an I/O error.
+        if db.code().is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")))
 }
 
 /// A typed consumer of event `E` on database `DB`.
@@ -618,7 +619,12 @@ impl Message {
             }
             None => {
                 problems.push("the message carries no event id".to_owned());
-                Uuid::now_v7()
+                // Keyed by what it carries, so a redelivery of it is a
+                // duplicate, not a second dead letter.
+                let mut key = self.name.clone().unwrap_or_default().into_bytes();
+                key.push(0);
+                key.extend_from_slice(self.payload.as_ref().unwrap_or_else(|e| e).as_bytes());
+                Uuid::new_v5(&Uuid::NAMESPACE_OID, &key)
             }
         };
         let name = self.name.unwrap_or_else(|| {
