@@ -505,7 +505,7 @@ impl Store for MySql {
         let text = format!(
             "{} AND {} ORDER BY id LIMIT ?",
             sql.dead_letters.as_str(),
-            filter(&which)
+            filter(&which, "available_at")
         );
         let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .bind(limit_param(limit))
@@ -534,7 +534,11 @@ impl Store for MySql {
     }
 
     async fn requeue(pool: &MySqlPool, sql: &Sql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.requeue.as_str(), filter(&which));
+        let text = format!(
+            "{} AND {}",
+            sql.requeue.as_str(),
+            filter(&which, "available_at")
+        );
         let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .execute(pool)
             .await?;
@@ -579,7 +583,11 @@ impl Store for MySql {
     }
 
     async fn purge(pool: &MySqlPool, sql: &Sql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.purge.as_str(), filter(&which));
+        let text = format!(
+            "{} AND {}",
+            sql.purge.as_str(),
+            filter(&which, "available_at")
+        );
         let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .execute(pool)
             .await?;
@@ -591,7 +599,7 @@ impl Store for MySql {
         let text = format!(
             "{} AND {} AND id > ? ORDER BY id LIMIT ?",
             sql.discard.candidates.as_str(),
-            filter(&which)
+            filter(&which, "available_at")
         );
         let (mut after, mut total) = (0_i64, 0_u64);
         loop {
@@ -693,12 +701,12 @@ impl Store for MySql {
 }
 
 /// The condition selecting `which` entries, with at most one parameter.
-fn filter(which: &Which) -> &'static str {
+fn filter(which: &Which, since: &str) -> String {
     match which {
-        Which::One(_) => "event_id = ?",
-        Which::All => "TRUE",
-        Which::Name(_) => "name = ?",
-        Which::DeadFor(_) => "available_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND",
+        Which::One(_) => "event_id = ?".to_owned(),
+        Which::All => "TRUE".to_owned(),
+        Which::Name(_) => "name = ?".to_owned(),
+        Which::DeadFor(_) => format!("{since} < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND"),
     }
 }
 

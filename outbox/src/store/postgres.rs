@@ -457,7 +457,7 @@ impl Store for Postgres {
         let text = format!(
             "{} AND {} ORDER BY id LIMIT $2",
             sql.dead_letters.as_str(),
-            filter(&which)
+            filter(&which, "available_at")
         );
         let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -486,7 +486,11 @@ impl Store for Postgres {
     }
 
     async fn requeue(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.requeue.as_str(), filter(&which));
+        let text = format!(
+            "{} AND {}",
+            sql.requeue.as_str(),
+            filter(&which, "available_at")
+        );
         let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .execute(pool)
             .await?;
@@ -527,7 +531,11 @@ impl Store for Postgres {
     }
 
     async fn purge(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.purge.as_str(), filter(&which));
+        let text = format!(
+            "{} AND {}",
+            sql.purge.as_str(),
+            filter(&which, "available_at")
+        );
         let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .execute(pool)
             .await?;
@@ -536,7 +544,11 @@ impl Store for Postgres {
     }
 
     async fn discard(pool: &PgPool, sql: &Sql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.discard.as_str(), filter(&which));
+        let text = format!(
+            "{} AND {}",
+            sql.discard.as_str(),
+            filter(&which, "available_at")
+        );
         let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .execute(pool)
             .await?;
@@ -678,12 +690,12 @@ fn follow_page_sql(t: &str) -> String {
 }
 
 /// The condition selecting `which` entries; its parameter, if any, is `$1`.
-fn filter(which: &Which) -> &'static str {
+fn filter(which: &Which, since: &str) -> String {
     match which {
-        Which::One(_) => "event_id = $1",
-        Which::All => "$1::bigint IS NULL",
-        Which::Name(_) => "name = $1",
-        Which::DeadFor(_) => "available_at < now() - $1 * interval '1 millisecond'",
+        Which::One(_) => "event_id = $1".to_owned(),
+        Which::All => "$1::bigint IS NULL".to_owned(),
+        Which::Name(_) => "name = $1".to_owned(),
+        Which::DeadFor(_) => format!("{since} < now() - $1 * interval '1 millisecond'"),
     }
 }
 

@@ -341,7 +341,7 @@ impl Store for Sqlite {
         let text = format!(
             "{} AND {} ORDER BY id LIMIT ?2",
             sql.dead_letters.as_str(),
-            filter(&which)
+            filter(&which, "available_at")
         );
         let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -370,7 +370,11 @@ impl Store for Sqlite {
     }
 
     async fn requeue(pool: &SqlitePool, sql: &Sql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.requeue.as_str(), filter(&which));
+        let text = format!(
+            "{} AND {}",
+            sql.requeue.as_str(),
+            filter(&which, "available_at")
+        );
         let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .bind(now_millis())
             .execute(pool)
@@ -422,7 +426,11 @@ impl Store for Sqlite {
     }
 
     async fn purge(pool: &SqlitePool, sql: &Sql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.purge.as_str(), filter(&which));
+        let text = format!(
+            "{} AND {}",
+            sql.purge.as_str(),
+            filter(&which, "available_at")
+        );
         let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .execute(pool)
             .await?;
@@ -431,7 +439,11 @@ impl Store for Sqlite {
     }
 
     async fn discard(pool: &SqlitePool, sql: &Sql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.discard.as_str(), filter(&which));
+        let text = format!(
+            "{} AND {}",
+            sql.discard.as_str(),
+            filter(&which, "available_at")
+        );
         let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .bind(now_millis())
             .execute(pool)
@@ -500,12 +512,12 @@ impl Store for Sqlite {
 }
 
 /// The condition selecting `which` entries; its parameter, if any, is `?1`.
-fn filter(which: &Which) -> &'static str {
+fn filter(which: &Which, since: &str) -> String {
     match which {
-        Which::One(_) => "event_id = ?1",
-        Which::All => "?1 IS NULL",
-        Which::Name(_) => "name = ?1",
-        Which::DeadFor(_) => "available_at < ?1",
+        Which::One(_) => "event_id = ?1".to_owned(),
+        Which::All => "?1 IS NULL".to_owned(),
+        Which::Name(_) => "name = ?1".to_owned(),
+        Which::DeadFor(_) => format!("{since} < ?1"),
     }
 }
 

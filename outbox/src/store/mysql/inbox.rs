@@ -265,9 +265,9 @@ impl InboxStore for MySql {
         let text = format!(
             "{} AND {} ORDER BY id LIMIT ?",
             sql.dead_letters,
-            filter(&which)
+            super::filter(&which, "updated_at")
         );
-        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
+        let rows = super::bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .bind(limit_param(limit))
             .fetch_all(pool)
             .await?;
@@ -298,16 +298,20 @@ impl InboxStore for MySql {
     }
 
     async fn inbox_requeue(pool: &MySqlPool, sql: &InboxSql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.requeue, filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
+        let text = format!(
+            "{} AND {}",
+            sql.requeue,
+            super::filter(&which, "updated_at")
+        );
+        let done = super::bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .execute(pool)
             .await?;
         Ok(done.rows_affected())
     }
 
     async fn inbox_purge(pool: &MySqlPool, sql: &InboxSql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.purge, filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
+        let text = format!("{} AND {}", sql.purge, super::filter(&which, "updated_at"));
+        let done = super::bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .execute(pool)
             .await?;
         Ok(done.rows_affected())
@@ -405,27 +409,4 @@ async fn take_open(conn: &mut MySqlConnection, sql: &InboxSql, row: &InboxRow) -
 /// Failed or requeued: the message is kept and may be processed.
 fn is_open(status: &str) -> bool {
     matches!(status, "failed" | "requeued")
-}
-
-/// The condition selecting `which` dead letters, with at most one parameter.
-fn filter(which: &Which) -> &'static str {
-    match which {
-        Which::One(_) => "event_id = ?",
-        Which::All => "TRUE",
-        Which::Name(_) => "name = ?",
-        Which::DeadFor(_) => "updated_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND",
-    }
-}
-
-/// Binds the parameter of [`filter`], if any.
-fn bind<'q>(
-    query: sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments>,
-    which: &'q Which,
-) -> sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments> {
-    match which {
-        Which::One(id) => query.bind(id.hyphenated()),
-        Which::All => query,
-        Which::Name(name) => query.bind(name.as_str()),
-        Which::DeadFor(age) => query.bind(micros(*age)),
-    }
 }

@@ -142,9 +142,9 @@ impl InboxStore for Postgres {
         let text = format!(
             "{} AND {} ORDER BY id LIMIT $2",
             sql.dead_letters,
-            filter(&which)
+            super::filter(&which, "updated_at")
         );
-        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
+        let rows = super::bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(pool)
             .await?;
@@ -175,16 +175,20 @@ impl InboxStore for Postgres {
     }
 
     async fn inbox_requeue(pool: &PgPool, sql: &InboxSql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.requeue, filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
+        let text = format!(
+            "{} AND {}",
+            sql.requeue,
+            super::filter(&which, "updated_at")
+        );
+        let done = super::bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .execute(pool)
             .await?;
         Ok(done.rows_affected())
     }
 
     async fn inbox_purge(pool: &PgPool, sql: &InboxSql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.purge, filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
+        let text = format!("{} AND {}", sql.purge, super::filter(&which, "updated_at"));
+        let done = super::bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .execute(pool)
             .await?;
         Ok(done.rows_affected())
@@ -244,27 +248,5 @@ impl InboxStore for Postgres {
             .execute(pool)
             .await?;
         Ok(done.rows_affected())
-    }
-}
-
-/// The condition selecting `which` dead letters; its parameter is `$1`.
-fn filter(which: &Which) -> &'static str {
-    match which {
-        Which::One(_) => "event_id = $1",
-        Which::All => "$1::bigint IS NULL",
-        Which::Name(_) => "name = $1",
-        Which::DeadFor(_) => "updated_at < now() - $1 * interval '1 millisecond'",
-    }
-}
-
-fn bind<'q>(
-    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
-    which: &'q Which,
-) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
-    match which {
-        Which::One(id) => query.bind(id),
-        Which::All => query.bind(None::<i64>),
-        Which::Name(name) => query.bind(name),
-        Which::DeadFor(age) => query.bind(millis(*age)),
     }
 }

@@ -153,9 +153,9 @@ impl InboxStore for Sqlite {
         let text = format!(
             "{} AND {} ORDER BY id LIMIT ?2",
             sql.dead_letters,
-            filter(&which)
+            super::filter(&which, "updated_at")
         );
-        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
+        let rows = super::bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(pool)
             .await?;
@@ -186,8 +186,12 @@ impl InboxStore for Sqlite {
     }
 
     async fn inbox_requeue(pool: &SqlitePool, sql: &InboxSql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.requeue, filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
+        let text = format!(
+            "{} AND {}",
+            sql.requeue,
+            super::filter(&which, "updated_at")
+        );
+        let done = super::bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .bind(now_millis())
             .execute(pool)
             .await?;
@@ -195,8 +199,8 @@ impl InboxStore for Sqlite {
     }
 
     async fn inbox_purge(pool: &SqlitePool, sql: &InboxSql, which: Which) -> Result<u64> {
-        let text = format!("{} AND {}", sql.purge, filter(&which));
-        let done = bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
+        let text = format!("{} AND {}", sql.purge, super::filter(&which, "updated_at"));
+        let done = super::bind(sqlx::query(sqlx::AssertSqlSafe(text)), &which)
             .bind(now_millis())
             .execute(pool)
             .await?;
@@ -261,27 +265,5 @@ impl InboxStore for Sqlite {
             .execute(pool)
             .await?;
         Ok(done.rows_affected())
-    }
-}
-
-/// The condition selecting `which` dead letters; its parameter is `?1`.
-fn filter(which: &Which) -> &'static str {
-    match which {
-        Which::One(_) => "event_id = ?1",
-        Which::All => "?1 IS NULL",
-        Which::Name(_) => "name = ?1",
-        Which::DeadFor(_) => "updated_at < ?1",
-    }
-}
-
-fn bind<'q>(
-    query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
-    which: &'q Which,
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
-    match which {
-        Which::One(id) => query.bind(id.hyphenated()),
-        Which::All => query.bind(None::<i64>),
-        Which::Name(name) => query.bind(name.as_str()),
-        Which::DeadFor(age) => query.bind(now_millis().saturating_sub(millis(*age))),
     }
 }
