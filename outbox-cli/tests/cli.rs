@@ -21,16 +21,14 @@ use serde_json::Value;
 use sqlx::{MySqlPool, PgPool, SqlitePool};
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_outbox");
+mod support;
+
+use support::{
+    BIN, Run, command, exec, mysql_url, one_error_line, pg, pg_drop, pg_url, remove_sqlite,
+    sqlite_url, table,
+};
+
 const README: &str = include_str!("../../README.md");
-
-fn pg_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
-}
-
-fn mysql_url() -> String {
-    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
-}
 
 fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -40,91 +38,9 @@ fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// A table name of its own for each test.
-fn table(prefix: &str) -> String {
-    format!(
-        "cli_{prefix}_{}",
-        &Uuid::new_v4().simple().to_string()[..12]
-    )
-}
-
-/// A fresh SQLite file URL (the file does not exist yet).
-fn sqlite_url() -> (String, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join("outbox-cli-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(format!("{}.db", Uuid::new_v4()));
-    (format!("sqlite:{}", file.display()), file)
-}
-
-/// Removes a test's SQLite file and its WAL files.
-fn remove_sqlite(file: &std::path::Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut name = file.as_os_str().to_owned();
-        name.push(suffix);
-        let _ = std::fs::remove_file(name);
-    }
-}
-
-/// What one run of the binary did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|err| panic!("stdout is not JSON ({err}): {self:?}"))
-    }
-
-    fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "{self:?}");
-        self
-    }
-
-    /// Exit code `code`, nothing on stdout, one `error:` line on stderr, no panic.
-    fn fails(self, code: i32, needle: &str) -> Self {
-        assert_eq!(self.code, code, "{self:?}");
-        one_error_line(&self.stderr, needle);
-        self
-    }
-}
-
-fn one_error_line(stderr: &str, needle: &str) {
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "not one line on stderr: {stderr:?}");
-    assert!(lines[0].starts_with("error: "), "{stderr:?}");
-    assert!(lines[0].contains(needle), "{needle:?} not in {stderr:?}");
-    for bad in ["panicked", "backtrace", "RUST_BACKTRACE", "internal error"] {
-        assert!(!stderr.contains(bad), "{bad:?} in {stderr:?}");
-    }
-}
-
-fn command(url: &str, table: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--database-url")
-        .arg(url)
-        .arg("--table")
-        .arg(table)
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
-    cmd
-}
-
 /// Runs `outbox --database-url URL --table TABLE ARGS...` with no terminal.
 fn outbox(url: &str, table: &str, args: &[&str]) -> Run {
-    let output = command(url, table, args)
-        .output()
-        .expect("the outbox binary runs");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(output.stdout).unwrap(),
-        stderr: String::from_utf8(output.stderr).unwrap(),
-    }
+    exec(url, Some(table), args)
 }
 
 /// A child process whose stdout lines arrive on a channel.
@@ -199,21 +115,6 @@ fn readme_sql(marker: &str, table: &str) -> String {
     block
         .replace("INSERT INTO outbox (", &format!("INSERT INTO {table} ("))
         .replace("'outbox_outbox'", &format!("'outbox_{table}'"))
-}
-
-async fn pg() -> PgPool {
-    PgPool::connect(&pg_url())
-        .await
-        .expect("PostgreSQL at DATABASE_URL")
-}
-
-async fn pg_drop(pool: &PgPool, table: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP TABLE IF EXISTS {table}, {table}_schema, {table}_blocked"
-    )))
-    .execute(pool)
-    .await
-    .unwrap();
 }
 
 async fn pg_count(pool: &PgPool, table: &str, filter: &str) -> i64 {
@@ -725,7 +626,7 @@ async fn tail_follows_inserts_and_publications_postgres() {
 
     let tail = Spawned::start(command(
         &pg_url(),
-        &t,
+        Some(&t),
         &["--json", "tail", "--interval", "100ms"],
     ));
     let start: Value = serde_json::from_str(&tail.next_line()).unwrap();
@@ -779,7 +680,7 @@ async fn tail_follows_inserts_and_publications_postgres() {
 async fn tail_prints_lines_for_people_sqlite() {
     let (url, file) = sqlite_url();
     outbox(&url, "outbox", &["migrate"]).ok();
-    let tail = Spawned::start(command(&url, "outbox", &["tail"]));
+    let tail = Spawned::start(command(&url, Some("outbox"), &["tail"]));
     assert_eq!(
         tail.next_line(),
         "following \"outbox\" after position 0 (0 pending); Ctrl-C to stop"
@@ -949,7 +850,7 @@ async fn relay_delivers_plain_sql_rows_to_rabbitmq_and_stops_on_sigterm_postgres
 
     let relay = Spawned::start(command(
         &pg_url(),
-        &t,
+        Some(&t),
         &[
             "relay",
             "--to",
@@ -1031,7 +932,7 @@ async fn relay_delivers_plain_sql_rows_to_redis_streams_sqlite() {
 
     let relay = Spawned::start(command(
         &url,
-        "outbox",
+        Some("outbox"),
         &["--json", "relay", "--to", &redis_url(), "--stream", &stream],
     ));
     let client = redis::Client::open(redis_url()).unwrap();
@@ -1175,7 +1076,7 @@ async fn relay_posts_plain_sql_rows_to_a_webhook_sqlite() {
         "--header",
         "Authorization: Bearer t0ken",
     ];
-    let relay = Spawned::start(command(&url, "outbox", &args));
+    let relay = Spawned::start(command(&url, Some("outbox"), &args));
     let receive = || {
         requests
             .recv_timeout(Duration::from_secs(20))
@@ -1511,7 +1412,7 @@ async fn status_shows_a_blocked_publisher_and_fails_while_it_is_fresh_postgres()
 
     let relay = Spawned::start(command(
         &pg_url(),
-        &t,
+        Some(&t),
         &["relay", "--to", &amqp_url(), "--exchange", &missing],
     ));
     let deadline = Instant::now() + Duration::from_secs(20);

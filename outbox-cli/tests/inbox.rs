@@ -4,104 +4,15 @@
 //! and its dead letters are made with the library (`Inbox::handle` with a
 //! failing consumer); each test has its own table (or file) and drops it.
 
-use std::process::{Command, Stdio};
-
 use outbox::Backend;
 use outbox::inbox::{ConsumeError, Consumers, Inbox, Message, Outcome, Tx};
 use serde_json::Value;
-use sqlx::{MySqlPool, PgPool, Pool, SqlitePool};
+use sqlx::{MySqlPool, Pool, SqlitePool};
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_outbox");
+mod support;
 
-fn pg_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
-}
-
-fn mysql_url() -> String {
-    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
-}
-
-/// A table name of its own for each test.
-fn table(prefix: &str) -> String {
-    format!(
-        "cli_inbox_{prefix}_{}",
-        &Uuid::new_v4().simple().to_string()[..12]
-    )
-}
-
-/// A fresh SQLite file URL (the file does not exist yet).
-fn sqlite_url() -> (String, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join("outbox-cli-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(format!("inbox-{}.db", Uuid::new_v4()));
-    (format!("sqlite:{}", file.display()), file)
-}
-
-fn remove_sqlite(file: &std::path::Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut name = file.as_os_str().to_owned();
-        name.push(suffix);
-        let _ = std::fs::remove_file(name);
-    }
-}
-
-/// What one run of the binary did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|err| panic!("stdout is not JSON ({err}): {self:?}"))
-    }
-
-    fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "{self:?}");
-        self
-    }
-
-    /// Exit code `code`, nothing on stdout, one `error:` line on stderr, no panic.
-    fn fails(self, code: i32, needle: &str) -> Self {
-        assert_eq!(self.code, code, "{self:?}");
-        assert!(self.stdout.is_empty(), "{self:?}");
-        let lines: Vec<&str> = self
-            .stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect();
-        assert_eq!(lines.len(), 1, "not one line on stderr: {self:?}");
-        assert!(lines[0].starts_with("error: "), "{self:?}");
-        assert!(lines[0].contains(needle), "{needle:?} not in {self:?}");
-        assert!(!self.stderr.contains("panicked"), "{self:?}");
-        self
-    }
-}
-
-/// Runs `outbox --database-url URL [--table TABLE] ARGS...` with no terminal.
-fn exec(url: &str, table: Option<&str>, args: &[&str]) -> Run {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--database-url").arg(url);
-    if let Some(table) = table {
-        cmd.arg("--table").arg(table);
-    }
-    let output = cmd
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("the outbox binary runs");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(output.stdout).unwrap(),
-        stderr: String::from_utf8(output.stderr).unwrap(),
-    }
-}
+use support::{Run, exec, mysql_url, pg, pg_drop, pg_url, remove_sqlite, sqlite_url, table};
 
 /// `outbox --table TABLE inbox ARGS...`.
 fn inbox(url: &str, table: &str, args: &[&str]) -> Run {
@@ -198,21 +109,6 @@ async fn fixture<DB: Backend>(pool: &Pool<DB>, table: &str) -> (Inbox<DB>, Fixtu
     (inbox, Fixture { dead, correlation })
 }
 
-async fn pg() -> PgPool {
-    PgPool::connect(&pg_url())
-        .await
-        .expect("PostgreSQL at DATABASE_URL")
-}
-
-async fn pg_drop(pool: &PgPool, table: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP TABLE IF EXISTS {table}, {table}_schema"
-    )))
-    .execute(pool)
-    .await
-    .unwrap();
-}
-
 /// The counts `outbox inbox --json status` prints.
 fn counts(json: &Value) -> [u64; 4] {
     ["processed", "retrying", "dead", "requeued"].map(|k| json[k].as_u64().unwrap())
@@ -223,7 +119,7 @@ fn counts(json: &Value) -> [u64; 4] {
 #[tokio::test]
 async fn inbox_migrate_and_status_postgres() {
     let pool = pg().await;
-    let t = table("status");
+    let t = table("inbox_status");
     let run = inbox(&pg_url(), &t, &["migrate"]).ok();
     assert_eq!(
         run.stdout.trim(),
@@ -292,7 +188,7 @@ async fn inbox_migrate_and_status_postgres() {
 #[tokio::test]
 async fn inbox_dead_list_and_show_postgres() {
     let pool = pg().await;
-    let t = table("list");
+    let t = table("inbox_list");
     let (_, fx) = fixture(&pool, &t).await;
 
     let run = inbox(&pg_url(), &t, &["dead", "list"]).ok();
@@ -378,18 +274,18 @@ async fn inbox_dead_list_and_show_postgres() {
     assert_eq!(json["correlation_id"], fx.correlation.to_string());
     assert_eq!(json["reason"], "refused: billing.invoice_paid");
     let other = Uuid::new_v4().to_string();
-    inbox(&pg_url(), &t, &["dead", "show", &other]).fails(
+    inbox(&pg_url(), &t, &["dead", "show", &other]).fails_quietly(
         1,
         &format!("no dead letter with event id {other} in inbox \"{t}\""),
     );
-    inbox(&pg_url(), &t, &["dead", "show", "not-a-uuid"]).fails(1, "not a UUID");
+    inbox(&pg_url(), &t, &["dead", "show", "not-a-uuid"]).fails_quietly(1, "not a UUID");
     pg_drop(&pool, &t).await;
 }
 
 #[tokio::test]
 async fn inbox_dead_requeue_and_purge_postgres() {
     let pool = pg().await;
-    let t = table("fix");
+    let t = table("inbox_fix");
     let (lib, fx) = fixture(&pool, &t).await;
     let [(paid1, ..), (paid2, ..), (poison, ..)] = [&fx.dead[0], &fx.dead[1], &fx.dead[2]];
     let status = || counts(&inbox(&pg_url(), &t, &["--json", "status"]).ok().json());
@@ -403,7 +299,7 @@ async fn inbox_dead_requeue_and_purge_postgres() {
     assert_eq!(status(), [3, 1, 2, 1]);
     assert!(lib.dead_letter(*paid1).await.unwrap().is_none());
     inbox(&pg_url(), &t, &["dead", "requeue", &paid1.to_string()])
-        .fails(1, "no dead letter with event id");
+        .fails_quietly(1, "no dead letter with event id");
 
     // Many, or a purge: refused without a terminal and without --yes; nothing changes.
     for args in [
@@ -412,7 +308,7 @@ async fn inbox_dead_requeue_and_purge_postgres() {
         &["dead", "purge", &paid2.to_string()],
         &["dead", "purge", "--older-than", "1d"],
     ] {
-        inbox(&pg_url(), &t, args).fails(
+        inbox(&pg_url(), &t, args).fails_quietly(
             1,
             "without confirmation: stdin is not a terminal (pass --yes)",
         );
@@ -476,7 +372,7 @@ async fn inbox_dead_requeue_and_purge_postgres() {
 
 #[tokio::test]
 async fn inbox_missing_table_is_an_error_postgres() {
-    let t = table("missing");
+    let t = table("inbox_missing");
     let id = Uuid::new_v4().to_string();
     for args in [
         &["status"][..],
@@ -486,7 +382,7 @@ async fn inbox_missing_table_is_an_error_postgres() {
         &["dead", "requeue", "--all", "--yes"],
         &["dead", "purge", "--older-than", "0s", "--yes"],
     ] {
-        inbox(&pg_url(), &t, args).fails(
+        inbox(&pg_url(), &t, args).fails_quietly(
             1,
             &format!("inbox table \"{t}\" does not exist (run \"outbox inbox migrate\")"),
         );
@@ -518,7 +414,7 @@ async fn inbox_sqlite_default_table_status_and_dead_letters() {
     assert_eq!(json["table"], "inbox");
     assert_eq!(counts(&json), [3, 1, 3, 0]);
     // The outbox commands still default to `outbox`, which does not exist.
-    exec(&url, None, &["status"]).fails(1, "table \"outbox\" does not exist");
+    exec(&url, None, &["status"]).fails_quietly(1, "table \"outbox\" does not exist");
 
     let run = inbox(&url, "inbox", &["dead", "list"]).ok();
     for (id, name, _, _) in &fx.dead {
@@ -541,7 +437,7 @@ async fn inbox_sqlite_default_table_status_and_dead_letters() {
     assert_eq!(json["correlation_id"], fx.correlation.to_string());
     assert_eq!(json["attempts"], 1);
 
-    inbox(&url, "inbox", &["dead", "requeue", "--all"]).fails(1, "pass --yes");
+    inbox(&url, "inbox", &["dead", "requeue", "--all"]).fails_quietly(1, "pass --yes");
     let args = [
         "--json",
         "dead",
@@ -558,7 +454,7 @@ async fn inbox_sqlite_default_table_status_and_dead_letters() {
         [stats.processed, stats.retrying, stats.dead, stats.requeued],
         [4, 1, 0, 2]
     );
-    inbox(&url, "missing", &["status"]).fails(1, "inbox table \"missing\" does not exist");
+    inbox(&url, "missing", &["status"]).fails_quietly(1, "inbox table \"missing\" does not exist");
     pool.close().await;
     remove_sqlite(&file);
 }
@@ -568,7 +464,7 @@ async fn inbox_mariadb_status_and_dead_letters() {
     let pool = MySqlPool::connect(&mysql_url())
         .await
         .expect("MariaDB at MYSQL_URL");
-    let t = table("mysql");
+    let t = table("inbox_mysql");
     let run = inbox(&mysql_url(), &t, &["migrate"]).ok();
     assert!(
         run.stdout
