@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use outbox::Stats;
+use outbox::{DeadLetter, Stats};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -16,9 +16,19 @@ use crate::out::{self, clip, confirm, plural, table};
 
 /// `outbox migrate`: creates or upgrades the table.
 pub(crate) async fn migrate<DB: Db>(ctx: &Ctx<DB>) -> Result<(), Failure> {
+    migrate_table(ctx, "table", outbox::migrate(&ctx.pool, &ctx.table.name)).await
+}
+
+/// Runs `migration` (not started yet) on `ctx.table` and says what it did
+/// to the `label` (`table`, `inbox table`): created, upgraded or nothing.
+pub(crate) async fn migrate_table<DB: Db>(
+    ctx: &Ctx<DB>,
+    label: &str,
+    migration: impl Future<Output = outbox::Result<()>>,
+) -> Result<(), Failure> {
     let existed = DB::table_exists(&ctx.pool, &ctx.table).await?;
     let before = DB::schema_version(&ctx.pool, &ctx.table).await?;
-    outbox::migrate(&ctx.pool, &ctx.table.name).await?;
+    migration.await?;
     let after = DB::schema_version(&ctx.pool, &ctx.table).await?;
     let version = after.unwrap_or_default();
     if ctx.json {
@@ -41,7 +51,7 @@ pub(crate) async fn migrate<DB: Db>(ctx: &Ctx<DB>) -> Result<(), Failure> {
         "upgraded"
     };
     out::line(format!(
-        "table \"{}\" {what} (schema version {version}) in {}",
+        "{label} \"{}\" {what} (schema version {version}) in {}",
         ctx.table.name, ctx.url.shown
     ))
 }
@@ -268,7 +278,7 @@ fn payload_value(payload: &str) -> Value {
     serde_json::from_str(payload).unwrap_or_else(|_| Value::String(payload.to_owned()))
 }
 
-pub(crate) fn dead_json(d: &outbox::DeadLetter) -> Value {
+pub(crate) fn dead_json(d: &DeadLetter) -> Value {
     json!({
         "position": d.position,
         "event_id": d.event_id.to_string(),
@@ -286,28 +296,146 @@ pub(crate) fn dead_json(d: &outbox::DeadLetter) -> Value {
     })
 }
 
+/// The dead-letter calls of the library's handles on a table, the
+/// outbox's and the inbox's alike, for the `dead` commands both have.
+pub(crate) trait DeadLetters {
+    /// The oldest `limit` dead letters, all or those named `name`.
+    async fn list(&self, name: Option<&str>, limit: usize) -> outbox::Result<Vec<DeadLetter>>;
+    /// The dead letter with event id `id`.
+    async fn one(&self, id: Uuid) -> outbox::Result<Option<DeadLetter>>;
+    /// How many dead letters there are, all or those named `name`.
+    async fn count(&self, name: Option<&str>) -> outbox::Result<u64>;
+    /// Requeues the dead letter `id`; false if there is none.
+    async fn requeue_one(&self, id: Uuid) -> outbox::Result<bool>;
+    /// Requeues the dead letters, all or those named `name`.
+    async fn requeue_many(&self, name: Option<&str>) -> outbox::Result<u64>;
+    /// Purges the dead letter `id`; false if there is none.
+    async fn purge_one(&self, id: Uuid) -> outbox::Result<bool>;
+    /// Purges the dead letters that died more than `age` ago.
+    async fn purge_older(&self, age: Duration) -> outbox::Result<u64>;
+}
+
+/// [`DeadLetters`] for a handle with the library's dead-letter methods.
+macro_rules! dead_letters {
+    ($handle:ty) => {
+        impl<DB: Db> DeadLetters for $handle {
+            async fn list(
+                &self,
+                name: Option<&str>,
+                limit: usize,
+            ) -> outbox::Result<Vec<DeadLetter>> {
+                match name {
+                    Some(name) => self.dead_letters_named(name, limit).await,
+                    None => self.dead_letters(limit).await,
+                }
+            }
+
+            async fn one(&self, id: Uuid) -> outbox::Result<Option<DeadLetter>> {
+                self.dead_letter(id).await
+            }
+
+            async fn count(&self, name: Option<&str>) -> outbox::Result<u64> {
+                let stats = self.stats().await?;
+                Ok(match name {
+                    Some(name) => stats
+                        .by_name
+                        .iter()
+                        .find(|n| n.name == name)
+                        .map_or(0, |n| n.dead),
+                    None => stats.dead,
+                })
+            }
+
+            async fn requeue_one(&self, id: Uuid) -> outbox::Result<bool> {
+                self.requeue(id).await
+            }
+
+            async fn requeue_many(&self, name: Option<&str>) -> outbox::Result<u64> {
+                match name {
+                    Some(name) => self.requeue_named(name).await,
+                    None => self.requeue_all().await,
+                }
+            }
+
+            async fn purge_one(&self, id: Uuid) -> outbox::Result<bool> {
+                self.purge(id).await
+            }
+
+            async fn purge_older(&self, age: Duration) -> outbox::Result<u64> {
+                self.purge_dead_for(age).await
+            }
+        }
+    };
+}
+
+dead_letters!(outbox::Outbox<DB>);
+dead_letters!(outbox::inbox::Inbox<DB>);
+
+/// What the `dead` commands of the outbox and of the inbox say differently.
+pub(crate) struct DeadWords {
+    /// How a message names the table: `"orders"`, `inbox "orders"`.
+    pub(crate) place: String,
+    /// The label of `created_at` in `dead show`.
+    pub(crate) created: &'static str,
+    /// A dead letter as `--json` prints it.
+    pub(crate) to_json: fn(&DeadLetter) -> Value,
+    /// After `requeued N dead letters`.
+    pub(crate) requeued: &'static str,
+    /// After `purged N dead letters`.
+    pub(crate) purged: &'static str,
+    /// The verb of a purge question (`delete`, `drop`).
+    pub(crate) purge_verb: &'static str,
+    /// The end of the purge question for one dead letter, for all of them,
+    /// and for those older than an age.
+    pub(crate) purge_one: &'static str,
+    pub(crate) purge_all: &'static str,
+    pub(crate) purge_older: &'static str,
+}
+
+/// The outbox's words.
+fn outbox_words<DB: Db>(ctx: &Ctx<DB>) -> DeadWords {
+    DeadWords {
+        place: format!("\"{}\"", ctx.table.name),
+        created: "created at",
+        to_json: dead_json,
+        requeued: " (pending again, attempts reset)",
+        purged: "",
+        purge_verb: "delete",
+        purge_one: " for good",
+        purge_all: " for good",
+        purge_older: ", for good",
+    }
+}
+
 /// `outbox dead list [--name N] [--limit N]`.
 pub(crate) async fn dead_list<DB: Db>(
     ctx: &Ctx<DB>,
     name: Option<&str>,
     limit: usize,
 ) -> Result<(), Failure> {
-    let outbox = ctx.outbox().await?;
-    let dead = match name {
-        Some(name) => outbox.dead_letters_named(name, limit).await?,
-        None => outbox.dead_letters(limit).await?,
-    };
-    print_dead_list(ctx, &dead, name, limit, dead_json)
+    list_dead(ctx, ctx.outbox(), &outbox_words(ctx), name, limit).await
+}
+
+/// `dead list` on the handle `open` makes.
+pub(crate) async fn list_dead<DB: Db, H: DeadLetters>(
+    ctx: &Ctx<DB>,
+    open: impl Future<Output = Result<H, Failure>>,
+    words: &DeadWords,
+    name: Option<&str>,
+    limit: usize,
+) -> Result<(), Failure> {
+    let dead = open.await?.list(name, limit).await?;
+    print_dead_list(ctx, &dead, name, limit, words.to_json)
 }
 
 /// Prints dead letters as `dead list` does (a table, or a JSON array of
 /// `to_json`).
 pub(crate) fn print_dead_list<DB: Db>(
     ctx: &Ctx<DB>,
-    dead: &[outbox::DeadLetter],
+    dead: &[DeadLetter],
     name: Option<&str>,
     limit: usize,
-    to_json: fn(&outbox::DeadLetter) -> Value,
+    to_json: fn(&DeadLetter) -> Value,
 ) -> Result<(), Failure> {
     if ctx.json {
         return out::json(&Value::Array(dead.iter().map(to_json).collect()), true);
@@ -345,33 +473,47 @@ pub(crate) fn print_dead_list<DB: Db>(
     out::line(format!("{text}\n{count}{named}{more}"))
 }
 
-async fn find<DB: Db>(
-    outbox: &outbox::Outbox<DB>,
-    ctx: &Ctx<DB>,
+async fn find<H: DeadLetters>(
+    handle: &H,
+    words: &DeadWords,
     id: Uuid,
-) -> Result<outbox::DeadLetter, Failure> {
-    outbox.dead_letter(id).await?.ok_or_else(|| {
-        Failure::new(format!(
-            "no dead letter with event id {id} in \"{}\"",
-            ctx.table.name
-        ))
-    })
+) -> Result<DeadLetter, Failure> {
+    handle
+        .one(id)
+        .await?
+        .ok_or_else(|| no_dead_letter(words, id))
+}
+
+fn no_dead_letter(words: &DeadWords, id: Uuid) -> Failure {
+    Failure::new(format!(
+        "no dead letter with event id {id} in {}",
+        words.place
+    ))
 }
 
 /// `outbox dead show ID`.
 pub(crate) async fn dead_show<DB: Db>(ctx: &Ctx<DB>, id: &str) -> Result<(), Failure> {
+    show_dead(ctx, ctx.outbox(), &outbox_words(ctx), id).await
+}
+
+/// `dead show ID` on the handle `open` makes.
+pub(crate) async fn show_dead<DB: Db, H: DeadLetters>(
+    ctx: &Ctx<DB>,
+    open: impl Future<Output = Result<H, Failure>>,
+    words: &DeadWords,
+    id: &str,
+) -> Result<(), Failure> {
     let id = parse_id(id)?;
-    let outbox = ctx.outbox().await?;
-    let d = find(&outbox, ctx, id).await?;
+    let d = find(&open.await?, words, id).await?;
     if ctx.json {
-        return out::json(&dead_json(&d), true);
+        return out::json(&(words.to_json)(&d), true);
     }
-    print_dead(&d, "created at")
+    print_dead(&d, words.created)
 }
 
 /// Prints one dead letter as `dead show` does; `created` labels its
 /// `created_at` (`created at`, `received at`).
-pub(crate) fn print_dead(d: &outbox::DeadLetter, created: &str) -> Result<(), Failure> {
+pub(crate) fn print_dead(d: &DeadLetter, created: &str) -> Result<(), Failure> {
     let payload = serde_json::from_str::<Value>(&d.payload)
         .and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or_else(|_| d.payload.clone());
@@ -406,7 +548,7 @@ pub(crate) fn print_dead(d: &outbox::DeadLetter, created: &str) -> Result<(), Fa
 
 /// `headers     key: value`, one line per header (aligned under the first),
 /// `-` for none; a note when the stored headers do not decode.
-fn headers_lines(d: &outbox::DeadLetter) -> Vec<String> {
+fn headers_lines(d: &DeadLetter) -> Vec<String> {
     let mut lines: Vec<String> = d
         .headers
         .iter()
@@ -454,69 +596,51 @@ pub(crate) async fn dead_requeue<DB: Db>(
     which: Which,
     yes: bool,
 ) -> Result<(), Failure> {
-    let t = &ctx.table.name;
-    let n = match which {
+    requeue_dead(ctx, ctx.outbox(), &outbox_words(ctx), which, yes).await
+}
+
+/// `dead requeue` on the handle `open` makes.
+pub(crate) async fn requeue_dead<DB: Db, H: DeadLetters>(
+    ctx: &Ctx<DB>,
+    open: impl Future<Output = Result<H, Failure>>,
+    words: &DeadWords,
+    which: Which,
+    yes: bool,
+) -> Result<(), Failure> {
+    let place = &words.place;
+    let name = match which {
         Which::One(id) => {
             let id = parse_id(&id)?;
-            let outbox = ctx.outbox().await?;
-            if !outbox.requeue(id).await? {
-                return Err(Failure::new(format!(
-                    "no dead letter with event id {id} in \"{t}\""
-                )));
+            if !open.await?.requeue_one(id).await? {
+                return Err(no_dead_letter(words, id));
             }
-            1
+            return done_requeued(ctx, words, 1);
         }
-        Which::All => {
-            let outbox = ctx.outbox().await?;
-            let dead = outbox.stats().await?.dead;
-            if dead == 0 {
-                return done(
-                    ctx.json,
-                    "requeued",
-                    0,
-                    format!("no dead letters in \"{t}\""),
-                );
-            }
-            confirm(
-                &format!(
-                    "requeue {} of \"{t}\"",
-                    plural(dead, "dead letter", "dead letters")
-                ),
-                yes,
-            )?;
-            outbox.requeue_all().await?
-        }
-        Which::Name(name) => {
-            let outbox = ctx.outbox().await?;
-            let dead = outbox
-                .stats()
-                .await?
-                .by_name
-                .iter()
-                .find(|n| n.name == name)
-                .map_or(0, |n| n.dead);
-            if dead == 0 {
-                return done(
-                    ctx.json,
-                    "requeued",
-                    0,
-                    format!("no dead letters named \"{name}\" in \"{t}\""),
-                );
-            }
-            let what = plural(dead, "dead letter", "dead letters");
-            confirm(&format!("requeue {what} named \"{name}\" of \"{t}\""), yes)?;
-            outbox.requeue_named(&name).await?
-        }
+        Which::All => None,
+        Which::Name(name) => Some(name),
     };
-    done(
-        ctx.json,
-        "requeued",
-        n,
-        format!(
-            "requeued {} (pending again, attempts reset)",
-            plural(n, "dead letter", "dead letters")
-        ),
-    )
+    let handle = open.await?;
+    let dead = handle.count(name.as_deref()).await?;
+    let named = name
+        .as_ref()
+        .map_or_else(String::new, |n| format!(" named \"{n}\""));
+    if dead == 0 {
+        let text = format!("no dead letters{named} in {place}");
+        return done(ctx.json, "requeued", 0, text);
+    }
+    let what = plural(dead, "dead letter", "dead letters");
+    confirm(&format!("requeue {what}{named} of {place}"), yes)?;
+    let n = handle.requeue_many(name.as_deref()).await?;
+    done_requeued(ctx, words, n)
+}
+
+fn done_requeued<DB: Db>(ctx: &Ctx<DB>, words: &DeadWords, n: u64) -> Result<(), Failure> {
+    let text = format!(
+        "requeued {}{}",
+        plural(n, "dead letter", "dead letters"),
+        words.requeued
+    );
+    done(ctx.json, "requeued", n, text)
 }
 
 /// `outbox dead purge (ID | --older-than D) [--yes]`.
@@ -525,43 +649,56 @@ pub(crate) async fn dead_purge<DB: Db>(
     which: Purge,
     yes: bool,
 ) -> Result<(), Failure> {
-    let t = &ctx.table.name;
+    purge_dead(ctx, ctx.outbox(), &outbox_words(ctx), which, yes).await
+}
+
+/// `dead purge` on the handle `open` makes.
+pub(crate) async fn purge_dead<DB: Db, H: DeadLetters>(
+    ctx: &Ctx<DB>,
+    open: impl Future<Output = Result<H, Failure>>,
+    words: &DeadWords,
+    which: Purge,
+    yes: bool,
+) -> Result<(), Failure> {
+    let (place, verb) = (&words.place, words.purge_verb);
     let n = match which {
         Purge::One(id) => {
             let id = parse_id(&id)?;
-            let outbox = ctx.outbox().await?;
-            let d = find(&outbox, ctx, id).await?;
+            let handle = open.await?;
+            let d = find(&handle, words, id).await?;
             confirm(
-                &format!("delete dead letter {id} ({}) of \"{t}\" for good", d.name),
+                &format!(
+                    "{verb} dead letter {id} ({}) of {place}{}",
+                    d.name, words.purge_one
+                ),
                 yes,
             )?;
-            if !outbox.purge(id).await? {
-                return Err(Failure::new(format!(
-                    "no dead letter with event id {id} in \"{t}\""
-                )));
+            if !handle.purge_one(id).await? {
+                return Err(no_dead_letter(words, id));
             }
             1
         }
         Purge::OlderThan(age) => {
-            let outbox = ctx.outbox().await?;
+            let handle = open.await?;
             let what = if age.is_zero() {
-                format!("delete every dead letter of \"{t}\" for good")
+                format!("{verb} every dead letter of {place}{}", words.purge_all)
             } else {
                 format!(
-                    "delete the dead letters of \"{t}\" that died more than {} ago, for good",
-                    human(age)
+                    "{verb} the dead letters of {place} that died more than {} ago{}",
+                    human(age),
+                    words.purge_older
                 )
             };
             confirm(&what, yes)?;
-            outbox.purge_dead_for(age).await?
+            handle.purge_older(age).await?
         }
     };
-    done(
-        ctx.json,
-        "purged",
-        n,
-        format!("purged {}", plural(n, "dead letter", "dead letters")),
-    )
+    let text = format!(
+        "purged {}{}",
+        plural(n, "dead letter", "dead letters"),
+        words.purged
+    );
+    done(ctx.json, "purged", n, text)
 }
 
 /// Which pending entries `discard` deletes.

@@ -83,14 +83,7 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum DeadCommand {
     /// Dead letters, oldest first.
-    List {
-        /// Only dead letters with this event name.
-        #[arg(long, value_name = "NAME")]
-        name: Option<String>,
-        /// At most this many.
-        #[arg(long, value_name = "N", default_value_t = 50)]
-        limit: usize,
-    },
+    List(ListArgs),
     /// One dead letter with its payload and reason.
     Show {
         /// The event id (a UUID).
@@ -100,6 +93,16 @@ enum DeadCommand {
     Requeue(RequeueArgs),
     /// Delete dead letters for good.
     Purge(PurgeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Only dead letters with this event name.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// At most this many.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    limit: usize,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +144,25 @@ struct PurgeWhich {
     /// Every dead letter that died more than this long ago (30s, 5m, 2h, 7d; 0s: all).
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     older_than: Option<Duration>,
+}
+
+impl From<RequeueWhich> for commands::Which {
+    fn from(which: RequeueWhich) -> Self {
+        match (which.id, which.name) {
+            (Some(id), _) => Self::One(id),
+            (None, Some(name)) => Self::Name(name),
+            (None, None) => Self::All,
+        }
+    }
+}
+
+impl From<PurgeWhich> for commands::Purge {
+    fn from(which: PurgeWhich) -> Self {
+        match (which.id, which.older_than) {
+            (Some(id), _) => Self::One(id),
+            (None, age) => Self::OlderThan(age.unwrap_or_default()),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -270,24 +292,15 @@ async fn run<DB: Db>(cli: Cli, url: DbUrl) -> Result<(), Failure> {
     let result = match cli.command {
         Command::Migrate => commands::migrate(&ctx).await,
         Command::Status { max_age } => commands::status(&ctx, max_age).await,
-        Command::Dead(DeadCommand::List { name, limit }) => {
-            commands::dead_list(&ctx, name.as_deref(), limit).await
+        Command::Dead(DeadCommand::List(args)) => {
+            commands::dead_list(&ctx, args.name.as_deref(), args.limit).await
         }
         Command::Dead(DeadCommand::Show { id }) => commands::dead_show(&ctx, &id).await,
         Command::Dead(DeadCommand::Requeue(args)) => {
-            let which = match (args.which.id, args.which.name) {
-                (Some(id), _) => commands::Which::One(id),
-                (None, Some(name)) => commands::Which::Name(name),
-                (None, None) => commands::Which::All,
-            };
-            commands::dead_requeue(&ctx, which, args.yes).await
+            commands::dead_requeue(&ctx, args.which.into(), args.yes).await
         }
         Command::Dead(DeadCommand::Purge(args)) => {
-            let which = match (args.which.id, args.which.older_than) {
-                (Some(id), _) => commands::Purge::One(id),
-                (None, age) => commands::Purge::OlderThan(age.unwrap_or_default()),
-            };
-            commands::dead_purge(&ctx, which, args.yes).await
+            commands::dead_purge(&ctx, args.which.into(), args.yes).await
         }
         Command::Discard(args) => {
             let which = match (args.which.id, args.which.name) {
