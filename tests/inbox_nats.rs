@@ -5,13 +5,11 @@
 
 mod inbox_broker_support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
-use inbox_broker_support::{Running, Services, consumers, until};
+use inbox_broker_support::{Running, Services, UNDECODABLE, WITHOUT_ID, until};
 use outbox::Publishers;
 use outbox::inbox::nats::NatsSource;
 use outbox::publisher::nats::{EVENT_NAME_HEADER, NatsPublisher};
@@ -103,13 +101,8 @@ async fn outbox_to_inbox_exactly_once_with_metadata() {
     services.wait_for_rows(30).await;
     relay.stop().await;
     let report = running.stop().await;
-    services.check_exactly_once(&expected).await;
-    assert_eq!(report.processed, 30);
-    assert_eq!(report.duplicates, 0);
-    assert_eq!(report.dead, 0);
-    assert_eq!(report.ack_failures, 0);
+    services.check_clean_run(&report, &expected).await;
     assert_eq!(stream.unsettled("b").await, (0, 0));
-    assert_eq!(services.inbox.stats().await.unwrap().processed, 30);
 
     stream.delete().await;
     services.cleanup().await;
@@ -128,20 +121,8 @@ async fn a_killed_consumer_loses_nothing_and_doubles_nothing() {
 
     // The first consumer processes 5 messages, then hangs on the next 4
     // (max_in_flight) with more waiting in its client.
-    let calls = Arc::new(AtomicUsize::new(0));
-    let hanging = consumers(services.business.clone(), Some((5, Arc::clone(&calls))));
-    let first = Running::start(
-        &services.inbox,
-        hanging,
-        stream.source("b", Duration::from_secs(2)).await,
-    );
-    until("4 hanging consumers", || async {
-        calls.load(Ordering::SeqCst) == 9
-    })
-    .await;
-    assert_eq!(services.count().await, 5);
-    first.task.abort();
-    assert!(first.task.await.unwrap_err().is_cancelled());
+    let source = stream.source("b", Duration::from_secs(2)).await;
+    services.hang_and_kill(source).await;
     let (_, unacked) = stream.unsettled("b").await;
     assert!(
         unacked >= 4,
@@ -241,11 +222,7 @@ async fn poison_messages_are_dead_letters_and_acknowledged() {
     headers.insert(EVENT_NAME_HEADER, "inbox_test.invoice_paid");
     stream
         .js
-        .publish_with_headers(
-            subject.clone(),
-            headers,
-            "{\"invoice_id\": \"seven\"}".into(),
-        )
+        .publish_with_headers(subject.clone(), headers, UNDECODABLE.into())
         .await
         .unwrap()
         .await
@@ -254,11 +231,7 @@ async fn poison_messages_are_dead_letters_and_acknowledged() {
     headers.insert(EVENT_NAME_HEADER, "inbox_test.invoice_paid");
     stream
         .js
-        .publish_with_headers(
-            subject,
-            headers,
-            "{\"invoice_id\": 7, \"note\": \"\"}".into(),
-        )
+        .publish_with_headers(subject, headers, WITHOUT_ID.into())
         .await
         .unwrap()
         .await
@@ -274,25 +247,7 @@ async fn poison_messages_are_dead_letters_and_acknowledged() {
     })
     .await;
     let report = running.stop().await;
-    assert_eq!(report.dead, 2);
-    assert_eq!(report.processed, 0);
-    assert_eq!(services.count().await, 0);
-    let dead = services.inbox.dead_letters(10).await.unwrap();
-    assert_eq!(dead.len(), 2);
-    let undecodable = dead
-        .iter()
-        .find(|d| d.event_id == bad_id)
-        .expect("by its id");
-    assert!(
-        undecodable.reason.contains("does not decode"),
-        "{}",
-        undecodable.reason
-    );
-    assert_eq!(undecodable.payload, "{\"invoice_id\": \"seven\"}");
-    assert!(
-        dead.iter().any(|d| d.reason.contains("no event id")),
-        "{dead:?}"
-    );
+    services.check_poison(&report, bad_id).await;
 
     stream.delete().await;
     services.cleanup().await;

@@ -6,11 +6,9 @@
 
 mod inbox_broker_support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use inbox_broker_support::{Running, Services, consumers, until};
+use inbox_broker_support::{Running, Services, UNDECODABLE, WITHOUT_ID, until};
 use outbox::Publishers;
 use outbox::inbox::redis::RedisSource;
 use outbox::publisher::redis::RedisStreamPublisher;
@@ -140,14 +138,9 @@ async fn outbox_to_inbox_exactly_once_with_metadata() {
     services.wait_for_rows(30).await;
     relay.stop().await;
     let report = running.stop().await;
-    services.check_exactly_once(&expected).await;
-    assert_eq!(report.processed, 30);
-    assert_eq!(report.duplicates, 0);
-    assert_eq!(report.dead, 0);
-    assert_eq!(report.ack_failures, 0);
+    services.check_clean_run(&report, &expected).await;
     assert_eq!(stream.pending().await, 0);
     assert_eq!(stream.len().await, 30);
-    assert_eq!(services.inbox.stats().await.unwrap().processed, 30);
 
     stream.delete().await;
     services.cleanup().await;
@@ -166,20 +159,8 @@ async fn a_killed_consumer_is_reclaimed_and_nothing_doubles() {
 
     // The first consumer processes 5 entries, then hangs on the next 4
     // (max_in_flight) with more read into its buffer.
-    let calls = Arc::new(AtomicUsize::new(0));
-    let hanging = consumers(services.business.clone(), Some((5, Arc::clone(&calls))));
-    let first = Running::start(
-        &services.inbox,
-        hanging,
-        stream.source("b-1", Duration::from_mins(1)).await,
-    );
-    until("4 hanging consumers", || async {
-        calls.load(Ordering::SeqCst) == 9
-    })
-    .await;
-    assert_eq!(services.count().await, 5);
-    first.task.abort();
-    assert!(first.task.await.unwrap_err().is_cancelled());
+    let source = stream.source("b-1", Duration::from_mins(1)).await;
+    services.hang_and_kill(source).await;
     let pending = stream.pending().await;
     assert!(
         pending >= 4,
@@ -271,7 +252,7 @@ async fn poison_entries_are_dead_letters_and_acknowledged() {
         .arg("name")
         .arg("inbox_test.invoice_paid")
         .arg("payload")
-        .arg("{\"invoice_id\": \"seven\"}")
+        .arg(UNDECODABLE)
         .arg("headers")
         .arg("{}")
         .query_async(&mut stream.conn.clone())
@@ -283,7 +264,7 @@ async fn poison_entries_are_dead_letters_and_acknowledged() {
         .arg("name")
         .arg("inbox_test.invoice_paid")
         .arg("payload")
-        .arg("{\"invoice_id\": 7, \"note\": \"\"}")
+        .arg(WITHOUT_ID)
         .query_async(&mut stream.conn.clone())
         .await
         .unwrap();
@@ -298,25 +279,7 @@ async fn poison_entries_are_dead_letters_and_acknowledged() {
     })
     .await;
     let report = running.stop().await;
-    assert_eq!(report.dead, 2);
-    assert_eq!(report.processed, 0);
-    assert_eq!(services.count().await, 0);
-    let dead = services.inbox.dead_letters(10).await.unwrap();
-    assert_eq!(dead.len(), 2);
-    let undecodable = dead
-        .iter()
-        .find(|d| d.event_id == bad_id)
-        .expect("by its id");
-    assert!(
-        undecodable.reason.contains("does not decode"),
-        "{}",
-        undecodable.reason
-    );
-    assert_eq!(undecodable.payload, "{\"invoice_id\": \"seven\"}");
-    assert!(
-        dead.iter().any(|d| d.reason.contains("no event id")),
-        "{dead:?}"
-    );
+    services.check_poison(&report, bad_id).await;
 
     stream.delete().await;
     services.cleanup().await;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use outbox::inbox::{ConsumeError, Consumers, Inbox, Tx};
+use outbox::inbox::{ConsumeError, ConsumeReport, Consumers, Inbox, Source, Tx};
 use outbox::{Metadata, Outbox, Publishers, Recorded};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
@@ -30,6 +30,12 @@ pub struct InvoicePaid {
     pub invoice_id: i64,
     pub note: String,
 }
+
+/// A poison payload: an [`InvoicePaid`] that does not decode.
+pub const UNDECODABLE: &str = "{\"invoice_id\": \"seven\"}";
+
+/// A payload that decodes, for a poison message without an event id.
+pub const WITHOUT_ID: &str = "{\"invoice_id\": 7, \"note\": \"\"}";
 
 /// A pool on the local PostgreSQL (`DATABASE_URL`).
 pub async fn pool() -> PgPool {
@@ -218,6 +224,60 @@ impl Services {
         assert_eq!(rows, want);
     }
 
+    /// Checks a loop that consumed every event of `expected` once, with
+    /// nothing dead or doubled: the business rows, the report and the
+    /// inbox's count of processed ids.
+    pub async fn check_clean_run(&self, report: &ConsumeReport, expected: &[Expected]) {
+        self.check_exactly_once(expected).await;
+        let n = u64::try_from(expected.len()).unwrap();
+        assert_eq!(report.processed, n);
+        assert_eq!(report.duplicates, 0);
+        assert_eq!(report.dead, 0);
+        assert_eq!(report.ack_failures, 0);
+        assert_eq!(self.inbox.stats().await.unwrap().processed, n);
+    }
+
+    /// Runs a loop over `source` whose consumer processes 5 events, then
+    /// hangs on the next 4 (`max_in_flight`) with more waiting in its
+    /// source, and kills it: its loop aborted, its source dropped.
+    pub async fn hang_and_kill(&self, source: impl Source + 'static) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let hanging = consumers(self.business.clone(), Some((5, Arc::clone(&calls))));
+        let first = Running::start(&self.inbox, hanging, source);
+        until("4 hanging consumers", || async {
+            calls.load(Ordering::SeqCst) == 9
+        })
+        .await;
+        assert_eq!(self.count().await, 5);
+        first.task.abort();
+        assert!(first.task.await.unwrap_err().is_cancelled());
+    }
+
+    /// Checks a loop over the two poison messages: [`UNDECODABLE`] under
+    /// the event id `bad_id` and [`WITHOUT_ID`] without one. Both are dead
+    /// letters with their reasons, and nothing reached the business table.
+    pub async fn check_poison(&self, report: &ConsumeReport, bad_id: Uuid) {
+        assert_eq!(report.dead, 2);
+        assert_eq!(report.processed, 0);
+        assert_eq!(self.count().await, 0);
+        let dead = self.inbox.dead_letters(10).await.unwrap();
+        assert_eq!(dead.len(), 2);
+        let undecodable = dead
+            .iter()
+            .find(|d| d.event_id == bad_id)
+            .expect("by its id");
+        assert!(
+            undecodable.reason.contains("does not decode"),
+            "{}",
+            undecodable.reason
+        );
+        assert_eq!(undecodable.payload, UNDECODABLE);
+        assert!(
+            dead.iter().any(|d| d.reason.contains("no event id")),
+            "{dead:?}"
+        );
+    }
+
     /// Drops the test's tables.
     pub async fn cleanup(self) {
         for table in [
@@ -309,7 +369,7 @@ impl Relay {
 /// A running consumer loop and its shutdown.
 pub struct Running {
     stop: oneshot::Sender<()>,
-    pub task: JoinHandle<outbox::inbox::ConsumeReport>,
+    pub task: JoinHandle<ConsumeReport>,
 }
 
 impl Running {
@@ -317,7 +377,7 @@ impl Running {
     pub fn start(
         inbox: &Inbox<Postgres>,
         consumers: Consumers<Postgres>,
-        source: impl outbox::inbox::Source + 'static,
+        source: impl Source + 'static,
     ) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
         let consume = inbox
@@ -331,7 +391,7 @@ impl Running {
     }
 
     /// Shuts the loop down and returns its report.
-    pub async fn stop(self) -> outbox::inbox::ConsumeReport {
+    pub async fn stop(self) -> ConsumeReport {
         let _ = self.stop.send(());
         tokio::time::timeout(Duration::from_secs(30), self.task)
             .await
