@@ -54,101 +54,79 @@ pub trait Journal: Backend {
     ) -> impl Future<Output = Vec<(String, i64)>> + Send;
 }
 
-#[cfg(feature = "postgres")]
-impl Journal for sqlx::Postgres {
-    async fn create_journal(pool: &sqlx::PgPool, table: &str) {
-        let sql = format!(
-            "CREATE TABLE \"{table}_biz\" (pos BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
-             stream TEXT NOT NULL, seq BIGINT NOT NULL)"
-        );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(pool)
-            .await
-            .unwrap();
-    }
+/// [`Journal`] for `$db`: `{name}` in `create` is the quoted table name,
+/// `values` the placeholders of the insert.
+macro_rules! journal {
+    (
+        $feature:literal,
+        $db:ty,
+        quote = $q:literal,
+        create = $create:literal,
+        values = $values:literal
+    ) => {
+        #[cfg(feature = $feature)]
+        impl Journal for $db {
+            async fn create_journal(pool: &sqlx::Pool<Self>, table: &str) {
+                let name = format!("{q}{table}_biz{q}", q = $q);
+                let sql = format!($create, name = name);
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
 
-    async fn append(conn: &mut sqlx::PgConnection, table: &str, stream: &str, seq: i64) {
-        let sql = format!("INSERT INTO \"{table}_biz\" (stream, seq) VALUES ($1, $2)");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(stream)
-            .bind(seq)
-            .execute(conn)
-            .await
-            .unwrap();
-    }
+            async fn append(conn: &mut Self::Connection, table: &str, stream: &str, seq: i64) {
+                let sql = format!(
+                    "INSERT INTO {q}{table}_biz{q} (stream, seq) VALUES ({})",
+                    $values,
+                    q = $q
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(stream)
+                    .bind(seq)
+                    .execute(conn)
+                    .await
+                    .unwrap();
+            }
 
-    async fn journal(pool: &sqlx::PgPool, table: &str) -> Vec<(String, i64)> {
-        let sql = format!("SELECT stream, seq FROM \"{table}_biz\" ORDER BY pos");
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_all(pool)
-            .await
-            .unwrap()
-    }
+            async fn journal(pool: &sqlx::Pool<Self>, table: &str) -> Vec<(String, i64)> {
+                let sql = format!(
+                    "SELECT stream, seq FROM {q}{table}_biz{q} ORDER BY pos",
+                    q = $q
+                );
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(pool)
+                    .await
+                    .unwrap()
+            }
+        }
+    };
 }
 
-#[cfg(feature = "sqlite")]
-impl Journal for sqlx::Sqlite {
-    async fn create_journal(pool: &sqlx::SqlitePool, table: &str) {
-        let sql = format!(
-            "CREATE TABLE \"{table}_biz\" (pos INTEGER PRIMARY KEY AUTOINCREMENT, \
-             stream TEXT NOT NULL, seq INTEGER NOT NULL)"
-        );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(pool)
-            .await
-            .unwrap();
-    }
-
-    async fn append(conn: &mut sqlx::SqliteConnection, table: &str, stream: &str, seq: i64) {
-        let sql = format!("INSERT INTO \"{table}_biz\" (stream, seq) VALUES (?1, ?2)");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(stream)
-            .bind(seq)
-            .execute(conn)
-            .await
-            .unwrap();
-    }
-
-    async fn journal(pool: &sqlx::SqlitePool, table: &str) -> Vec<(String, i64)> {
-        let sql = format!("SELECT stream, seq FROM \"{table}_biz\" ORDER BY pos");
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_all(pool)
-            .await
-            .unwrap()
-    }
-}
-
-#[cfg(feature = "mysql")]
-impl Journal for sqlx::MySql {
-    async fn create_journal(pool: &sqlx::MySqlPool, table: &str) {
-        let sql = format!(
-            "CREATE TABLE `{table}_biz` (pos BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
-             stream VARCHAR(64) NOT NULL, seq BIGINT NOT NULL) ENGINE = InnoDB"
-        );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(pool)
-            .await
-            .unwrap();
-    }
-
-    async fn append(conn: &mut sqlx::MySqlConnection, table: &str, stream: &str, seq: i64) {
-        let sql = format!("INSERT INTO `{table}_biz` (stream, seq) VALUES (?, ?)");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(stream)
-            .bind(seq)
-            .execute(conn)
-            .await
-            .unwrap();
-    }
-
-    async fn journal(pool: &sqlx::MySqlPool, table: &str) -> Vec<(String, i64)> {
-        let sql = format!("SELECT stream, seq FROM `{table}_biz` ORDER BY pos");
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_all(pool)
-            .await
-            .unwrap()
-    }
-}
+journal!(
+    "postgres",
+    sqlx::Postgres,
+    quote = '"',
+    create = "CREATE TABLE {name} (pos BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+              stream TEXT NOT NULL, seq BIGINT NOT NULL)",
+    values = "$1, $2"
+);
+journal!(
+    "sqlite",
+    sqlx::Sqlite,
+    quote = '"',
+    create = "CREATE TABLE {name} (pos INTEGER PRIMARY KEY AUTOINCREMENT, \
+              stream TEXT NOT NULL, seq INTEGER NOT NULL)",
+    values = "?1, ?2"
+);
+journal!(
+    "mysql",
+    sqlx::MySql,
+    quote = '`',
+    create = "CREATE TABLE {name} (pos BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+              stream VARCHAR(64) NOT NULL, seq BIGINT NOT NULL) ENGINE = InnoDB",
+    values = "?, ?"
+);
 
 // ------------------------------------------------------------ the fixture
 
