@@ -809,25 +809,18 @@ pub async fn inbox_dead_letters_listed_purged_and_requeued<H: Harness>() {
     let ctx = InboxCtx::<H>::new().await;
     let inbox = ctx.inbox().await;
     let probe = Probe::new(Mode::Reject);
-    let consumers = probe
-        .on::<H>(Consumers::builder(), &ctx.table)
-        .build()
-        .unwrap();
+    let consumers = probe.consumers::<H>(&ctx.table);
     let ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
     for (n, id) in (1..).zip(&ids) {
         dead_reason(inbox.handle(&consumers, message(*id, n)).await);
     }
     let stranger = Uuid::new_v4();
-    dead_reason(
-        inbox
-            .handle(
-                &consumers,
-                Message::new(b"{}".to_vec())
-                    .event_id(stranger.to_string())
-                    .name("nobody.listens"),
-            )
-            .await,
-    );
+    let unknown = || {
+        Message::new(b"{}".to_vec())
+            .event_id(stranger.to_string())
+            .name("nobody.listens")
+    };
+    dead_reason(inbox.handle(&consumers, unknown()).await);
 
     let all = inbox.dead_letters(10).await.unwrap();
     assert_eq!(
@@ -860,14 +853,7 @@ pub async fn inbox_dead_letters_listed_purged_and_requeued<H: Harness>() {
     assert!(!inbox.purge(stranger).await.unwrap());
     assert_eq!(inbox.dead_letter(stranger).await.unwrap(), None);
     assert_eq!(
-        inbox
-            .handle(
-                &consumers,
-                Message::new(b"{}".to_vec())
-                    .event_id(stranger.to_string())
-                    .name("nobody.listens"),
-            )
-            .await,
+        inbox.handle(&consumers, unknown()).await,
         Outcome::Duplicate
     );
 
