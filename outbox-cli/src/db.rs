@@ -343,11 +343,22 @@ fn config_reason(err: &sqlx::Error) -> String {
 
 /// Fails with the `does not exist` message unless the table exists.
 pub(crate) async fn require_table<DB: Db>(pool: &Pool<DB>, table: &Table) -> Result<(), Failure> {
+    require(pool, table, "table", "outbox migrate").await
+}
+
+/// Fails unless `table` exists, saying `{label} "NAME" does not exist (run
+/// "{migrate}")`.
+pub(crate) async fn require<DB: Db>(
+    pool: &Pool<DB>,
+    table: &Table,
+    label: &str,
+    migrate: &str,
+) -> Result<(), Failure> {
     if DB::table_exists(pool, table).await? {
         Ok(())
     } else {
         Err(Failure::new(format!(
-            "table \"{}\" does not exist (run \"outbox migrate\")",
+            "{label} \"{}\" does not exist (run \"{migrate}\")",
             table.name
         )))
     }

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::commands::{
     DeadWords, dead_json, list_dead, migrate_table, purge_dead, requeue_dead, show_dead,
 };
-use crate::db::Db;
+use crate::db::{self, Db};
 use crate::error::Failure;
 use crate::out::{self, table};
 use crate::{Ctx, ListArgs, PurgeArgs, RequeueArgs};
@@ -92,12 +92,7 @@ fn words<DB: Db>(ctx: &Ctx<DB>) -> DeadWords {
 
 /// The library's handle on the inbox table, which must exist (never migrates).
 async fn open<DB: Db>(ctx: &Ctx<DB>) -> Result<Inbox<DB>, Failure> {
-    if !DB::table_exists(&ctx.pool, &ctx.table).await? {
-        return Err(Failure::new(format!(
-            "inbox table \"{}\" does not exist (run \"outbox inbox migrate\")",
-            ctx.table.name
-        )));
-    }
+    db::require(&ctx.pool, &ctx.table, "inbox table", "outbox inbox migrate").await?;
     Ok(Inbox::builder(ctx.pool.clone())
         .table(&ctx.table.name)
         .migrate(false)
