@@ -75,6 +75,9 @@ mod health;
 #[cfg(feature = "broker-http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "broker-http")))]
 pub mod http;
+#[cfg(feature = "broker-kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "broker-kafka")))]
+pub mod kafka;
 #[cfg(feature = "broker-nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "broker-nats")))]
 pub mod nats;
