@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use outbox::publisher::amqp::{AmqpPublisher, ExchangeKind};
 use outbox::publisher::http::WebhookPublisher;
+use outbox::publisher::kafka::KafkaPublisher;
 use outbox::publisher::nats::NatsPublisher;
 use outbox::publisher::redis::RedisStreamPublisher;
 use outbox::{Backoff, Entry, Gauges, PublishResult, Publishers, RawPublisher, Report};
@@ -29,7 +30,7 @@ use crate::out;
 /// Options of `outbox relay`.
 #[derive(Debug, Args)]
 pub(crate) struct RelayArgs {
-    /// Where to: amqp://, nats://, redis:// (rediss:// for TLS) or http(s):// (a webhook).
+    /// Where to: amqp://, nats://, redis:// (rediss:// for TLS), kafka://host:port[,host:port] or http(s):// (a webhook).
     #[arg(long, value_name = "URL")]
     to: String,
 
@@ -46,6 +47,26 @@ pub(crate) struct RelayArgs {
     /// NATS: subject = this prefix + event name (include the separator: "events.").
     #[arg(long, value_name = "PREFIX", help_heading = "NATS JetStream (nats://)")]
     subject_prefix: Option<String>,
+
+    /// Kafka: every entry goes to this one topic (default: one topic per event name).
+    #[arg(
+        long,
+        value_name = "TOPIC",
+        help_heading = "Kafka (kafka://)",
+        conflicts_with = "topic_prefix"
+    )]
+    topic: Option<String>,
+    /// Kafka: topic = this prefix + event name (include the separator: "events.").
+    #[arg(long, value_name = "PREFIX", help_heading = "Kafka (kafka://)")]
+    topic_prefix: Option<String>,
+    /// Kafka: a librdkafka setting, KEY=VALUE (repeatable): security.protocol, sasl.mechanism,
+    /// sasl.username, sasl.password, ... Values are never logged.
+    #[arg(
+        long = "kafka-config",
+        value_name = "KEY=VALUE",
+        help_heading = "Kafka (kafka://)"
+    )]
+    kafka_config: Vec<String>,
 
     /// TLS: also trust the CA certificate(s) in this PEM file (amqps://; nats:// or tls://, which it makes TLS-only;
     /// https://, which it makes TLS-only; rediss://, instead of the system roots).
@@ -176,6 +197,7 @@ enum Broker {
     Amqp,
     Nats,
     Redis,
+    Kafka,
     Webhook,
 }
 
@@ -190,8 +212,9 @@ impl Broker {
             "nats" | "tls" => Ok(Self::Nats),
             "redis" | "rediss" => Ok(Self::Redis),
             "http" | "https" => Ok(Self::Webhook),
+            "kafka" => Ok(Self::Kafka),
             _ => Err(Failure::new(format!(
-                "unsupported --to URL {} (use amqp://, nats://, redis://, rediss://, http:// or https://)",
+                "unsupported --to URL {} (use amqp://, nats://, redis://, rediss://, kafka://, http:// or https://)",
                 redact_url(url, false)
             ))),
         }
@@ -227,6 +250,13 @@ fn check_options(args: &RelayArgs, broker: Broker) -> Result<(), Failure> {
             Broker::Webhook,
         ),
         ("--concurrency", args.concurrency.is_some(), Broker::Webhook),
+        ("--topic", args.topic.is_some(), Broker::Kafka),
+        ("--topic-prefix", args.topic_prefix.is_some(), Broker::Kafka),
+        (
+            "--kafka-config",
+            !args.kafka_config.is_empty(),
+            Broker::Kafka,
+        ),
     ];
     for (flag, set, owner) in given {
         if set && owner != broker {
@@ -234,6 +264,7 @@ fn check_options(args: &RelayArgs, broker: Broker) -> Result<(), Failure> {
                 Broker::Amqp => "amqp://",
                 Broker::Nats => "nats://",
                 Broker::Redis => "redis://",
+                Broker::Kafka => "kafka://",
                 Broker::Webhook => "http(s)://",
             };
             return Err(Failure::new(format!(
@@ -242,6 +273,47 @@ fn check_options(args: &RelayArgs, broker: Broker) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The Kafka publisher of `--to kafka://host:port[,host:port]`.
+fn kafka(args: &RelayArgs) -> Result<KafkaPublisher, Failure> {
+    let brokers = args
+        .to
+        .split_once("://")
+        .map_or("", |(_, rest)| rest)
+        .trim_end_matches('/');
+    if brokers.contains('@') {
+        return Err(Failure::new(
+            "kafka:// takes no credentials in the URL; pass them with --kafka-config \
+             sasl.username=... --kafka-config sasl.password=...",
+        ));
+    }
+    let mut b = KafkaPublisher::builder(brokers);
+    if let Some(topic) = &args.topic {
+        b = b.topic(topic);
+    }
+    if let Some(prefix) = &args.topic_prefix {
+        b = b.topic_prefix(prefix);
+    }
+    if let Some(timeout) = args.timeout {
+        b = b.timeout(timeout);
+    }
+    if args.tls_ca.is_some() {
+        return Err(Failure::new(
+            "--tls-ca: this build's librdkafka has no TLS (rdkafka without its `ssl` feature); \
+             kafka:// takes plaintext and SASL PLAIN (--kafka-config)",
+        ));
+    }
+    for setting in &args.kafka_config {
+        let Some((key, value)) = setting.split_once('=') else {
+            // Not shown: it may be a secret missing its `=`.
+            return Err(Failure::new(
+                "--kafka-config takes KEY=VALUE (one setting has no '=')",
+            ));
+        };
+        b = b.config(key.trim(), value);
+    }
+    Ok(b.build()?)
 }
 
 /// The PEM text of `--tls-ca`, if given.
@@ -300,6 +372,7 @@ async fn publishers(
             }
             builder.fallback(Counting::new(publisher, counter))
         }
+        Broker::Kafka => builder.fallback(Counting::new(kafka(args)?, counter)),
         Broker::Redis => {
             let mut b = RedisStreamPublisher::builder(&args.to);
             b = match &args.stream_prefix {

@@ -995,6 +995,104 @@ async fn relay_delivers_plain_sql_rows_to_redis_streams_sqlite() {
     remove_sqlite(&file);
 }
 
+/// The README's SQLite statements reach a Kafka topic through `outbox relay
+/// --to kafka://` (the local broker, `KAFKA_BROKERS`, default tansu on
+/// 127.0.0.1:19092): payload byte for byte, key = stream key, headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_delivers_plain_sql_rows_to_kafka_sqlite() {
+    use rdkafka::ClientConfig;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+
+    let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
+    let topic = format!("outbox-cli-test-{}", Uuid::new_v4().simple());
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &options,
+        )
+        .await
+        .unwrap_or_else(|err| {
+            panic!("no Kafka broker at {brokers} (start tansu, see README): {err}")
+        })
+    {
+        result.unwrap();
+    }
+    let (url, file) = sqlite_url();
+    outbox(&url, "outbox", &["migrate"]).ok();
+    let pool = SqlitePool::connect(&url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(readme_sql("SQLite", "outbox").clone()))
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let to = format!("kafka://{brokers}");
+    let relay = Spawned::start(command(
+        &url,
+        Some("outbox"),
+        &["--json", "relay", "--to", &to, "--topic", &topic],
+    ));
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("{topic}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("2 messages within 30 s")
+            .unwrap();
+        let headers: std::collections::HashMap<String, String> = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        got.push((
+            String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
+            headers,
+        ));
+    }
+    let (key, payload, headers) = &got[0];
+    assert_eq!(key, "invoice-7");
+    assert_eq!(payload, r#"{"invoice_id": 7, "amount_cents": 1250}"#);
+    assert_eq!(
+        headers["outbox-event-id"],
+        "0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d"
+    );
+    assert_eq!(headers["outbox-event-name"], "billing.invoice_paid");
+    assert_eq!(headers["outbox-stream-key"], "invoice-7");
+    assert_eq!(headers["tenant"], "acme");
+    assert_eq!(got[1].1, r#"{"invoice_id": 8}"#);
+    assert_eq!(got[1].2["outbox-event-name"], "billing.invoice_voided");
+
+    let (code, stdout, stderr) = relay.terminate();
+    assert_eq!(code, 0, "{stderr}");
+    let totals: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(totals["published"], 2);
+    let _ = admin.delete_topics(&[&topic], &options).await;
+    pool.close().await;
+    remove_sqlite(&file);
+}
+
 /// One request a webhook received: lower-cased header names, and the body.
 type Request = (std::collections::HashMap<String, String>, String);
 
@@ -1368,6 +1466,12 @@ async fn bad_input_is_one_error_line_and_a_non_zero_exit() {
             "outbox".into(),
             vec!["relay", "--to", "nats://127.0.0.1:4222", "--exchange", "x"],
             "--exchange applies only to amqp://",
+        ),
+        (
+            url.clone(),
+            "outbox".into(),
+            vec!["relay", "--to", "nats://127.0.0.1:4222", "--topic", "t"],
+            "--topic applies only to kafka://",
         ),
     ];
     for (db, table, args, needle) in cases {
