@@ -1,5 +1,5 @@
-//! The brokers: the run's durable RabbitMQ queue and file-backed JetStream
-//! stream, and what the raw loop does with a claimed batch (nothing, or
+//! The brokers: the run's durable RabbitMQ queue, file-backed JetStream
+//! stream and Kafka topic, and what the raw loop does with a claimed batch (nothing, or
 //! publish everything and then await every confirm / ack).
 
 use std::time::Duration;
@@ -14,6 +14,11 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::common::{OrderPlaced, RawRow};
 use crate::util::{Context, Res, bail, redact};
@@ -39,6 +44,13 @@ pub(crate) enum Sink {
         js: jetstream::Context,
         prefix: String,
     },
+    /// Produces to the topic (key = stream key or event id, the library's
+    /// headers) with the library's producer settings, then awaits every
+    /// delivery report.
+    Kafka {
+        producer: FutureProducer,
+        topic: String,
+    },
 }
 
 impl Sink {
@@ -54,6 +66,7 @@ impl Sink {
             }
             Self::Amqp { channel, queue } => amqp_publish(channel, queue, rows).await,
             Self::Nats { js, prefix } => nats_publish(js, prefix, rows).await,
+            Self::Kafka { producer, topic } => kafka_publish(producer, topic, rows).await,
         }
     }
 }
@@ -282,6 +295,127 @@ impl Nats {
             .delete_stream(&self.stream)
             .await
             .context(format!("deleting the stream {}", self.stream))?;
+        Ok(())
+    }
+}
+
+/// Partitions of the run's Kafka topic.
+pub(crate) const KAFKA_PARTITIONS: i32 = 3;
+
+async fn kafka_publish(producer: &FutureProducer, topic: &str, rows: &[RawRow]) -> Res<()> {
+    let mut reports = Vec::with_capacity(rows.len());
+    for row in rows {
+        let event_id = row.event_id.to_string();
+        let mut headers = OwnedHeaders::new();
+        for (name, value) in metadata(row)? {
+            headers = headers.insert(Header {
+                key: &name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        headers = headers
+            .insert(Header {
+                key: "outbox-event-id",
+                value: Some(event_id.as_bytes()),
+            })
+            .insert(Header {
+                key: EVENT_NAME_HEADER,
+                value: Some(row.name.as_bytes()),
+            });
+        let key = row.stream_key.as_deref().unwrap_or(&event_id);
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(row.payload.as_str())
+            .timestamp(row.created_at.timestamp_millis())
+            .headers(headers);
+        match producer.send_result(record) {
+            Ok(report) => reports.push(report),
+            Err((err, _)) => bail!("raw Kafka produce: {err}"),
+        }
+    }
+    for report in reports {
+        match report.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((err, _))) => bail!("raw Kafka delivery: {err}"),
+            Err(_) => bail!("raw Kafka producer closed"),
+        }
+    }
+    Ok(())
+}
+
+/// Fails in one line when no Kafka broker answers at `brokers`.
+pub(crate) fn preflight_kafka(brokers: &str) -> Res<()> {
+    let admin = kafka_admin(brokers)?;
+    admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .context(format!(
+            "no Kafka broker answers at {brokers} (start tansu: see README, Kafka)"
+        ))?;
+    Ok(())
+}
+
+fn kafka_admin(brokers: &str) -> Res<AdminClient<DefaultClientContext>> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("creating a Kafka admin client")
+}
+
+/// The run's Kafka topic.
+pub(crate) struct Kafka {
+    brokers: String,
+    pub(crate) topic: String,
+    producer: FutureProducer,
+}
+
+impl Kafka {
+    pub(crate) async fn connect(brokers: &str, topic: String) -> Res<Self> {
+        let admin = kafka_admin(brokers)?;
+        for result in admin
+            .create_topics(
+                &[NewTopic::new(
+                    &topic,
+                    KAFKA_PARTITIONS,
+                    TopicReplication::Fixed(1),
+                )],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .context(format!("creating the Kafka topic {topic}"))?
+        {
+            result
+                .map_err(|(_, code)| code)
+                .context(format!("creating the Kafka topic {topic}"))?;
+        }
+        // The library's producer settings.
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "10000")
+            .create()
+            .context("creating the raw Kafka producer")?;
+        Ok(Self {
+            brokers: brokers.to_owned(),
+            topic,
+            producer,
+        })
+    }
+
+    pub(crate) fn sink(&self) -> Sink {
+        Sink::Kafka {
+            producer: self.producer.clone(),
+            topic: self.topic.clone(),
+        }
+    }
+
+    pub(crate) async fn delete(self) -> Res<()> {
+        kafka_admin(&self.brokers)?
+            .delete_topics(&[&self.topic], &AdminOptions::new())
+            .await
+            .context(format!("deleting the Kafka topic {}", self.topic))?;
         Ok(())
     }
 }

@@ -122,6 +122,8 @@ pub(crate) struct Bench {
     pub(crate) database_url: String,
     pub(crate) amqp_url: String,
     pub(crate) nats_url: String,
+    /// The Kafka bootstrap servers (`KAFKA_BROKERS`).
+    pub(crate) kafka_brokers: String,
     /// A short unique id naming this run's tables, queue and stream.
     pub(crate) run: String,
     /// For setup statements (fills, VACUUM, TRUNCATE, DROP).
@@ -143,6 +145,7 @@ impl Bench {
             database_url,
             amqp_url,
             nats_url,
+            kafka_brokers: String::new(),
             run,
             admin,
             tables: Mutex::new(Vec::new()),

@@ -1,14 +1,15 @@
-//! `drain_noop_1`, `drain_noop_4`, `drain_amqp`, `drain_nats`: a table of
+//! `drain_noop_1`, `drain_noop_4`, `drain_amqp`, `drain_nats`, `drain_kafka`: a table of
 //! pending entries drained by library relays and by the raw loop.
 
 use std::time::Duration;
 
 use outbox::publisher::amqp::AmqpPublisher;
+use outbox::publisher::kafka::KafkaPublisher;
 use outbox::publisher::nats::NatsPublisher;
 use outbox::{Outbox, Publishers};
 use sqlx::{PgPool, Postgres};
 
-use crate::broker::{Nats, Rabbit, Sink};
+use crate::broker::{Kafka, Nats, Rabbit, Sink};
 use crate::common::{
     Bench, Counted, Counter, Noop, OrderPlaced, RawSql, drain_library, drain_raw, lib, order,
 };
@@ -25,6 +26,10 @@ enum Target<'a> {
     Nats {
         nats: &'a Nats,
         publisher: NatsPublisher,
+    },
+    Kafka {
+        kafka: &'a Kafka,
+        publisher: KafkaPublisher,
     },
 }
 
@@ -44,6 +49,9 @@ impl Target<'_> {
                     Self::Nats { publisher, .. } => {
                         builder.fallback(Counted(publisher.clone(), counter.clone()))
                     }
+                    Self::Kafka { publisher, .. } => {
+                        builder.fallback(Counted(publisher.clone(), counter.clone()))
+                    }
                 };
                 lib(builder.build(), "building publishers")
             })
@@ -56,6 +64,7 @@ impl Target<'_> {
                 Self::Noop => Sink::Noop,
                 Self::Amqp { rabbit, .. } => rabbit.sink(),
                 Self::Nats { nats, .. } => nats.sink(),
+                Self::Kafka { kafka, .. } => kafka.sink(),
             })
             .collect()
     }
@@ -63,7 +72,8 @@ impl Target<'_> {
     /// Empties the broker between measurements.
     async fn reset(&self) -> Res<()> {
         match self {
-            Self::Noop => Ok(()),
+            // A Kafka topic cannot be purged; it grows by `n` per measurement.
+            Self::Noop | Self::Kafka { .. } => Ok(()),
             Self::Amqp { rabbit, .. } => rabbit.purge().await,
             Self::Nats { nats, .. } => nats.purge().await,
         }
@@ -111,6 +121,10 @@ async fn figure(
         Target::Nats { .. } => (
             "library relay + NatsPublisher",
             "raw loop (sqlx + async-nats, acks)",
+        ),
+        Target::Kafka { .. } => (
+            "library relay + KafkaPublisher",
+            "raw loop (sqlx + rdkafka, delivery reports)",
         ),
     };
     let mut library = Throughput::new(library_label);
@@ -242,5 +256,33 @@ pub(crate) async fn drain_nats(b: &Bench) -> Res<()> {
     }
     .await;
     let deleted = nats.delete().await;
+    result.and(deleted)
+}
+
+pub(crate) async fn drain_kafka(b: &Bench) -> Res<()> {
+    let table = b.table("kafka").await?;
+    let kafka = Kafka::connect(&b.kafka_brokers, format!("bench_{}", b.run)).await?;
+    let result = async {
+        let publisher = lib(
+            KafkaPublisher::builder(b.kafka_brokers.clone())
+                .topic(kafka.topic.clone())
+                .timeout(Duration::from_secs(10))
+                .build(),
+            "building the Kafka publisher",
+        )?;
+        let target = Target::Kafka {
+            kafka: &kafka,
+            publisher,
+        };
+        let what = format!(
+            "Kafka at {}: one topic of {} partitions, idempotent producer, acks=all, every \
+             delivery report awaited",
+            b.kafka_brokers,
+            crate::broker::KAFKA_PARTITIONS
+        );
+        figure(b, "drain_kafka", &what, &table, 1, b.plan.broker_n, &target).await
+    }
+    .await;
+    let deleted = kafka.delete().await;
     result.and(deleted)
 }

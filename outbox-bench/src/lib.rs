@@ -78,6 +78,10 @@ const FIGURES: &[(&str, &str)] = &[
     ("drain_amqp", "drained into RabbitMQ with confirms"),
     ("drain_nats", "drained into NATS JetStream with acks"),
     (
+        "drain_kafka",
+        "drained into Kafka (idempotent producer, acks=all)",
+    ),
+    (
         "consume",
         "RabbitMQ queue consumed into PostgreSQL by the inbox, exactly once",
     ),
@@ -99,7 +103,7 @@ const FIGURES: &[(&str, &str)] = &[
 ];
 
 const USAGE: &str = "usage: outbox-bench [--quick] [--only FIGURE,..] [--database-url URL] \
-                     [--amqp-url URL] [--nats-url URL] [--diagnose]";
+                     [--amqp-url URL] [--nats-url URL] [--kafka-brokers HOST:PORT] [--diagnose]";
 
 struct Options {
     quick: bool,
@@ -109,6 +113,7 @@ struct Options {
     database_url: String,
     amqp_url: String,
     nats_url: String,
+    kafka_brokers: String,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -123,6 +128,7 @@ fn parse(args: &[String]) -> Res<Option<Options>> {
         database_url: env_or("DATABASE_URL", "postgres://root@127.0.0.1:5432/test"),
         amqp_url: env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
         nats_url: env_or("NATS_URL", "nats://127.0.0.1:4222"),
+        kafka_brokers: env_or("KAFKA_BROKERS", "127.0.0.1:19092"),
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -153,6 +159,7 @@ fn parse(args: &[String]) -> Res<Option<Options>> {
             "--database-url" => options.database_url = value()?,
             "--amqp-url" => options.amqp_url = value()?,
             "--nats-url" => options.nats_url = value()?,
+            "--kafka-brokers" => options.kafka_brokers = value()?,
             "-h" | "--help" => {
                 println!("{USAGE}\n\nfigures:");
                 for (name, what) in FIGURES {
@@ -204,7 +211,7 @@ async fn run(args: &[String]) -> Res<()> {
     let started = Instant::now();
     let wants = |name: &str| options.only.contains(&name);
     let plan = Plan::new(options.quick);
-    let bench = Bench::connect(
+    let mut bench = Bench::connect(
         plan,
         options.database_url.clone(),
         options.amqp_url.clone(),
@@ -215,8 +222,12 @@ async fn run(args: &[String]) -> Res<()> {
     if (wants("drain_amqp") || wants("consume")) && !options.diagnose {
         preflight_amqp(&options.amqp_url).await?;
     }
+    bench.kafka_brokers.clone_from(&options.kafka_brokers);
     if wants("drain_nats") && !options.diagnose {
         preflight_nats(&options.nats_url).await?;
+    }
+    if wants("drain_kafka") && !options.diagnose {
+        broker::preflight_kafka(&options.kafka_brokers)?;
     }
     machine(&bench, &options).await?;
 
@@ -259,6 +270,9 @@ async fn figures(b: &Bench, wants: &dyn Fn(&str) -> bool) -> Res<()> {
     }
     if wants("drain_nats") {
         drain::drain_nats(b).await?;
+    }
+    if wants("drain_kafka") {
+        drain::drain_kafka(b).await?;
     }
     if wants("consume") {
         consume::consume(b).await?;
@@ -360,9 +374,10 @@ async fn machine(b: &Bench, options: &Options) -> Res<()> {
          each drain; pools: sqlx defaults"
     );
     println!(
-        "brokers: RabbitMQ at {}, NATS at {}",
+        "brokers: RabbitMQ at {}, NATS at {}, Kafka at {}",
         redact(&options.amqp_url),
-        redact(&options.nats_url)
+        redact(&options.nats_url),
+        options.kafka_brokers
     );
     Ok(())
 }
