@@ -11,7 +11,7 @@
 //! let report = inbox
 //!     .consume(consumers)
 //!     .max_in_flight(32)
-//!     .run(source, async { tokio::signal::ctrl_c().await.unwrap() })
+//!     .run(source, std::future::pending())
 //!     .await;
 //! # Ok(()) }
 //! ```
