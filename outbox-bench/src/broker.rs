@@ -18,7 +18,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::common::{OrderPlaced, RawRow};
 use crate::util::{Context, Res, bail, redact};
@@ -397,6 +397,16 @@ impl Kafka {
             .set("message.timeout.ms", "10000")
             .create()
             .context("creating the raw Kafka producer")?;
+        // Connected before the first measurement, as the library's publisher.
+        let warm = producer.clone();
+        tokio::task::spawn_blocking(move || {
+            warm.client()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map(drop)
+        })
+        .await
+        .context("connecting the raw Kafka producer")?
+        .context("connecting the raw Kafka producer")?;
         Ok(Self {
             brokers: brokers.to_owned(),
             topic,

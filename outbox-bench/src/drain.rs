@@ -270,6 +270,10 @@ pub(crate) async fn drain_kafka(b: &Bench) -> Res<()> {
                 .build(),
             "building the Kafka publisher",
         )?;
+        publisher
+            .connect()
+            .await
+            .context("the library's Kafka publisher")?;
         let target = Target::Kafka {
             kafka: &kafka,
             publisher,

@@ -360,6 +360,29 @@ pub(crate) fn check_topic(topic: &str) -> Result<(), &'static str> {
 }
 
 impl KafkaPublisher {
+    /// Connects now (fetches the cluster's metadata, within the
+    /// [`timeout`](KafkaPublisherBuilder::timeout)), to see a wrong address
+    /// at startup and to have the first batch skip the connection.
+    /// Publishing works without calling it.
+    pub async fn connect(&self) -> Result<(), PublishError> {
+        let producer = self.producer()?;
+        let timeout = self.inner.timeout;
+        let brokers = shown(&self.inner.brokers);
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .map(drop)
+                .map_err(|err| {
+                    PublishError::unavailable(format!(
+                        "cannot connect to Kafka at {brokers}: {err}"
+                    ))
+                })
+        })
+        .await
+        .unwrap_or_else(|err| Err(PublishError::unavailable(format!("Kafka connect: {err}"))))
+    }
+
     /// The producer, creating a new one if a fatal error retired the last.
     fn producer(&self) -> Result<FutureProducer, PublishError> {
         let mut producer = self
