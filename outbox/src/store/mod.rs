@@ -37,9 +37,9 @@ pub(crate) use private::{ClaimedRow, FollowCursor, NewRow, Settlement, SqlOption
             `\"mysql\"` for `sqlx::MySql`, `\"sqlite\"` for `sqlx::Sqlite`",
     note = "and the same sqlx as `outbox` uses (`outbox::sqlx`, sqlx 0.9)"
 )]
-pub trait Backend: sqlx::Database + private::Store + inbox::InboxStore {}
+pub trait Backend: sqlx::Database + private::Store {}
 
-impl<DB: sqlx::Database + private::Store + inbox::InboxStore> Backend for DB {}
+impl<DB: sqlx::Database + private::Store> Backend for DB {}
 
 /// Longest table name accepted (leaves room for the derived index and
 /// schema-table names within PostgreSQL's 63-byte identifiers).
@@ -662,7 +662,7 @@ pub(crate) mod private {
         note = "`outbox = {{ version = \"0.1\", features = [\"postgres\"] }}` for `sqlx::Postgres`, \
                 `\"mysql\"` for `sqlx::MySql`, `\"sqlite\"` for `sqlx::Sqlite`"
     )]
-    pub trait Store: sqlx::Database {
+    pub trait Store: sqlx::Database + super::inbox::InboxStore {
         /// Prepared SQL text for one table, built once per outbox.
         type Sql: Send + Sync + 'static;
 
