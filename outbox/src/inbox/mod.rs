@@ -275,9 +275,6 @@ pub trait RawConsumer<DB: Backend>: Send + Sync + 'static {
 /// One route as the inbox sees it: decode, then run in the transaction.
 #[async_trait]
 trait Handle<DB: Backend>: Send + Sync {
-    /// Checks that the payload decodes, before any transaction is opened.
-    fn check(&self, entry: &Entry) -> std::result::Result<(), String>;
-
     async fn handle(&self, tx: &mut Tx<DB>, entry: Entry) -> Result<(), ConsumeError>;
 }
 
@@ -290,10 +287,6 @@ struct Typed<E, C>(C, PhantomData<fn() -> E>);
 
 #[async_trait]
 impl<DB: Backend, E: Event, C: Consumer<DB, E>> Handle<DB> for Typed<E, C> {
-    fn check(&self, entry: &Entry) -> std::result::Result<(), String> {
-        decode::<E>(entry).map(drop)
-    }
-
     async fn handle(&self, tx: &mut Tx<DB>, entry: Entry) -> Result<(), ConsumeError> {
         let event = decode::<E>(&entry).map_err(ConsumeError::reject)?;
         self.0.consume(tx, Recorded::new(event, entry)).await
@@ -312,10 +305,6 @@ where
         + Sync
         + 'static,
 {
-    fn check(&self, entry: &Entry) -> std::result::Result<(), String> {
-        decode::<E>(entry).map(drop)
-    }
-
     async fn handle(&self, tx: &mut Tx<DB>, entry: Entry) -> Result<(), ConsumeError> {
         let event = decode::<E>(&entry).map_err(ConsumeError::reject)?;
         (self.0)(tx, Recorded::new(event, entry)).await
@@ -326,10 +315,6 @@ struct Raw<C>(C);
 
 #[async_trait]
 impl<DB: Backend, C: RawConsumer<DB>> Handle<DB> for Raw<C> {
-    fn check(&self, _: &Entry) -> std::result::Result<(), String> {
-        Ok(())
-    }
-
     async fn handle(&self, tx: &mut Tx<DB>, entry: Entry) -> Result<(), ConsumeError> {
         self.0.consume_raw(tx, entry).await
     }
@@ -346,10 +331,6 @@ where
         + Sync
         + 'static,
 {
-    fn check(&self, _: &Entry) -> std::result::Result<(), String> {
-        Ok(())
-    }
-
     async fn handle(&self, tx: &mut Tx<DB>, entry: Entry) -> Result<(), ConsumeError> {
         (self.0)(tx, entry).await
     }
@@ -962,9 +943,6 @@ impl<DB: Backend> Inbox<DB> {
             let reason = format!("no consumer for `{}`", row.name);
             return self.dead_now(&row, reason).await;
         };
-        if let Err(reason) = route.check(&entry) {
-            return self.dead_now(&row, reason).await;
-        }
         let mut tx = match self.inner.pool.begin().await {
             Ok(tx) => tx,
             Err(err) => return unavailable(&err),
