@@ -1,13 +1,14 @@
 //! Relaying: [`Outbox::run`] processes one batch; [`Relay`] loops.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use futures_util::FutureExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use sqlx::pool::PoolConnection;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -16,7 +17,7 @@ use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::handle::Outbox;
 use crate::publisher::{Delivery, Judgement, PUBLISH_TIMEOUT, Publishers, Route};
-use crate::store::{Backend, ClaimedRow, Settlement, Update};
+use crate::store::{Backend, Claim, ClaimedRow, Settlement, Update};
 
 /// The delay before a rejected entry is tried again, by attempts made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +122,55 @@ fn to_entry(row: ClaimedRow) -> std::result::Result<Entry, (i64, String, String)
     })
 }
 
+/// One batch out with its publishers, as it comes back.
+struct Landed {
+    token: Uuid,
+    /// Positions and event ids claimed, in position order.
+    claimed: Vec<(i64, Uuid)>,
+    settlement: Settlement,
+    report: Report,
+}
+
+/// What one drain did.
+struct Drained {
+    report: Report,
+    /// The highest position claimed by the last claim (the next claim
+    /// starts past it; before the first claim, where the drain starts).
+    last: i64,
+    /// Whether the last claim came back full (a backlog may remain).
+    full: bool,
+    /// The first database error; the drain stopped claiming at it.
+    error: Option<Error>,
+}
+
+/// Runs `work` while the batches in flight go on; those that come back
+/// meanwhile wait in `landed`.
+async fn while_flying<T, F: Future<Output = Landed>>(
+    flights: &mut FuturesUnordered<F>,
+    landed: &mut VecDeque<Landed>,
+    work: impl Future<Output = T>,
+) -> T {
+    let mut work = pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            Some(back) = flights.next() => landed.push_back(back),
+        }
+    }
+}
+
+/// The run's connection, acquired from the pool if `slot` is empty.
+async fn connection<'a, DB: Backend>(
+    pool: &sqlx::Pool<DB>,
+    slot: &'a mut Option<PoolConnection<DB>>,
+) -> Result<&'a mut PoolConnection<DB>> {
+    Ok(match slot {
+        Some(conn) => conn,
+        None => slot.insert(pool.acquire().await?),
+    })
+}
+
 impl<DB: Backend> Outbox<DB> {
     /// Claims up to `limit` due entries in record order, publishes them with
     /// no transaction open, and records every outcome in one short
@@ -134,128 +184,265 @@ impl<DB: Backend> Outbox<DB> {
     /// more than one connection).
     pub async fn run(&self, publishers: &Publishers, limit: usize) -> Result<Report> {
         let mut conn = None;
-        Ok(self.run_after(publishers, limit, 0, &mut conn).await?.0)
+        let drained = self
+            .drain(publishers, limit, 0, &mut conn, 1, || false)
+            .await;
+        match drained.error {
+            Some(err) => Err(err),
+            None => Ok(drained.report),
+        }
     }
 
-    /// [`run`](Self::run) over the entries past position `after` only (an
-    /// earlier pending entry of a stream still holds back the later ones);
-    /// also returns the highest position claimed (0 if none). Claims and
-    /// outcomes go through `slot`, acquired from the pool if `None`.
+    /// Claims past position `after` (an earlier pending entry of a stream
+    /// still holds back the later ones) and keeps claiming while the claims
+    /// come back full and `go_on` agrees, with up to `depth` batches in
+    /// flight: while one batch waits for its publisher, the next is
+    /// claimed and dispatched. Each outcome is recorded as its batch comes
+    /// back; on PostgreSQL together with the next claim, in one statement.
+    /// While batches are out, their leases are renewed every third of the
+    /// lease. Claims and outcomes go through `slot`, acquired from the pool
+    /// if `None`.
     ///
-    /// The relay loop uses it to skip, while a backlog drains, the index
-    /// entries of rows it already drained: PostgreSQL keeps those until
-    /// VACUUM, and a claim that starts from the beginning walks them all;
-    /// and to keep one connection through a drain (each acquire from a sqlx
-    /// pool costs a round trip to check the connection).
-    async fn run_after(
+    /// The relay loop claims past its last full batch to skip, while a
+    /// backlog drains, the index entries of rows it already drained:
+    /// PostgreSQL keeps those until VACUUM, and a claim that starts from
+    /// the beginning walks them all. It keeps one connection through a
+    /// drain (each acquire from a sqlx pool costs a round trip to check
+    /// the connection).
+    async fn drain(
         &self,
         publishers: &Publishers,
         limit: usize,
         after: i64,
         slot: &mut Option<PoolConnection<DB>>,
-    ) -> Result<(Report, i64)> {
-        let token = Uuid::new_v4();
-        let span = tracing::debug_span!("outbox.run", table = %self.inner.table, claimed = tracing::field::Empty);
-        async move {
-            let inner = &self.inner;
-            let conn = match slot {
-                Some(conn) => conn,
-                None => slot.insert(inner.pool.acquire().await?),
-            };
-            let mut rows = DB::claim(conn, &inner.sql, limit, inner.lease, token, after).await?;
-            tracing::Span::current().record("claimed", rows.len());
-            let mut report = Report {
-                claimed: rows.len(),
-                ..Report::default()
-            };
-            if rows.is_empty() {
-                return Ok((report, 0));
-            }
-            rows.sort_unstable_by_key(|row| row.id);
-            let last = rows.last().map_or(0, |row| row.id);
-            let claimed: Vec<(i64, Uuid)> = rows.iter().map(|row| (row.id, row.event_id)).collect();
-            let ids: Vec<i64> = claimed.iter().map(|(id, _)| *id).collect();
-            let dispatch = self.dispatch(publishers, rows, &mut report);
-            let settlement = self.renewing(conn, token, &ids, dispatch).await;
-            let settled = match DB::settle(conn, &inner.sql, token, &settlement).await {
-                Ok(settled) => settled,
-                // The connection broke while the batch was out (a killed
-                // backend, a failover): while the lease holds, the outcomes
-                // can still be recorded on a fresh one instead of the whole
-                // batch going out again after the lease.
-                // The broken one is given back first: never wait for a
-                // second connection while holding one (a small pool, with
-                // LISTEN holding another, would wait out its timeout).
-                Err(Error::Database(err)) if is_connection_error(&err) => {
-                    tracing::warn!(error = %err, "recording outcomes failed on a broken connection; retrying on a new one");
-                    *slot = None;
-                    let fresh = slot.insert(inner.pool.acquire().await?);
-                    DB::settle(fresh, &inner.sql, token, &settlement).await?
+        depth: usize,
+        mut go_on: impl FnMut() -> bool,
+    ) -> Drained {
+        let inner = &self.inner;
+        let mut out = Drained {
+            report: Report::default(),
+            last: after,
+            full: false,
+            error: None,
+        };
+        let mut ready: Option<(Uuid, Vec<ClaimedRow>)> = None;
+        let mut claims = 0_usize;
+        let mut flights = FuturesUnordered::new();
+        let mut landed: VecDeque<Landed> = VecDeque::new();
+        // Claims out, for lease renewal: token and positions.
+        let mut aloft: Vec<(Uuid, Vec<i64>)> = Vec::new();
+        let every = inner.lease / 3;
+        let mut renew_at = Instant::now() + every;
+        let mut unavailable = false;
+        loop {
+            if let Some((token, rows)) = ready.take() {
+                out.report.claimed += rows.len();
+                out.full = rows.len() >= limit;
+                if let Some(last) = rows.iter().map(|row| row.id).max() {
+                    out.last = last;
+                    aloft.push((token, rows.iter().map(|row| row.id).collect()));
+                    flights.push(self.fly(publishers, token, rows));
                 }
-                Err(err) => return Err(err),
-            };
-            let Some(conn) = slot.as_mut() else {
-                return Ok((report, last));
-            };
-            if settled.len() < claimed.len() {
-                self.count_lost(&claimed, &settled, &settlement, &mut report);
             }
-            let changes = publishers.take_changes();
-            if !changes.is_empty()
-                && let Err(err) = DB::save_blocked(conn, &inner.sql, &changes).await
-            {
-                // Reporting is best effort: the outcomes are recorded, and
-                // the block is logged and in `Publishers::blocked` anyway.
-                tracing::warn!(
-                    table = %inner.table,
-                    error = %err,
-                    "could not record blocked publishers in <table>_blocked \
-                     (the relay's role needs SELECT, INSERT, UPDATE, DELETE on it)"
-                );
+            if Instant::now() >= renew_at {
+                renew_at = Instant::now() + every;
+                let renew = self.renew(slot, &aloft);
+                while_flying(&mut flights, &mut landed, renew).await;
             }
-            Ok((report, last))
+            // Claim again while the claims come back full, within the bound.
+            let more = landed.is_empty()
+                && (claims == 0
+                    || (out.full
+                        && out.error.is_none()
+                        && !unavailable
+                        && flights.len() < depth
+                        && go_on()));
+            if more {
+                claims += 1;
+                let token = Uuid::new_v4();
+                let claim = async {
+                    let conn = connection(&inner.pool, slot).await?;
+                    DB::claim(conn, &inner.sql, limit, inner.lease, token, out.last).await
+                };
+                match while_flying(&mut flights, &mut landed, claim).await {
+                    Ok(rows) => ready = Some((token, rows)),
+                    Err(err) => out.error = Some(err),
+                }
+                continue;
+            }
+            let back = match landed.pop_front() {
+                Some(back) => back,
+                None if flights.is_empty() => break,
+                None => {
+                    tokio::select! {
+                        Some(back) = flights.next() => back,
+                        () = tokio::time::sleep_until(renew_at) => continue,
+                    }
+                }
+            };
+            aloft.retain(|(token, _)| *token != back.token);
+            out.report += back.report;
+            unavailable |= back.report.unavailable > 0;
+            let combine = DB::SETTLE_AND_CLAIM
+                && back.settlement.updates.is_empty()
+                && !back.settlement.published.is_empty()
+                && {
+                    // The new batch takes the place of the one it settles.
+                    flights.len() + landed.len() < depth
+                        && out.full
+                        && out.error.is_none()
+                        && !unavailable
+                        && go_on()
+                };
+            let next = combine.then(|| Claim {
+                limit,
+                lease: inner.lease,
+                token: Uuid::new_v4(),
+                after: out.last,
+            });
+            let settled = self
+                .record_outcomes(slot, &mut flights, &mut landed, &back, next)
+                .await
+                .map(|(settled, rows)| {
+                    ready = next.map(|next| next.token).zip(rows);
+                    settled
+                });
+            match settled {
+                Ok(settled) => {
+                    self.recorded(slot, publishers, &back, &settled, &mut out.report)
+                        .await
+                }
+                Err(err) => {
+                    // Not recorded: the batch is due again after its lease.
+                    tracing::warn!(error = %err, claimed = back.claimed.len(), "recording outcomes failed");
+                    out.report.published -= back.settlement.published.len();
+                    out.error.get_or_insert(err);
+                }
+            }
+        }
+        out
+    }
+
+    /// Records the outcomes of a batch that came back, with the next claim
+    /// in the same statement when `next` is set (then `Some` rows). If the
+    /// connection broke, the outcomes are recorded again on a fresh one.
+    async fn record_outcomes<F: Future<Output = Landed>>(
+        &self,
+        slot: &mut Option<PoolConnection<DB>>,
+        flights: &mut FuturesUnordered<F>,
+        landed: &mut VecDeque<Landed>,
+        back: &Landed,
+        next: Option<Claim>,
+    ) -> Result<(Vec<i64>, Option<Vec<ClaimedRow>>)> {
+        let inner = &self.inner;
+        let recorded = async {
+            let conn = connection(&inner.pool, slot).await?;
+            match next {
+                Some(claim) => {
+                    let published = &back.settlement.published;
+                    DB::settle_and_claim(conn, &inner.sql, (back.token, published), claim)
+                        .await
+                        .map(|(settled, rows)| (settled, Some(rows)))
+                }
+                None => DB::settle(conn, &inner.sql, back.token, &back.settlement)
+                    .await
+                    .map(|settled| (settled, None)),
+            }
+        };
+        match while_flying(flights, landed, recorded).await {
+            // The connection broke while the batch was out (a killed
+            // backend, a failover): while the lease holds, the outcomes can
+            // still be recorded on a fresh one instead of the whole batch
+            // going out again after the lease. The broken one is given back
+            // first: never wait for a second connection while holding one
+            // (a small pool, with LISTEN holding another, would wait out
+            // its timeout).
+            Err(Error::Database(err)) if is_connection_error(&err) => {
+                tracing::warn!(error = %err, "recording outcomes failed on a broken connection; retrying on a new one");
+                *slot = None;
+                let settle = async {
+                    let conn = connection(&inner.pool, slot).await?;
+                    DB::settle(conn, &inner.sql, back.token, &back.settlement).await
+                };
+                Ok((while_flying(flights, landed, settle).await?, None))
+            }
+            other => other,
+        }
+    }
+
+    /// Claims of one batch out with its publishers, then what came back.
+    async fn fly(&self, publishers: &Publishers, token: Uuid, mut rows: Vec<ClaimedRow>) -> Landed {
+        let span =
+            tracing::debug_span!("outbox.run", table = %self.inner.table, claimed = rows.len());
+        async move {
+            rows.sort_unstable_by_key(|row| row.id);
+            let claimed = rows.iter().map(|row| (row.id, row.event_id)).collect();
+            let mut report = Report::default();
+            let settlement = self.dispatch(publishers, rows, &mut report).await;
+            Landed {
+                token,
+                claimed,
+                settlement,
+                report,
+            }
         }
         .instrument(span)
         .await
     }
 
-    /// Runs `dispatch` while renewing the lease of the claimed rows every
-    /// third of the lease, on the run's connection (idle meanwhile), so a
-    /// slow batch never outlives its claim. A renewal in flight when the
-    /// dispatch ends is finished first, so the connection stays usable.
-    async fn renewing<F: Future<Output = Settlement>>(
+    /// After a batch's outcomes are recorded: reports lost claims, and
+    /// records blocked publishers (best effort).
+    async fn recorded(
         &self,
-        conn: &mut DB::Connection,
-        token: Uuid,
-        ids: &[i64],
-        dispatch: F,
-    ) -> Settlement {
+        slot: &mut Option<PoolConnection<DB>>,
+        publishers: &Publishers,
+        back: &Landed,
+        settled: &[i64],
+        report: &mut Report,
+    ) {
+        if settled.len() < back.claimed.len() {
+            self.count_lost(&back.claimed, settled, &back.settlement, report);
+        }
+        let changes = publishers.take_changes();
+        if changes.is_empty() {
+            return;
+        }
         let inner = &self.inner;
-        let every = inner.lease / 3;
-        let done = tokio::sync::Notify::new();
-        let renew = async {
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(every) => {}
-                    () = done.notified() => return,
-                }
-                match DB::renew(conn, &inner.sql, token, ids, inner.lease).await {
-                    Ok(held) if held < ids.len() as u64 => tracing::warn!(
-                        claimed = ids.len(),
-                        held,
-                        "lease renewal: some claims were already lost"
-                    ),
-                    Ok(_) => tracing::trace!("lease renewed"),
-                    Err(err) => tracing::warn!(error = %err, "lease renewal failed"),
-                }
+        let saved = async {
+            let conn = connection(&inner.pool, slot).await?;
+            DB::save_blocked(conn, &inner.sql, &changes).await
+        };
+        if let Err(err) = saved.await {
+            // Reporting is best effort: the outcomes are recorded, and
+            // the block is logged and in `Publishers::blocked` anyway.
+            tracing::warn!(
+                table = %inner.table,
+                error = %err,
+                "could not record blocked publishers in <table>_blocked \
+                 (the relay's role needs SELECT, INSERT, UPDATE, DELETE on it)"
+            );
+        }
+    }
+
+    /// Extends the lease of every batch out, so a slow batch never outlives
+    /// its claim.
+    async fn renew(&self, slot: &mut Option<PoolConnection<DB>>, aloft: &[(Uuid, Vec<i64>)]) {
+        let inner = &self.inner;
+        for (token, ids) in aloft {
+            let renewed = async {
+                let conn = connection(&inner.pool, slot).await?;
+                DB::renew(conn, &inner.sql, *token, ids, inner.lease).await
+            };
+            match renewed.await {
+                Ok(held) if held < ids.len() as u64 => tracing::warn!(
+                    claimed = ids.len(),
+                    held,
+                    "lease renewal: some claims were already lost"
+                ),
+                Ok(_) => tracing::trace!("lease renewed"),
+                Err(err) => tracing::warn!(error = %err, "lease renewal failed"),
             }
-        };
-        let dispatch = async {
-            let settlement = dispatch.await;
-            done.notify_one();
-            settlement
-        };
-        tokio::join!(dispatch, renew).0
+        }
     }
 
     /// Reports the claimed entries whose outcome found their claim gone.
@@ -468,6 +655,7 @@ impl<DB: Backend> Outbox<DB> {
             max_backoff: Duration::from_secs(30),
             stats_interval: Some(Duration::from_secs(15)),
             cleanup_interval: Duration::from_mins(1),
+            in_flight: DEFAULT_IN_FLIGHT,
         }
     }
 }
@@ -648,8 +836,11 @@ fn dead(id: i64, attempts: i32, reason: String) -> Update {
     }
 }
 
+/// How many batches a relay has out with its publishers at most, by default.
+const DEFAULT_IN_FLIGHT: usize = 4;
+
 /// A long-running relay: repeats [`Outbox::run`] with the outbox's batch
-/// limit.
+/// limit, with up to [`in_flight`](Relay::in_flight) batches out at once.
 ///
 /// - After a full batch it runs again at once, claiming past the last entry
 ///   it claimed (so a large backlog drains in linear time); it looks again
@@ -687,6 +878,7 @@ pub struct Relay<DB: Backend> {
     max_backoff: Duration,
     stats_interval: Option<Duration>,
     cleanup_interval: Duration,
+    in_flight: usize,
 }
 
 impl<DB: Backend> std::fmt::Debug for Relay<DB> {
@@ -728,8 +920,21 @@ impl<DB: Backend> Relay<DB> {
         self
     }
 
-    /// Runs until `shutdown` completes, then returns the totals. A batch in
-    /// flight is finished and its outcomes committed before it returns.
+    /// How many batches may be out with their publishers at once (default
+    /// 4, at least 1). While one batch waits for its broker's confirms, the
+    /// next is claimed and dispatched; with per-stream order the claim
+    /// never takes an entry whose stream has an entry out, so two entries
+    /// of one stream are never in flight together. The bound caps the
+    /// relay's memory and what a crash can publish twice: at most
+    /// `in_flight` × the batch limit entries (see GUARANTEES.md).
+    pub fn in_flight(mut self, batches: usize) -> Self {
+        self.in_flight = batches.max(1);
+        self
+    }
+
+    /// Runs until `shutdown` completes, then returns the totals. The
+    /// batches in flight are finished and their outcomes committed before
+    /// it returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Report {
         let mut shutdown = pin!(shutdown);
         let outbox = &self.outbox;
@@ -776,40 +981,35 @@ impl<DB: Backend> Relay<DB> {
                     tracing::warn!(error = %err, "outbox cleanup failed");
                 }
             }
-            // The bound holds for one run: only a full batch sets it again.
+            // The bound holds for one drain: only a full batch sets it again.
             let bound = std::mem::take(&mut after);
-            let wait = match outbox
-                .run_after(&self.publishers, limit, bound, &mut conn)
-                .await
-            {
-                Ok((report, last)) => {
-                    totals += report;
-                    // A blocked publisher pauses itself (its entries step
-                    // out of the way); the loop goes on for the others.
-                    trouble = Duration::ZERO;
-                    if report.claimed >= limit {
-                        idle = self.min_poll_interval;
-                        // Entries given back for a short pause sit behind
-                        // the bound: look from the start next time.
-                        if report.unavailable == 0 {
-                            after = last;
-                        }
-                        Duration::ZERO
-                    } else if report.claimed > 0 {
-                        idle = self.min_poll_interval;
-                        idle
-                    } else {
-                        let wait = idle;
-                        idle = idle.saturating_mul(2).min(self.poll_interval);
-                        wait
-                    }
-                }
-                Err(err) => {
-                    trouble = next_backoff(trouble, self.max_backoff);
-                    tracing::warn!(error = %err, retry_in = ?trouble, "outbox run failed");
-                    trouble
-                }
-            };
+            // A drain stops claiming when housekeeping is due or at shutdown.
+            let mut until = rescan_at;
+            if self.stats_interval.is_some() {
+                until = until.min(next_stats);
+            }
+            if inner.retention.is_some() {
+                until = until.min(next_cleanup);
+            }
+            let mut stopping = false;
+            let drained = outbox
+                .drain(
+                    &self.publishers,
+                    limit,
+                    bound,
+                    &mut conn,
+                    self.in_flight,
+                    || {
+                        stopping = stopping || shutdown.as_mut().now_or_never().is_some();
+                        !stopping && Instant::now() < until
+                    },
+                )
+                .await;
+            totals += drained.report;
+            let wait = self.pause_after(drained, &mut trouble, &mut idle, &mut after);
+            if stopping {
+                break;
+            }
             if wait.is_zero() {
                 if shutdown.as_mut().now_or_never().is_some() {
                     break;
@@ -832,6 +1032,43 @@ impl<DB: Backend> Relay<DB> {
             }
         }
         totals
+    }
+}
+
+impl<DB: Backend> Relay<DB> {
+    /// How long the loop waits after a drain (zero: drain again at once),
+    /// and where the next drain starts (`after`).
+    fn pause_after(
+        &self,
+        drained: Drained,
+        trouble: &mut Duration,
+        idle: &mut Duration,
+        after: &mut i64,
+    ) -> Duration {
+        if let Some(err) = drained.error {
+            *trouble = next_backoff(*trouble, self.max_backoff);
+            tracing::warn!(error = %err, retry_in = ?*trouble, "outbox run failed");
+            return *trouble;
+        }
+        // A blocked publisher pauses itself (its entries step out of the
+        // way); the loop goes on for the others.
+        *trouble = Duration::ZERO;
+        if drained.full {
+            *idle = self.min_poll_interval;
+            // Entries given back for a short pause sit behind the bound:
+            // look from the start next time.
+            if drained.report.unavailable == 0 {
+                *after = drained.last;
+            }
+            Duration::ZERO
+        } else if drained.report.claimed > 0 {
+            *idle = self.min_poll_interval;
+            *idle
+        } else {
+            let wait = *idle;
+            *idle = idle.saturating_mul(2).min(self.poll_interval);
+            wait
+        }
     }
 }
 

@@ -25,7 +25,9 @@ use crate::entry::Headers;
 use crate::error::{Error, Result};
 use crate::publisher::Blocked;
 
-pub(crate) use private::{ClaimedRow, FollowCursor, NewRow, Settlement, SqlOptions, Update, Which};
+pub(crate) use private::{
+    Claim, ClaimedRow, FollowCursor, NewRow, Settlement, SqlOptions, Update, Which,
+};
 
 /// A database the outbox can live in: implemented for `sqlx::Postgres`
 /// (feature `postgres`), `sqlx::Sqlite` (feature `sqlite`) and `sqlx::MySql`
@@ -617,6 +619,15 @@ pub(crate) mod private {
         pub updates: Vec<Update>,
     }
 
+    /// What [`Store::settle_and_claim`] claims.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Claim {
+        pub limit: usize,
+        pub lease: Duration,
+        pub token: Uuid,
+        pub after: i64,
+    }
+
     /// New state for one claimed row that was not published.
     #[derive(Debug)]
     pub struct Update {
@@ -709,6 +720,39 @@ pub(crate) mod private {
             token: Uuid,
             settlement: &Settlement,
         ) -> impl Future<Output = Result<Vec<i64>>> + Send;
+
+        /// Whether [`settle_and_claim`](Self::settle_and_claim) saves a
+        /// round trip (otherwise the relay settles and claims in turn).
+        const SETTLE_AND_CLAIM: bool = false;
+
+        /// Records the batch `settled.0` published (positions `settled.1`,
+        /// still claimed with that token) and claims the next batch, in one
+        /// round trip and one transaction where the backend can. Returns
+        /// the positions settled and the rows claimed.
+        fn settle_and_claim(
+            conn: &mut Self::Connection,
+            sql: &Self::Sql,
+            settled: (Uuid, &[i64]),
+            claim: Claim,
+        ) -> impl Future<Output = Result<(Vec<i64>, Vec<ClaimedRow>)>> + Send {
+            async move {
+                let settlement = Settlement {
+                    published: settled.1.to_vec(),
+                    updates: Vec::new(),
+                };
+                let positions = Self::settle(conn, sql, settled.0, &settlement).await?;
+                let rows = Self::claim(
+                    conn,
+                    sql,
+                    claim.limit,
+                    claim.lease,
+                    claim.token,
+                    claim.after,
+                )
+                .await?;
+                Ok((positions, rows))
+            }
+        }
 
         /// Extends the lease of the rows `ids` still claimed with `token`;
         /// returns how many still were.

@@ -11,8 +11,8 @@ use super::private::{Store, Wakeup};
 use sqlx::SqlStr;
 
 use super::{
-    ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which, dead_headers,
-    decode_claimed, millis, name_stats, render, safe,
+    Claim, ClaimedRow, DeadLetter, NewRow, Settlement, SqlOptions, Stats, TableName, Which,
+    dead_headers, decode_claimed, millis, name_stats, render, safe,
 };
 use crate::error::Result;
 use crate::publisher::Blocked;
@@ -28,6 +28,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../../migrations/postgres/0002_commit_order_and_blocked.up.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_fillfactor.up.sql"),
+    ),
 ];
 
 /// The SQL for one table.
@@ -42,6 +46,8 @@ pub struct Sql {
     insert_plain: SqlStr,
     claim: SqlStr,
     delete: SqlStr,
+    /// `delete` and the next `claim` in one statement (unordered tables).
+    settle_and_claim: SqlStr,
     stats: SqlStr,
     cleanup: SqlStr,
     update: SqlStr,
@@ -54,8 +60,10 @@ pub struct Sql {
 }
 
 /// The claim: up to `$1` due entries past position `$4`, in order, stamped
-/// with token `$2` and a lease of `$3` ms.
-fn claim_sql(t: &str, options: SqlOptions) -> String {
+/// with token `$2` and a lease of `$3` ms. `settle` (a data-modifying
+/// statement on `$5`, `$6`) runs in the same statement, first in its `WITH`;
+/// without it the claim commits without waiting for a flush.
+fn claim_sql(t: &str, options: SqlOptions, settle: Option<&str>) -> String {
     // Commit order: every row keeps the id of the transaction that wrote it
     // (`xid`). `horizon` is the oldest transaction still running that holds
     // a write lock on this table (it has written, or will write, outbox
@@ -88,23 +96,37 @@ fn claim_sql(t: &str, options: SqlOptions) -> String {
     } else {
         String::new()
     };
-    // The claim need not be durable (a lost claim only lets another relay
-    // take the entries sooner), so it commits without waiting for a flush.
-    let (no_flush, from_cfg) = if options.ordered {
-        ("", "")
-    } else {
-        (
-            "cfg AS (SELECT set_config('synchronous_commit', 'off', true)), ",
-            ", cfg",
-        )
-    };
-    format!(
-        "WITH {no_flush}{horizon}due AS (SELECT c.id FROM {t} c, horizon WHERE c.status = 'pending' \
+    let claim = format!(
+        "due AS (SELECT c.id FROM {t} c, horizon WHERE c.status = 'pending' \
          AND c.id > $4 AND c.available_at <= now() AND {committed}{stream_gate} \
-         ORDER BY c.id LIMIT $1 FOR UPDATE OF c SKIP LOCKED) \
-         UPDATE {t} AS o SET claim_token = $2, available_at = now() + $3 * interval '1 millisecond' \
-         FROM due{from_cfg} WHERE o.id = due.id RETURNING {RETURNING}"
-    )
+         ORDER BY c.id LIMIT $1 FOR UPDATE OF c SKIP LOCKED)"
+    );
+    let lease = "claim_token = $2, available_at = now() + $3 * interval '1 millisecond'";
+    match settle {
+        // The outcomes in the same transaction must be durable (no `cfg`).
+        // The claimed rows come first, then one row whose last column lists
+        // the settled positions. The rows settled are all claimed (leased),
+        // so the claim cannot take them.
+        Some(settle) => format!(
+            "WITH settled AS ({settle}), {horizon}{claim}, \
+             claimed AS (UPDATE {t} AS o SET {lease} FROM due WHERE o.id = due.id RETURNING {RETURNING}) \
+             SELECT *, NULL::bigint[] FROM claimed UNION ALL \
+             SELECT NULL::bigint, NULL::uuid, NULL::text, NULL::text, NULL::text, NULL::text, \
+             NULL::uuid, NULL::uuid, NULL::timestamptz, NULL::int, ARRAY(SELECT id FROM settled)"
+        ),
+        // Claims of ordered tables run under a lock, in their own transaction.
+        None if options.ordered => format!(
+            "WITH {horizon}{claim} UPDATE {t} AS o SET {lease} FROM due \
+             WHERE o.id = due.id RETURNING {RETURNING}"
+        ),
+        // The claim need not be durable (a lost claim only lets another
+        // relay take the entries sooner): it commits without waiting for a
+        // flush.
+        None => format!(
+            "WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true)), {horizon}{claim} \
+             UPDATE {t} AS o SET {lease} FROM due, cfg WHERE o.id = due.id RETURNING {RETURNING}"
+        ),
+    }
 }
 
 /// The statements on `<table>_blocked`.
@@ -166,23 +188,27 @@ impl Store for Postgres {
             insert(columns, rows, 8),
             insert("event_id, name, payload", plain_rows, 4),
         );
-        let delete = if options.keep_published {
-            format!(
-                "UPDATE {t} SET status = 'published', published_at = now(), claim_token = NULL \
-                 WHERE id = ANY($1) AND claim_token = $2 RETURNING id"
-            )
-        } else {
-            format!("DELETE FROM {t} WHERE id = ANY($1) AND claim_token = $2 RETURNING id")
+        // Published rows still claimed with token `$p+1`, among ids `$p`.
+        let delete = |p: u8| {
+            let q = p + 1;
+            if options.keep_published {
+                format!(
+                    "UPDATE {t} SET status = 'published', published_at = now(), claim_token = NULL \
+                     WHERE id = ANY(${p}) AND claim_token = ${q} RETURNING id"
+                )
+            } else {
+                format!("DELETE FROM {t} WHERE id = ANY(${p}) AND claim_token = ${q} RETURNING id")
+            }
         };
-
         Sql {
             table: table.clone(),
             channel,
             ordered: options.ordered,
             insert: safe(insert),
             insert_plain: safe(insert_plain),
-            claim: safe(claim_sql(&t, options)),
-            delete: safe(delete),
+            claim: safe(claim_sql(&t, options, None)),
+            delete: safe(delete(1)),
+            settle_and_claim: safe(claim_sql(&t, options, Some(&delete(5)))),
             stats: safe(format!(
                 "SELECT name, \
                  count(*) FILTER (WHERE status = 'pending') AS pending, \
@@ -321,29 +347,57 @@ impl Store for Postgres {
         } else {
             claim.fetch_all(&mut *conn).await?
         };
-        // By position, in RETURNING order: no column-name lookups on the hot path.
-        rows.iter()
-            .map(|row| {
-                let id = row.try_get(0)?;
-                Ok(decode_claimed(id, row, |row| {
-                    Ok(ClaimedRow {
-                        id,
-                        event_id: row.try_get(1)?,
-                        name: row.try_get(2)?,
-                        payload: row.try_get(3)?,
-                        stream_key: row.try_get(4)?,
-                        headers: row.try_get(5)?,
-                        correlation_id: row.try_get(6)?,
-                        causation_id: row.try_get(7)?,
-                        created_at: row
-                            .try_get::<Option<_>, _>(8)?
-                            .ok_or_else(|| decode_error("created_at is out of range"))?,
-                        attempts: row.try_get(9)?,
-                        poison: None,
-                    })
-                }))
-            })
-            .collect()
+        Ok(rows
+            .iter()
+            .map(claimed_row)
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    const SETTLE_AND_CLAIM: bool = true;
+
+    async fn settle_and_claim(
+        conn: &mut PgConnection,
+        sql: &Sql,
+        settled: (Uuid, &[i64]),
+        claim: Claim,
+    ) -> Result<(Vec<i64>, Vec<ClaimedRow>)> {
+        if sql.ordered {
+            // An ordered claim takes its lock in its own transaction first.
+            let (token, published) = settled;
+            let settlement = Settlement {
+                published: published.to_vec(),
+                updates: Vec::new(),
+            };
+            let settled = Self::settle(conn, sql, token, &settlement).await?;
+            let rows = Self::claim(
+                conn,
+                sql,
+                claim.limit,
+                claim.lease,
+                claim.token,
+                claim.after,
+            )
+            .await?;
+            return Ok((settled, rows));
+        }
+        let rows = sqlx::query(sql.settle_and_claim.clone())
+            .bind(i64::try_from(claim.limit).unwrap_or(i64::MAX))
+            .bind(claim.token)
+            .bind(millis(claim.lease))
+            .bind(claim.after)
+            .bind(settled.1)
+            .bind(settled.0)
+            .fetch_all(conn)
+            .await?;
+        let mut positions = Vec::new();
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match row.try_get::<Option<Vec<i64>>, _>(SETTLED_COLUMN)? {
+                Some(ids) => positions = ids,
+                None => claimed.push(claimed_row(row)?),
+            }
+        }
+        Ok((positions, claimed))
     }
 
     async fn settle(
@@ -764,6 +818,32 @@ impl Wakeup for Listener {
             }
         }
     }
+}
+
+/// Where the combined settle-and-claim lists the settled positions.
+const SETTLED_COLUMN: usize = 10;
+
+/// One claimed row, by position in RETURNING order (no column-name lookups
+/// on the hot path).
+fn claimed_row(row: &sqlx::postgres::PgRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
+    let id = row.try_get(0)?;
+    Ok(decode_claimed(id, row, |row| {
+        Ok(ClaimedRow {
+            id,
+            event_id: row.try_get(1)?,
+            name: row.try_get(2)?,
+            payload: row.try_get(3)?,
+            stream_key: row.try_get(4)?,
+            headers: row.try_get(5)?,
+            correlation_id: row.try_get(6)?,
+            causation_id: row.try_get(7)?,
+            created_at: row
+                .try_get::<Option<_>, _>(8)?
+                .ok_or_else(|| decode_error("created_at is out of range"))?,
+            attempts: row.try_get(9)?,
+            poison: None,
+        })
+    }))
 }
 
 fn decode_error(what: &str) -> sqlx::Error {
