@@ -56,6 +56,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -497,7 +498,7 @@ where
 /// One publisher as the relay sees it: how to dispatch, and its health.
 pub(crate) struct Route {
     pub(crate) dispatch: Box<dyn Dispatch>,
-    pub(crate) health: Health,
+    pub(crate) health: Arc<Health>,
 }
 
 /// The publishers one relay dispatches to: at most one per event type, plus
@@ -557,12 +558,40 @@ impl Publishers {
         blocked
     }
 
+    /// A handle that lists the blocked publishers after these publishers
+    /// moved into a [`Relay`](crate::Relay): for a readiness probe next to
+    /// the relay loop. It sees the same state as [`blocked`](Self::blocked).
+    #[must_use]
+    pub fn watch(&self) -> BlockedWatch {
+        BlockedWatch {
+            health: self.routes().map(|r| Arc::clone(&r.health)).collect(),
+        }
+    }
+
     /// Blocked-state changes not yet written to the database: rows to
     /// write (`Ok`) or labels to delete (`Err`).
     pub(crate) fn take_changes(&self) -> Vec<Result<Blocked, String>> {
         self.routes()
             .filter_map(|r| r.health.take_change())
             .collect()
+    }
+}
+
+/// The blocked publishers of one [`Publishers`], readable from another task
+/// while a relay runs them. Made by [`Publishers::watch`]; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BlockedWatch {
+    health: Vec<Arc<Health>>,
+}
+
+impl BlockedWatch {
+    /// The publishers that are blocked now, by publisher label (as
+    /// [`Publishers::blocked`]).
+    #[must_use]
+    pub fn blocked(&self) -> Vec<Blocked> {
+        let mut blocked: Vec<_> = self.health.iter().filter_map(|h| h.blocked()).collect();
+        blocked.sort_by(|a, b| a.publisher.cmp(&b.publisher));
+        blocked
     }
 }
 
@@ -589,7 +618,7 @@ impl PublishersBuilder {
     fn add(mut self, name: &'static str, dispatch: Box<dyn Dispatch>) -> Self {
         let route = Route {
             dispatch,
-            health: Health::new(name.to_owned()),
+            health: Arc::new(Health::new(name.to_owned())),
         };
         if self.by_name.insert(name, route).is_some() {
             self.duplicate
@@ -601,7 +630,7 @@ impl PublishersBuilder {
     fn set_fallback(mut self, dispatch: Box<dyn Dispatch>) -> Self {
         let route = Route {
             dispatch,
-            health: Health::new(CATCH_ALL.to_owned()),
+            health: Arc::new(Health::new(CATCH_ALL.to_owned())),
         };
         if self.fallback.replace(route).is_some() {
             self.duplicate
