@@ -56,7 +56,7 @@ pub(crate) async fn migrate_table<DB: Db>(
     ))
 }
 
-fn secs(d: Option<Duration>) -> Value {
+pub(crate) fn secs(d: Option<Duration>) -> Value {
     d.map_or(Value::Null, |d| json!(d.as_secs_f64()))
 }
 
@@ -130,7 +130,27 @@ fn status_json<DB: Db>(
     max_age: Option<Duration>,
     healthy: bool,
 ) -> Result<(), Failure> {
-    let by_name: Vec<Value> = stats
+    out::json(
+        &json!({
+            "table": ctx.table.name,
+            "pending": stats.pending,
+            "retrying": stats.retrying,
+            "dead": stats.dead,
+            "published": stats.published,
+            "oldest_pending_age_seconds": secs(stats.oldest_pending_age),
+            "max_age_seconds": secs(max_age),
+            "healthy": healthy,
+            "blocked": blocked_json(stats),
+            "by_name": by_name_json(stats),
+        }),
+        true,
+    )
+}
+
+/// The per-name rows of `stats` as `status --json` and the dashboard's
+/// API show them.
+pub(crate) fn by_name_json(stats: &Stats) -> Vec<Value> {
+    stats
         .by_name
         .iter()
         .map(|n| {
@@ -143,8 +163,13 @@ fn status_json<DB: Db>(
                 "oldest_pending_age_seconds": secs(n.oldest_pending_age),
             })
         })
-        .collect();
-    let blocked: Vec<Value> = stats
+        .collect()
+}
+
+/// The blocked publishers of `stats` as `status --json` and the
+/// dashboard's API show them.
+pub(crate) fn blocked_json(stats: &Stats) -> Vec<Value> {
+    stats
         .blocked
         .iter()
         .map(|b| {
@@ -157,22 +182,7 @@ fn status_json<DB: Db>(
                 "stale": is_stale(b),
             })
         })
-        .collect();
-    out::json(
-        &json!({
-            "table": ctx.table.name,
-            "pending": stats.pending,
-            "retrying": stats.retrying,
-            "dead": stats.dead,
-            "published": stats.published,
-            "oldest_pending_age_seconds": secs(stats.oldest_pending_age),
-            "max_age_seconds": secs(max_age),
-            "healthy": healthy,
-            "blocked": blocked,
-            "by_name": by_name,
-        }),
-        true,
-    )
+        .collect()
 }
 
 /// One line per blocked publisher: `blocked since <time> (<age> ago): <reason>`.

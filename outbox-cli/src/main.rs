@@ -6,6 +6,7 @@
 //! services. See the README's "Operating it" section.
 
 mod commands;
+mod dashboard;
 mod db;
 mod duration;
 mod error;
@@ -13,6 +14,7 @@ mod inbox;
 mod logging;
 mod out;
 mod relay;
+mod serve;
 mod tail;
 
 use std::process::ExitCode;
@@ -40,8 +42,15 @@ pub(crate) struct Cli {
     database_url: Option<String>,
 
     /// The table (`schema.table` on PostgreSQL) [default: outbox; inbox for `outbox inbox ...`].
-    #[arg(long, global = true, value_name = "NAME")]
-    table: Option<String>,
+    /// `outbox dashboard` takes it more than once (in `OUTBOX_TABLE`: comma-separated).
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        env = "OUTBOX_TABLE",
+        value_delimiter = ','
+    )]
+    table: Vec<String>,
 
     /// Machine-readable output: JSON on stdout (JSON lines for `tail`).
     #[arg(long, global = true)]
@@ -78,6 +87,9 @@ enum Command {
     /// The inbox table (the consuming side): migrate, status, dead letters.
     #[command(subcommand)]
     Inbox(inbox::InboxCommand),
+    /// A web page (and its JSON API) over one or more tables: counts, a live chart, dead letters;
+    /// read-only unless --allow-actions and --token are given.
+    Dashboard(dashboard::DashboardArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -257,8 +269,8 @@ fn clap_failure(err: &clap::Error) -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
-    let relay = matches!(cli.command, Command::Relay(_));
-    logging::init(relay);
+    let service = matches!(cli.command, Command::Relay(_) | Command::Dashboard(_));
+    logging::init(service);
     let Some(raw) = cli.database_url.as_deref() else {
         return Err(Failure::new(
             "no database: pass --database-url URL or set DATABASE_URL",
@@ -277,7 +289,21 @@ async fn run<DB: Db>(cli: Cli, url: DbUrl) -> Result<(), Failure> {
         Command::Inbox(_) => "inbox",
         _ => "outbox",
     };
-    let table = Table::new::<DB>(cli.table.as_deref().unwrap_or(default_table))?;
+    let dashboard = matches!(cli.command, Command::Dashboard(_));
+    if cli.table.len() > 1 && !dashboard {
+        return Err(Failure::new(
+            "--table is given once (only `outbox dashboard` takes several)",
+        ));
+    }
+    let mut tables = cli
+        .table
+        .iter()
+        .map(|name| Table::new::<DB>(name))
+        .collect::<Result<Vec<_>, _>>()?;
+    if tables.is_empty() {
+        tables.push(Table::new::<DB>(default_table)?);
+    }
+    let table = tables[0].clone();
     let migrate = matches!(
         cli.command,
         Command::Migrate | Command::Inbox(inbox::InboxCommand::Migrate)
@@ -312,6 +338,7 @@ async fn run<DB: Db>(cli: Cli, url: DbUrl) -> Result<(), Failure> {
         Command::Tail { interval } => tail::tail(&ctx, interval).await,
         Command::Relay(args) => relay::relay(&ctx, &args).await,
         Command::Inbox(command) => inbox::run(&ctx, command).await,
+        Command::Dashboard(args) => dashboard::run(&ctx.pool, &tables, &args).await,
     };
     ctx.pool.close().await;
     result.map_err(|failure| ctx.url.scrub(failure))

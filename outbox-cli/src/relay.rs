@@ -3,6 +3,7 @@
 //! wrote it.
 
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::Arc;
@@ -31,11 +32,20 @@ use crate::out;
 #[derive(Debug, Args)]
 pub(crate) struct RelayArgs {
     /// Where to: amqp://, nats://, redis:// (rediss:// for TLS), kafka://host:port[,host:port] or http(s):// (a webhook).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "OUTBOX_TO", hide_env_values = true)]
     to: String,
 
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address (e.g. 127.0.0.1:9464; off by default).
+    #[arg(long, value_name = "ADDR", env = "OUTBOX_LISTEN")]
+    listen: Option<SocketAddr>,
+
     /// RabbitMQ: the exchange (default: the default exchange, routing to the queue named like the event).
-    #[arg(long, value_name = "NAME", help_heading = "RabbitMQ (amqp://)")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "OUTBOX_EXCHANGE",
+        help_heading = "RabbitMQ (amqp://)"
+    )]
     exchange: Option<String>,
     /// RabbitMQ: declare the exchange (durable) of this kind before publishing.
     #[arg(long, value_name = "KIND", help_heading = "RabbitMQ (amqp://)")]
@@ -45,7 +55,12 @@ pub(crate) struct RelayArgs {
     allow_unrouted: bool,
 
     /// NATS: subject = this prefix + event name (include the separator: "events.").
-    #[arg(long, value_name = "PREFIX", help_heading = "NATS JetStream (nats://)")]
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        env = "OUTBOX_SUBJECT_PREFIX",
+        help_heading = "NATS JetStream (nats://)"
+    )]
     subject_prefix: Option<String>,
 
     /// Kafka: every entry goes to this one topic (default: one topic per event name).
@@ -57,7 +72,12 @@ pub(crate) struct RelayArgs {
     )]
     topic: Option<String>,
     /// Kafka: topic = this prefix + event name (include the separator: "events.").
-    #[arg(long, value_name = "PREFIX", help_heading = "Kafka (kafka://)")]
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        env = "OUTBOX_TOPIC_PREFIX",
+        help_heading = "Kafka (kafka://)"
+    )]
     topic_prefix: Option<String>,
     /// Kafka: a librdkafka setting, KEY=VALUE (repeatable): security.protocol, sasl.mechanism,
     /// sasl.username, sasl.password, ... Values are never logged.
@@ -109,31 +129,36 @@ pub(crate) struct RelayArgs {
     concurrency: Option<usize>,
 
     /// Broker timeout: connecting, and waiting for confirms or responses.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", env = "OUTBOX_TIMEOUT", value_parser = duration::parse)]
     timeout: Option<Duration>,
     /// Entries claimed per run.
-    #[arg(long, value_name = "N", default_value_t = 100)]
+    #[arg(long, value_name = "N", env = "OUTBOX_BATCH", default_value_t = 100)]
     batch: usize,
     /// The longest sleep while the table is idle.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", env = "OUTBOX_POLL_INTERVAL", default_value = "1s", value_parser = duration::parse)]
     poll_interval: Duration,
     /// Attempts before an entry becomes a dead letter.
-    #[arg(long, value_name = "N", default_value_t = 3)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "OUTBOX_MAX_ATTEMPTS",
+        default_value_t = 3
+    )]
     max_attempts: u32,
     /// The delay after a rejected attempt (doubling up to 5m; 0s: none).
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", env = "OUTBOX_BACKOFF", default_value = "1s", value_parser = duration::parse)]
     backoff: Duration,
     /// How long a claim lasts before another relay may take the entries.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", env = "OUTBOX_LEASE", default_value = "30s", value_parser = duration::parse)]
     lease: Duration,
     /// Per-stream order: an entry waits while an earlier entry of its stream is pending.
-    #[arg(long)]
+    #[arg(long, env = "OUTBOX_ORDERED_STREAMS")]
     ordered_streams: bool,
     /// Keep published entries this long instead of deleting them.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", env = "OUTBOX_KEEP_PUBLISHED", value_parser = duration::parse)]
     keep_published: Option<Duration>,
     /// PostgreSQL: do not LISTEN for new entries, only poll (behind PgBouncer in transaction mode).
-    #[arg(long)]
+    #[arg(long, env = "OUTBOX_NO_LISTEN")]
     no_listen: bool,
 }
 
@@ -221,10 +246,17 @@ impl Broker {
     }
 }
 
-/// Options given for another broker than `--to`'s are a mistake worth naming.
+/// Options given for another broker than `--to`'s are a mistake worth naming
+/// (a value from its environment variable is not: one environment may serve
+/// several relays).
 fn check_options(args: &RelayArgs, broker: Broker) -> Result<(), Failure> {
+    let flag = |set: bool, var: &str| set && std::env::var_os(var).is_none();
     let given = [
-        ("--exchange", args.exchange.is_some(), Broker::Amqp),
+        (
+            "--exchange",
+            flag(args.exchange.is_some(), "OUTBOX_EXCHANGE"),
+            Broker::Amqp,
+        ),
         (
             "--declare-exchange",
             args.declare_exchange.is_some(),
@@ -233,7 +265,7 @@ fn check_options(args: &RelayArgs, broker: Broker) -> Result<(), Failure> {
         ("--allow-unrouted", args.allow_unrouted, Broker::Amqp),
         (
             "--subject-prefix",
-            args.subject_prefix.is_some(),
+            flag(args.subject_prefix.is_some(), "OUTBOX_SUBJECT_PREFIX"),
             Broker::Nats,
         ),
         ("--stream", args.stream.is_some(), Broker::Redis),
@@ -246,12 +278,16 @@ fn check_options(args: &RelayArgs, broker: Broker) -> Result<(), Failure> {
         ("--header", !args.headers.is_empty(), Broker::Webhook),
         (
             "--signing-secret",
-            args.signing_secret.is_some() && std::env::var_os("OUTBOX_SIGNING_SECRET").is_none(),
+            flag(args.signing_secret.is_some(), "OUTBOX_SIGNING_SECRET"),
             Broker::Webhook,
         ),
         ("--concurrency", args.concurrency.is_some(), Broker::Webhook),
         ("--topic", args.topic.is_some(), Broker::Kafka),
-        ("--topic-prefix", args.topic_prefix.is_some(), Broker::Kafka),
+        (
+            "--topic-prefix",
+            flag(args.topic_prefix.is_some(), "OUTBOX_TOPIC_PREFIX"),
+            Broker::Kafka,
+        ),
         (
             "--kafka-config",
             !args.kafka_config.is_empty(),
@@ -431,6 +467,10 @@ pub(crate) async fn relay<DB: Db>(ctx: &Ctx<DB>, args: &RelayArgs) -> Result<(),
     tracing::info!(target: "outbox_cli", table = %ctx.table.name, database = %ctx.url.shown, to = %shown, "relay started");
     let published = Arc::new(AtomicU64::new(0));
     let publishers = publishers(args, broker, &published).await?;
+    let endpoints = match args.listen {
+        Some(addr) => Some(crate::serve::start(addr, ctx.pool.clone(), publishers.watch()).await?),
+        None => None,
+    };
 
     let backoff = if args.backoff.is_zero() {
         Backoff::none()
@@ -470,6 +510,9 @@ pub(crate) async fn relay<DB: Db>(ctx: &Ctx<DB>, args: &RelayArgs) -> Result<(),
         }
     };
     progress.finish();
+    if let Some(endpoints) = endpoints {
+        endpoints.stop().await;
+    }
     tracing::info!(
         target: "outbox_cli",
         published = totals.published,
