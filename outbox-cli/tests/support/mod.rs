@@ -1,9 +1,15 @@
-//! What the `outbox` binary's test suites (`cli`, `inbox`) share: the local
-//! service URLs, a table or SQLite file of its own per test, and running the
-//! binary as a process with no terminal.
+//! What the `outbox` binary's test suites (`cli`, `inbox`, `serve`,
+//! `dashboard`) share: the local service URLs, a table or SQLite file of its
+//! own per test, and running the binary as a process with no terminal. The
+//! long-running processes and HTTP requests (`service`), a NATS server of
+//! the test's own (`nats`) and a TCP proxy (`proxy`) are modules of their own.
 
 #![allow(dead_code)] // Reason: each test binary uses a different subset of the helpers.
 #![allow(unreachable_pub)] // Reason: shared by several test crates through `mod support`.
+
+pub mod nats;
+pub mod proxy;
+pub mod service;
 
 use std::process::{Command, Stdio};
 
