@@ -442,3 +442,46 @@ fn the_readme_names_each_flags_environment_variable() {
     )
     .fails(1, "--exchange applies only to amqp://");
 }
+
+/// `deploy/Containerfile` as the README describes it (the image itself is
+/// built by .ci/run where a container engine answers): two stages, the
+/// release binary of this crate, run as user 10001 with the endpoints on.
+#[test]
+fn the_containerfile_is_two_stages_and_runs_the_relay_as_non_root() {
+    let file = include_str!("../../deploy/Containerfile");
+    let lines: Vec<&str> = file
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .collect();
+    let stages: Vec<usize> = (0..lines.len())
+        .filter(|i| lines[*i].starts_with("FROM "))
+        .collect();
+    assert_eq!(stages.len(), 2, "{file}");
+    assert!(lines[stages[0]].ends_with(" AS build"), "{file}");
+    let build = lines[stages[0]..stages[1]].join("\n");
+    assert!(
+        build.contains("cargo build --release --locked -p outbox-cli"),
+        "{build}"
+    );
+    let run = &lines[stages[1]..];
+    assert!(lines[stages[1]].contains("debian:bookworm-slim"), "{file}");
+    for want in [
+        "COPY --from=build /src/target/release/outbox /usr/local/bin/outbox",
+        "USER 10001:10001",
+        "ENV OUTBOX_LISTEN=0.0.0.0:9464 \\",
+        "STOPSIGNAL SIGTERM",
+        "ENTRYPOINT [\"/usr/local/bin/outbox\"]",
+        "CMD [\"relay\"]",
+    ] {
+        assert!(
+            run.contains(&want),
+            "{want:?} not in the run stage:\n{file}"
+        );
+    }
+    assert!(
+        run.iter()
+            .any(|l| l.contains("useradd --system --uid 10001"))
+    );
+    let ignored = include_str!("../../deploy/Containerfile.dockerignore");
+    assert!(ignored.lines().any(|l| l == "target"), "{ignored}");
+}
