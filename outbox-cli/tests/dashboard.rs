@@ -255,10 +255,29 @@ async fn the_json_api_shows_the_database_and_guards_its_actions_postgres() {
     let purge = format!("{base}/api/tables/{t}/dead/{}/purge", dead[1]);
     assert_eq!(post(&purge, Some(TOKEN)).await.json()["count"], 1);
     assert_eq!(status_of(&pool, &t, &dead[1]).await, None);
+    // dead[2] died just now: not older than an hour.
+    let purge_old = format!("{base}/api/tables/{t}/dead/purge?older_than_seconds=3600");
+    assert_eq!(post(&purge_old, Some(TOKEN)).await.json()["count"], 0);
+    assert_eq!(
+        status_of(&pool, &t, &dead[2]).await.as_deref(),
+        Some("dead")
+    );
 
     let discard = format!("{base}/api/tables/{t}/pending/discard?name=billing.invoice_paid");
     // The requeued one and the two retrying ones.
     assert_eq!(post(&discard, Some(TOKEN)).await.json()["count"], 3);
+    let pending: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT event_id::text FROM {t} WHERE status = 'pending' ORDER BY id LIMIT 1"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let discard_one = format!("{base}/api/tables/{t}/pending/{pending}/discard");
+    assert_eq!(post(&discard_one, Some(TOKEN)).await.json()["count"], 1);
+    assert_eq!(status_of(&pool, &t, &pending).await, None);
+    assert_eq!(post(&discard_one, Some(TOKEN)).await.status, 404);
+    let requeue_named = format!("{base}/api/tables/{t}/dead/requeue?name=billing.invoice_paid");
+    assert_eq!(post(&requeue_named, Some(TOKEN)).await.json()["count"], 0);
     let requeue_all = format!("{base}/api/tables/{t}/dead/requeue");
     assert_eq!(post(&requeue_all, Some(TOKEN)).await.json()["count"], 1);
     let purge_all = format!("{base}/api/tables/{t}/dead/purge");
@@ -276,7 +295,7 @@ async fn the_json_api_shows_the_database_and_guards_its_actions_postgres() {
     assert_eq!(shown(&mine), db);
     assert_eq!(
         (db["pending"].clone(), db["dead"].clone()),
-        (json!(4), json!(0))
+        (json!(3), json!(0))
     );
 
     let (code, _, stderr) = service.terminate(Duration::from_secs(10));
@@ -285,14 +304,22 @@ async fn the_json_api_shows_the_database_and_guards_its_actions_postgres() {
         .lines()
         .filter(|l| l.contains("dashboard action"))
         .collect();
-    assert_eq!(logged.len(), 5, "{stderr}");
+    // requeue, purge, purge (older), discard (name), discard (id), requeue
+    // (name), requeue (all), purge (all); refusals and 404s are not actions.
+    assert_eq!(logged.len(), 8, "{stderr}");
     assert!(
         logged[0].contains("action=\"requeue\"") && logged[0].contains("count=1"),
         "{stderr}"
     );
-    assert!(logged[0].contains(&dead[0]), "{stderr}");
     assert!(
-        logged[2].contains("action=\"discard\"") && logged[2].contains("count=3"),
+        logged[0].contains(&format!(
+            "dashboard action table=\"{t}\" action=\"requeue\" which=\"{}\" count=1",
+            dead[0]
+        )),
+        "{stderr}"
+    );
+    assert!(
+        logged[3].contains("action=\"discard\"") && logged[3].contains("count=3"),
         "{stderr}"
     );
     assert!(!stderr.contains(TOKEN), "the token was logged: {stderr}");
