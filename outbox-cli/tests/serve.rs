@@ -416,7 +416,8 @@ fn the_readme_names_each_flags_environment_variable() {
     }
 
     // OUTBOX_EXCHANGE (RabbitMQ) set for a NATS relay: it goes on (and
-    // stops at the missing table); on the command line it is an error.
+    // stops at the missing table), as it does with the switches set to
+    // `true`/`false`; on the command line it is an error.
     let t = table("envopt");
     let out = command(
         &pg_url(),
@@ -424,6 +425,8 @@ fn the_readme_names_each_flags_environment_variable() {
         &["relay", "--to", "nats://127.0.0.1:1"],
     )
     .env("OUTBOX_EXCHANGE", "events")
+    .env("OUTBOX_ORDERED_STREAMS", "true")
+    .env("OUTBOX_NO_LISTEN", "false")
     .output()
     .unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
