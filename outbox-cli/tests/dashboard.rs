@@ -4,6 +4,7 @@
 //! through chromedriver (numbers shown, a dead letter requeued with the
 //! confirm dialog accepted, a screenshot in target/dashboard.png).
 
+use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use fantoccini::{ClientBuilder, Locator};
@@ -436,9 +437,26 @@ async fn the_published_rate_comes_from_the_relays_counters_postgres() {
     pg_drop(&pool, &t).await;
 }
 
+/// chromedriver and the Chromium it starts, in a process group of their
+/// own: dropped (the test ended or failed), the whole group is killed, so
+/// no browser outlives the test.
+struct Driver {
+    service: Service,
+    port: u16,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.service.pid());
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .status();
+    }
+}
+
 /// chromedriver on a free port (it must be installed: Debian's
 /// chromium-driver, which .ci/run installs).
-fn chromedriver() -> (Service, u16) {
+fn chromedriver() -> Driver {
     let port = free_port();
     let driver = "/usr/bin/chromedriver";
     assert!(
@@ -451,8 +469,12 @@ fn chromedriver() -> (Service, u16) {
     );
     let mut cmd = std::process::Command::new(driver);
     cmd.arg(format!("--port={port}"))
-        .stdin(std::process::Stdio::null());
-    (Service::start(cmd), port)
+        .stdin(std::process::Stdio::null())
+        .process_group(0);
+    Driver {
+        service: Service::start(cmd),
+        port,
+    }
 }
 
 /// The text of the element `css` (waiting for it to show `want`).
@@ -496,9 +518,10 @@ async fn the_page_in_chromium_shows_the_database_and_requeues_a_dead_letter_post
         ],
     )
     .await;
-    let (mut driver, driver_port) = chromedriver();
+    let mut driver = chromedriver();
+    let driver_port = driver.port;
     wait_ready(
-        &mut driver,
+        &mut driver.service,
         &format!("http://127.0.0.1:{driver_port}/status"),
         Duration::from_secs(20),
     )
