@@ -715,3 +715,29 @@ impl PublishersBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_sees_the_health_of_publishers_that_moved() {
+        let publishers = Publishers::builder()
+            .fallback_fn(|_entry| async { Ok(()) })
+            .build()
+            .unwrap();
+        let watch = publishers.watch();
+        let moved = Box::new(publishers);
+        assert!(watch.blocked().is_empty());
+        let health = &moved.fallback.as_ref().unwrap().health;
+        let max = Duration::from_secs(30);
+        health.judge(0, &[], Some("connection refused"), max);
+        let blocked = watch.blocked();
+        assert_eq!(blocked.len(), 1);
+        assert_eq!(blocked[0].publisher, CATCH_ALL);
+        assert_eq!(blocked[0].reason, "connection refused");
+        assert_eq!(blocked, moved.blocked());
+        health.judge(1, &[], None, max);
+        assert!(watch.blocked().is_empty());
+    }
+}
