@@ -169,6 +169,27 @@ async fn the_json_api_shows_the_database_and_guards_its_actions_postgres() {
         (json!(0), json!(0))
     );
 
+    // The page and its assets come from the binary and name no other host
+    // (page.js only the SVG namespace, which is not fetched).
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/page.js", "text/javascript"),
+        ("/page.css", "text/css"),
+    ] {
+        let asset = get(&format!("{base}{path}")).await;
+        assert_eq!(asset.status, 200, "{path}");
+        assert!(asset.content_type.starts_with(kind), "{path}: {asset:?}");
+        let body = asset.body.replace("\"http://www.w3.org/2000/svg\"", "");
+        assert!(
+            !body.contains("http:") && !body.contains("https:"),
+            "{path}"
+        );
+        assert!(
+            !body.contains("src=\"//") && !body.contains("href=\"//"),
+            "{path}"
+        );
+    }
+
     // Dead letters with reason, payload and headers.
     let letters = get(&format!("{base}/api/tables/{t}/dead")).await.json();
     let letters = letters.as_array().unwrap();
