@@ -3,7 +3,7 @@
 //! a power loss) while two relays drain the outbox into RabbitMQ and the
 //! application keeps recording, and started again 4 s later (the start
 //! replays the WAL, which takes several seconds more). The relays reconnect by themselves; nothing is lost; the
-//! duplicates stay within one batch per relay (see
+//! duplicates stay within the batches in flight per relay (see
 //! `fault_support::database_outage` for everything asserted).
 //!
 //! This suite stops the shared local database server, so it is its own

@@ -6,7 +6,8 @@
 //! library's publishers: to the RabbitMQ queue `QUEUE` (at `AMQP_URL`,
 //! through the default exchange) with `AmqpPublisher`, or with
 //! `NatsPublisher` (at `NATS_URL`) to the subject `SUBJECT_PREFIX` + event
-//! name, which a JetStream stream must capture. Batches of `FAULT_BATCH`
+//! name, which a JetStream stream must capture. Up to `FAULT_IN_FLIGHT`
+//! (default 4) batches in flight. Batches of `FAULT_BATCH`
 //! (default 100), a lease of `FAULT_LEASE_MS` (default 2000), a blocked
 //! publisher paused for at most `FAULT_MAX_PAUSE_MS` (default 2000). After
 //! each confirmed batch it waits `FAULT_SETTLE_DELAY_MS` (default 20) before
@@ -58,6 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batch = usize::try_from(env_u64("FAULT_BATCH", 100))?;
     let lease = Duration::from_millis(env_u64("FAULT_LEASE_MS", 2_000));
     let delay = Duration::from_millis(env_u64("FAULT_SETTLE_DELAY_MS", 20));
+    let in_flight = usize::try_from(env_u64("FAULT_IN_FLIGHT", 4))?;
     let max_pause = Duration::from_millis(env_u64("FAULT_MAX_PAUSE_MS", 2_000));
     let publishers = Publishers::builder().max_pause(max_pause);
     let (table, publishers) = match args.as_slice() {
@@ -105,6 +107,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     outbox
         .relay(publishers)
+        .in_flight(in_flight)
         .poll_interval(Duration::from_millis(50))
         .run(std::future::pending())
         .await;
