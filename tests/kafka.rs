@@ -38,7 +38,7 @@ async fn relay_delivers_every_event_in_stream_order_across_partitions() {
         .topic(topic.clone())
         .build()
         .unwrap();
-    let (outbox, pool) = sqlite_outbox(|b| b).await;
+    let (outbox, pool) = sqlite_outbox(|b| b.ordered_streams(true)).await;
     let expected = record(&outbox, &pool, 0, 200).await;
     let publishers = Publishers::builder()
         .publisher::<OrderPlaced, _>(kafka.clone())

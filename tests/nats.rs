@@ -117,7 +117,7 @@ async fn relay_delivers_every_event_to_jetstream() {
         .unwrap();
     nats.connect().await.unwrap();
 
-    let (outbox, pool) = sqlite_outbox(|b| b).await;
+    let (outbox, pool) = sqlite_outbox(|b| b.ordered_streams(true)).await;
     let expected = record(&outbox, &pool, 0, 200).await;
     let publishers = Publishers::builder()
         .publisher::<OrderPlaced, _>(nats.clone())
@@ -553,7 +553,7 @@ async fn tls_with_a_custom_ca_delivers_everything_over_tls() {
         .tls_ca_pem(ca.ca_pem.clone())
         .build()
         .unwrap();
-    let (outbox, pool) = sqlite_outbox(|b| b).await;
+    let (outbox, pool) = sqlite_outbox(|b| b.ordered_streams(true)).await;
     let expected = record(&outbox, &pool, 0, 20).await;
     let publishers = both(&nats);
     let mut total = Report::default();
