@@ -166,7 +166,7 @@ async fn consume(channel: &Channel, queue: &str, n: usize, within: Duration) -> 
 /// 200 events of two types (typed publisher and raw catch-all) over five
 /// streams go through the relay loop into a topic exchange the publisher
 /// declares, and come back from a bound queue unchanged and in stream order
-/// (per-stream order on, with batches pipelined).
+/// (per-stream order on, 4 batches in flight).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_delivers_every_event_through_a_declared_topic_exchange() {
     let (_conn, channel) = client().await;
@@ -193,6 +193,7 @@ async fn relay_delivers_every_event_through_a_declared_topic_exchange() {
     let relay = tokio::spawn(
         outbox
             .relay(publishers)
+            .in_flight(4)
             .poll_interval(Duration::from_millis(20))
             .run(async {
                 let _ = stopped.await;
@@ -246,7 +247,7 @@ async fn default_exchange_with_a_routing_key_mapping() {
         .routing_key(move |_entry| to_queue.clone())
         .build()
         .unwrap();
-    let (outbox, pool) = sqlite_outbox(|b| b.ordered_streams(true)).await;
+    let (outbox, pool) = sqlite_outbox(|b| b).await;
     let expected = record(&outbox, &pool, 0, 60).await;
     let publishers = Publishers::builder().fallback(rabbit).build().unwrap();
     let report = outbox.run(&publishers, 100).await.unwrap();
@@ -756,7 +757,7 @@ async fn amqps_with_a_custom_ca_delivers_everything_over_tls() {
         .build()
         .unwrap();
     rabbit.connect().await.expect("TLS with the test CA");
-    let (outbox, pool) = sqlite_outbox(|b| b.ordered_streams(true)).await;
+    let (outbox, pool) = sqlite_outbox(|b| b).await;
     let expected = record(&outbox, &pool, 0, 20).await;
     let publishers = Publishers::builder().fallback(rabbit).build().unwrap();
     let mut total = Report::default();

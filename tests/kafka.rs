@@ -30,7 +30,8 @@ fn received(got: &[Got]) -> Vec<Received> {
 /// 200 events of two types (typed publisher and raw catch-all) over five
 /// stream keys go through the relay into one topic of 3 partitions and
 /// come back from a consumer unchanged: payload byte for byte, headers, key
-/// = stream key, each stream in one partition and in record order.
+/// = stream key, each stream in one partition and in record order (per-stream
+/// order on, 4 batches in flight).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_delivers_every_event_in_stream_order_across_partitions() {
     let topic = topic(3).await;
@@ -49,6 +50,7 @@ async fn relay_delivers_every_event_in_stream_order_across_partitions() {
     let relay = tokio::spawn(
         outbox
             .relay(publishers)
+            .in_flight(4)
             .poll_interval(Duration::from_millis(20))
             .run(async {
                 let _ = stopped.await;

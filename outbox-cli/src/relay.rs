@@ -134,6 +134,10 @@ pub(crate) struct RelayArgs {
     /// Entries claimed per run.
     #[arg(long, value_name = "N", env = "OUTBOX_BATCH", default_value_t = 100)]
     batch: usize,
+    /// Batches out with the broker at once (above 1, batches are published
+    /// interleaved: record order holds only per stream, with --ordered-streams).
+    #[arg(long, value_name = "N", env = "OUTBOX_IN_FLIGHT", default_value_t = 1)]
+    in_flight: usize,
     /// The longest sleep while the table is idle.
     #[arg(long, value_name = "DURATION", env = "OUTBOX_POLL_INTERVAL", default_value = "1s", value_parser = duration::parse)]
     poll_interval: Duration,
@@ -496,6 +500,7 @@ pub(crate) async fn relay<DB: Db>(ctx: &Ctx<DB>, args: &RelayArgs) -> Result<(),
         outbox
             .relay(publishers)
             .poll_interval(args.poll_interval)
+            .in_flight(args.in_flight)
             .run(stop)
     );
     let mut ticks = tokio::time::interval(progress.every());

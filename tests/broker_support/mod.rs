@@ -165,8 +165,8 @@ pub async fn record(
 }
 
 /// Checks that `received` is exactly `expected` (same ids, names, payloads,
-/// headers, stream keys), each once, and in record order per stream (the
-/// outbox must have per-stream order on: a relay pipelines its batches).
+/// headers, stream keys), each once, and in record order per stream (with
+/// batches pipelined, only per-stream order keeps that).
 /// `stream_key_header` and `correlation_header` name the adapter's headers.
 pub fn check_exactly(
     expected: &[Expected],
