@@ -10,7 +10,8 @@ use outbox::{Outbox, Publishers};
 
 use crate::broker::Sink;
 use crate::common::{
-    Bench, Counter, Noop, OrderPlaced, RawSql, connect_pg, drain_library, drain_raw, lib, order,
+    Bench, Counter, Design, Noop, OrderPlaced, RawSql, connect_pg, drain_library, drain_raw, lib,
+    order,
 };
 use crate::util::{Context, Res, bail, count, float, thousands};
 
@@ -122,12 +123,12 @@ pub(crate) async fn child(args: &[String]) -> Res<()> {
                 "building publishers",
             )?;
             ready(&mut out)?;
-            drain_library(&outbox, vec![publishers], &counter, n).await?
+            drain_library(&outbox, vec![publishers], 1, &counter, n).await?
         }
         "raw" => {
             let sql = RawSql::new(table);
             ready(&mut out)?;
-            drain_raw(&pool, &sql, vec![Sink::Noop], &counter).await?
+            drain_raw(&pool, &sql, Design::Lease, vec![Sink::Noop], &counter).await?
         }
         other => bail!("unknown child mode {other:?}"),
     };

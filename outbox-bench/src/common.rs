@@ -338,6 +338,9 @@ pub(crate) async fn fill_pg(pool: &PgPool, table: &str, n: usize, status: &str) 
 pub(crate) struct RawSql {
     pub(crate) claim: Arc<str>,
     pub(crate) delete: Arc<str>,
+    /// The single-transaction design: lock due rows, then delete them.
+    pub(crate) take: Arc<str>,
+    pub(crate) delete_taken: Arc<str>,
     pub(crate) insert_one: Arc<str>,
     pub(crate) insert_one_notify: Arc<str>,
     pub(crate) insert_many: Arc<str>,
@@ -366,6 +369,14 @@ impl RawSql {
             )
             .into(),
             delete: format!("DELETE FROM {t} WHERE id = ANY($1) AND claim_token = $2").into(),
+            take: format!(
+                "SELECT id, event_id, name, payload::text, stream_key, headers::text, \
+                 correlation_id, causation_id, created_at, attempts FROM {t} \
+                 WHERE status = 'pending' AND id > $2 AND available_at <= now() \
+                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+            )
+            .into(),
+            delete_taken: format!("DELETE FROM {t} WHERE id = ANY($1)").into(),
             insert_one_notify: format!(
                 "WITH ins AS ({one} RETURNING 1) SELECT pg_notify($4, '') WHERE EXISTS (SELECT 1 FROM ins)"
             )
@@ -621,17 +632,19 @@ pub(crate) fn drain_deadline(n: usize) -> Duration {
 }
 
 /// Drains with one library relay per `Publishers` (run as users run it:
-/// `outbox.relay(publishers).run(shutdown)`), until `counter` is done.
+/// `outbox.relay(publishers).in_flight(in_flight).run(shutdown)`), until
+/// `counter` is done.
 pub(crate) async fn drain_library(
     outbox: &Outbox<Postgres>,
     relays: Vec<Publishers>,
+    in_flight: usize,
     counter: &Counter,
     n: usize,
 ) -> Res<Timing> {
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(relays.len());
     for publishers in relays {
-        let relay = outbox.relay(publishers);
+        let relay = outbox.relay(publishers).in_flight(in_flight);
         tasks.push(tokio::spawn(relay.run(counter.stopped())));
     }
     if tokio::time::timeout(drain_deadline(n), counter.stopped())
@@ -648,10 +661,24 @@ pub(crate) async fn drain_library(
     Ok(timing)
 }
 
-/// Drains with `sinks.len()` raw loops, each on its own connection.
+/// How a raw loop drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Design {
+    /// The library's design by hand: claim with a lease (no flush), publish
+    /// with no transaction open, delete checking the claim token.
+    Lease,
+    /// The simpler design the library must come close to: one transaction
+    /// per batch that locks the due rows (`FOR UPDATE SKIP LOCKED`),
+    /// "publishes" with the transaction open, deletes them and commits. No
+    /// lease, no token: the ceiling, not a design to copy.
+    OneTransaction,
+}
+
+/// Drains with `sinks.len()` raw loops of `design`, each on its own connection.
 pub(crate) async fn drain_raw(
     pool: &PgPool,
     sql: &RawSql,
+    design: Design,
     sinks: Vec<Sink>,
     counter: &Counter,
 ) -> Res<Timing> {
@@ -662,12 +689,13 @@ pub(crate) async fn drain_raw(
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(sinks.len());
     for (conn, sink) in conns.into_iter().zip(sinks) {
-        tasks.push(tokio::spawn(raw_worker(
-            conn,
-            sql.clone(),
-            sink,
-            counter.clone(),
-        )));
+        let (sql, counter) = (sql.clone(), counter.clone());
+        tasks.push(tokio::spawn(async move {
+            match design {
+                Design::Lease => raw_worker(conn, sql, sink, counter).await,
+                Design::OneTransaction => one_transaction_worker(conn, sql, sink, counter).await,
+            }
+        }));
     }
     for task in tasks {
         if let Err(err) = task.await.context("a raw loop task")? {
@@ -677,6 +705,52 @@ pub(crate) async fn drain_raw(
     let timing = counter.timing(start, Instant::now());
     counter.check("raw drain")?;
     Ok(timing)
+}
+
+/// [`Design::OneTransaction`]: `BEGIN; SELECT .. FOR UPDATE SKIP LOCKED;`
+/// publish; `DELETE .. = ANY; COMMIT`, past the last full batch as the other
+/// loops (so it never walks the index entries of rows it drained).
+pub(crate) async fn one_transaction_worker(
+    mut conn: PoolConnection<Postgres>,
+    sql: RawSql,
+    mut sink: Sink,
+    counter: Counter,
+) -> Res<()> {
+    let mut after = 0;
+    while !counter.is_stopped() {
+        let mut tx = conn.begin().await.context("BEGIN")?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.take.to_string()))
+            .bind(i64::try_from(BATCH).unwrap_or(i64::MAX))
+            .bind(after)
+            .fetch_all(&mut *tx)
+            .await
+            .context("locking a batch")?;
+        let rows = rows.iter().map(decode_row).collect::<Res<Vec<_>>>()?;
+        if rows.is_empty() {
+            tx.commit().await.context("COMMIT")?;
+            if after == 0 {
+                break;
+            }
+            after = 0;
+            continue;
+        }
+        after = if rows.len() >= BATCH {
+            rows.last().map_or(0, |row| row.id)
+        } else {
+            0
+        };
+        counter.begin();
+        sink.publish(&rows).await?;
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        sqlx::query(sqlx::AssertSqlSafe(sql.delete_taken.to_string()))
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .context("deleting a batch")?;
+        tx.commit().await.context("COMMIT")?;
+        counter.add(rows.len());
+    }
+    Ok(())
 }
 
 /// The raw relay: claim a batch (lease, no flush), publish it, delete it.

@@ -1,0 +1,5 @@
+\set newtok random(1, 1000000000000)
+BEGIN;
+SELECT pg_advisory_xact_lock(42);
+WITH gone AS (DELETE FROM ob_claims WHERE token = :tok RETURNING 1), settled AS (DELETE FROM ob WHERE id = ANY(:ids::bigint[]) AND EXISTS (SELECT 1 FROM gone) RETURNING id), due AS (SELECT c.id FROM ob c WHERE c.status='pending' AND c.id > :after AND c.available_at <= now() AND NOT EXISTS (SELECT 1 FROM ob_claims k WHERE k.expires_at > now() AND c.id BETWEEN k.lo AND k.hi AND c.id = ANY(k.ids)) ORDER BY c.id LIMIT 100), cl AS (INSERT INTO ob_claims (token, lo, hi, ids, expires_at) SELECT :newtok, min(id), max(id), array_agg(id), now() + interval '30 s' FROM due HAVING count(*) > 0 RETURNING ids), rows AS (SELECT o.id, o.event_id, o.name, o.payload::text AS payload, o.stream_key, o.headers::text AS headers, o.correlation_id, o.causation_id, o.created_at, o.attempts FROM ob o WHERE o.id IN (SELECT id FROM due)) SELECT coalesce(array_agg(id),'{}') AS ids, coalesce(max(id), 0) AS after, :newtok AS tok, (SELECT count(*) FROM settled), (SELECT count(*) FROM cl) FROM rows \gset
+COMMIT;
