@@ -279,7 +279,7 @@ impl<DB: Db> Dash<DB> {
 
 /// Compares two secrets in a time that depends on their lengths only.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 async fn overview<DB: Db>(State(dash): State<Arc<Dash<DB>>>) -> ApiResult {
