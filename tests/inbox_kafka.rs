@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use inbox_broker_support::{Running, Services, consumers, until};
-use kafka_support::{brokers, delete_topic, topic};
+use kafka_support::{brokers, topic};
 use outbox::Publishers;
 use outbox::inbox::kafka::KafkaSource;
 use outbox::publisher::kafka::KafkaPublisher;
@@ -106,8 +106,6 @@ async fn outbox_to_inbox_exactly_once_with_metadata() {
         30,
         "every settled message is committed: {committed:?}"
     );
-
-    delete_topic(&topic).await;
     services.cleanup().await;
 }
 
@@ -158,7 +156,5 @@ async fn a_killed_consumer_loses_nothing_and_doubles_nothing() {
     assert_eq!(report.dead, 0, "{report:?}");
     // Redelivered but already processed: at most the first consumer's 5.
     assert!(report.duplicates <= 5, "{report:?}");
-
-    delete_topic(&topic).await;
     services.cleanup().await;
 }

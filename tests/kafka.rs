@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use broker_support::{OrderPlaced, Received, check_exactly, record, sqlite_outbox};
-use kafka_support::{Got, brokers, consumer, delete_topic, read, topic};
+use kafka_support::{Got, brokers, consumer, read, topic};
 use outbox::Publishers;
 use outbox::publisher::kafka::{
     CORRELATION_ID_HEADER, EVENT_ID_HEADER, EVENT_NAME_HEADER, KafkaPublisher, STREAM_KEY_HEADER,
@@ -102,7 +102,6 @@ async fn relay_delivers_every_event_in_stream_order_across_partitions() {
         let want: Vec<i64> = (first..first + i64::try_from(offsets.len()).unwrap()).collect();
         assert_eq!(offsets, want, "partition {partition}");
     }
-    delete_topic(&topic).await;
 }
 
 /// The default topic is prefix + event name; with no stream key the key is
@@ -141,7 +140,6 @@ async fn topic_prefix_and_event_id_key() {
         assert!(!g.headers.contains_key(STREAM_KEY_HEADER), "{g:?}");
         assert_eq!(g.payload, serde_json::to_string(event).unwrap());
     }
-    delete_topic(&placed).await;
 }
 
 /// A message over the producer's `message.max.bytes` is rejected (an
@@ -191,5 +189,4 @@ async fn too_large_is_rejected_and_a_missing_topic_is_unavailable() {
         "{report:?}"
     );
     assert_eq!(report.unavailable, 1, "{report:?}");
-    delete_topic(&topic).await;
 }

@@ -422,10 +422,18 @@ impl Kafka {
     }
 
     pub(crate) async fn delete(self) -> Res<()> {
-        kafka_admin(&self.brokers)?
-            .delete_topics(&[&self.topic], &AdminOptions::new())
+        // No client of the topic may be alive while it is deleted (librdkafka
+        // crashed in its metadata cache when one was, against tansu).
+        let Self {
+            brokers,
+            topic,
+            producer,
+        } = self;
+        drop(producer);
+        kafka_admin(&brokers)?
+            .delete_topics(&[&topic], &AdminOptions::new())
             .await
-            .context(format!("deleting the Kafka topic {}", self.topic))?;
+            .context(format!("deleting the Kafka topic {topic}"))?;
         Ok(())
     }
 }
