@@ -19,7 +19,9 @@ pub struct Nats {
 }
 
 impl Nats {
-    /// Starts it and waits until it accepts connections.
+    /// Starts it and waits until it accepts connections. The free port may
+    /// be taken by another test between choosing and binding it: then the
+    /// server exits, and it starts again on another port.
     pub fn start() -> Self {
         let dir = std::env::temp_dir().join(format!("outbox-cli-nats-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -28,8 +30,13 @@ impl Nats {
             dir,
             child: None,
         };
-        nats.restart();
-        nats
+        for _ in 0..5 {
+            if nats.spawn() {
+                return nats;
+            }
+            nats.port = free_port();
+        }
+        panic!("{NATS_SERVER} did not stay up on 5 free ports");
     }
 
     pub fn url(&self) -> String {
@@ -38,8 +45,14 @@ impl Nats {
 
     /// Starts the server again (same port, same store).
     pub fn restart(&mut self) {
+        assert!(self.spawn(), "{NATS_SERVER} exited on port {}", self.port);
+    }
+
+    /// Starts the server and waits until it accepts connections; false if
+    /// it exited first (its port was taken).
+    fn spawn(&mut self) -> bool {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new(NATS_SERVER)
+        let mut child = Command::new(NATS_SERVER)
             .args([
                 "-a",
                 "127.0.0.1",
@@ -53,9 +66,20 @@ impl Nats {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|err| panic!("{NATS_SERVER} does not start: {err}"));
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            // Up, and ours: a NATS server greets on the port (not another
+            // test's listener) while the child still runs.
+            if nats_greets(self.port) {
+                if child.try_wait().unwrap().is_none() {
+                    self.child = Some(child);
+                    return true;
+                }
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
                 "nats-server not up on {}",
@@ -96,4 +120,15 @@ impl Drop for Nats {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether a NATS server answers on `port` (it sends `INFO {..}` first).
+fn nats_greets(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut greeting = [0_u8; 5];
+    stream.read_exact(&mut greeting).is_ok() && &greeting == b"INFO "
 }
