@@ -661,6 +661,16 @@ pub(crate) async fn drain_library(
     Ok(timing)
 }
 
+/// Where a raw loop's next claim starts: past a full batch, else from the
+/// first entry (as the library's relay loop does).
+fn next_after(rows: &[RawRow]) -> i64 {
+    if rows.len() >= BATCH {
+        rows.last().map_or(0, |row| row.id)
+    } else {
+        0
+    }
+}
+
 /// How a raw loop drains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Design {
@@ -734,11 +744,7 @@ pub(crate) async fn one_transaction_worker(
             after = 0;
             continue;
         }
-        after = if rows.len() >= BATCH {
-            rows.last().map_or(0, |row| row.id)
-        } else {
-            0
-        };
+        after = next_after(&rows);
         counter.begin();
         sink.publish(&rows).await?;
         let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
@@ -773,11 +779,7 @@ pub(crate) async fn raw_worker(
             after = 0;
             continue;
         }
-        after = if rows.len() >= BATCH {
-            rows.last().map_or(0, |row| row.id)
-        } else {
-            0
-        };
+        after = next_after(&rows);
         counter.begin();
         sink.publish(&rows).await?;
         let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();

@@ -722,8 +722,11 @@ pub(crate) mod private {
         ) -> impl Future<Output = Result<Vec<i64>>> + Send;
 
         /// Whether [`settle_and_claim`](Self::settle_and_claim) saves a
-        /// round trip (otherwise the relay settles and claims in turn).
-        const SETTLE_AND_CLAIM: bool = false;
+        /// round trip for this table (otherwise the relay settles and claims
+        /// in turn).
+        fn settles_and_claims(_sql: &Self::Sql) -> bool {
+            false
+        }
 
         /// Records the batch `settled.0` published (positions `settled.1`,
         /// still claimed with that token) and claims the next batch, in one

@@ -353,7 +353,10 @@ impl Store for Postgres {
             .collect::<std::result::Result<_, _>>()?)
     }
 
-    const SETTLE_AND_CLAIM: bool = true;
+    fn settles_and_claims(sql: &Sql) -> bool {
+        // An ordered claim takes its lock in a transaction of its own first.
+        !sql.ordered
+    }
 
     async fn settle_and_claim(
         conn: &mut PgConnection,
@@ -361,25 +364,6 @@ impl Store for Postgres {
         settled: (Uuid, &[i64]),
         claim: Claim,
     ) -> Result<(Vec<i64>, Vec<ClaimedRow>)> {
-        if sql.ordered {
-            // An ordered claim takes its lock in its own transaction first.
-            let (token, published) = settled;
-            let settlement = Settlement {
-                published: published.to_vec(),
-                updates: Vec::new(),
-            };
-            let settled = Self::settle(conn, sql, token, &settlement).await?;
-            let rows = Self::claim(
-                conn,
-                sql,
-                claim.limit,
-                claim.lease,
-                claim.token,
-                claim.after,
-            )
-            .await?;
-            return Ok((settled, rows));
-        }
         let rows = sqlx::query(sql.settle_and_claim.clone())
             .bind(i64::try_from(claim.limit).unwrap_or(i64::MAX))
             .bind(claim.token)
