@@ -524,6 +524,7 @@ pub(crate) async fn relay<DB: Db>(ctx: &Ctx<DB>, args: &RelayArgs) -> Result<(),
         retried = totals.retried,
         dead = totals.dead,
         unroutable = totals.unroutable,
+        newer_version = totals.newer_version,
         "relay stopped"
     );
     summary(ctx.json, &totals)
@@ -537,6 +538,7 @@ fn summary(json: bool, totals: &Report) -> Result<(), Failure> {
                 "retried": totals.retried,
                 "dead": totals.dead,
                 "unroutable": totals.unroutable,
+                "newer_version": totals.newer_version,
                 "unavailable": totals.unavailable,
             }),
             true,

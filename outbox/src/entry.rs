@@ -17,6 +17,7 @@ pub struct Entry {
     pub(crate) position: i64,
     pub(crate) event_id: Uuid,
     pub(crate) name: String,
+    pub(crate) version: u32,
     pub(crate) payload: String,
     pub(crate) stream_key: Option<String>,
     pub(crate) headers: Headers,
@@ -44,6 +45,17 @@ impl Entry {
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The version of the event type that wrote the payload
+    /// ([`Event::VERSION`](crate::Event::VERSION) of the recording type).
+    /// A typed publisher receives the event upcast to its own version, with
+    /// this and [`payload_json`](Self::payload_json) as stored, unless
+    /// [`PublishersBuilder::publish_upcast`](crate::PublishersBuilder::publish_upcast)
+    /// is on.
+    #[must_use]
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// The payload exactly as stored: JSON text written by `serde_json`.

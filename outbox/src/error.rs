@@ -4,7 +4,8 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Two Rust types derive `Event` with the same name.
+    /// Two Rust types derive `Event` with the same name and version, or an
+    /// alias of one is the name or an alias of a type of another name.
     #[error("event name `{name}` is used by two types: `{first}` and `{second}`")]
     DuplicateEventName {
         /// The shared event name.

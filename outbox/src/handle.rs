@@ -469,6 +469,7 @@ impl<DB: Backend> Outbox<DB> {
         Ok(Ok(NewRow {
             event_id: Uuid::now_v7(),
             name: E::NAME,
+            version: i32::try_from(E::VERSION).unwrap_or(i32::MAX),
             payload,
             stream_key: meta.stream_key,
             headers,

@@ -131,8 +131,43 @@
 //!
 //! Where the `outbox` crate is, for crates that re-export it. Default `::outbox`.
 //!
-//! Two types with the same name make [`OutboxBuilder::build`] fail with
-//! [`Error::DuplicateEventName`], naming both types.
+//! ## `version = N`
+//!
+//! The version stored with every entry this type records ([`Event::VERSION`],
+//! [`Entry::version`], the `outbox-event-version` broker header). An integer
+//! from 1; default 1. Raise it when the payload's shape changes, and say
+//! how older payloads become this one with one of the two keys below (or
+//! neither, when old payloads still decode as the new type, e.g. the change
+//! only added `#[serde(default)]` fields). See "Changing events" in the README.
+//!
+//! ## `upcast_from = OldType`
+//!
+//! A typed upcaster: `OldType` is the previous version of this event, kept
+//! in the code with `#[derive(Event)]`, the same `name` and `version = N - 1`,
+//! and `impl From<OldType> for Self`. A payload older than `N` decodes as
+//! `OldType` (through its own upcasters) and converts with `From`. These
+//! are compile errors: `OldType` is not an `Event`, has another name, has
+//! a version other than `N - 1`, or lacks the `From` conversion.
+//!
+//! ## `upcast(1 => path, 2 => path, ..)`
+//!
+//! Upcasters on JSON: each path is an [`Upcaster`], a
+//! `fn(serde_json::Value) -> Result<serde_json::Value, String>` that turns
+//! the payload of the version on its left into the next one. The steps
+//! must cover every version from 1 to `N - 1`, once each (a gap is a
+//! compile error). Cannot be combined with `upcast_from`.
+//!
+//! ## `aliases = ["old.name", ..]`
+//!
+//! Former names of this event: entries stored (or messages received) under
+//! one of them go to this type's publisher or consumer. Each alias follows
+//! the rules of `name`.
+//!
+//! Two types with the same name and version, or an alias that is another
+//! type's name or alias, make [`OutboxBuilder::build`] fail with
+//! [`Error::DuplicateEventName`], naming both types. Types with one name
+//! and different versions (a type and the old versions it upcasts from)
+//! are one event.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -150,7 +185,7 @@ mod trace;
 
 pub use entry::{Entry, Headers, Metadata, Recorded};
 pub use error::{Error, Result};
-pub use event::Event;
+pub use event::{Event, Upcaster};
 pub use follow::{Follow, FollowTick};
 pub use handle::{Batch, FilterReason, Outbox, OutboxBuilder, Recording, migrate};
 pub use publisher::{
@@ -173,8 +208,10 @@ pub use outbox_derive::Event;
 // in lockstep with the exact-pinned `outbox-derive`.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::event::{Upcaster, decode_from, decode_json, same_name};
     pub use crate::registry::Registration;
-    pub use core::{concat, module_path};
+    pub use core::convert::From;
+    pub use core::{concat, module_path, panic};
     pub use inventory;
     // The fallback impl for a generic type states `Event`'s supertraits as a
     // where clause: `Self: Serialize + DeserializeOwned + Send + Sync + 'static`.
@@ -183,4 +220,8 @@ pub mod __private {
     pub use serde::de::DeserializeOwned;
     pub type Bool = bool;
     pub type Str = &'static str;
+    pub type U32 = u32;
+    pub type Text = str;
+    pub type Aliases = &'static [&'static str];
+    pub type DecodeResult<T> = Result<T, serde_json::Error>;
 }

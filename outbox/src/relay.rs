@@ -78,6 +78,10 @@ pub struct Report {
     pub dead: usize,
     /// Entries whose name has no publisher: left pending, no attempt counted.
     pub unroutable: usize,
+    /// Entries of a version newer than their publisher's type knows (a
+    /// rolling deploy: a newer service recorded them): left pending, no
+    /// attempt counted, for a relay that knows the version.
+    pub newer_version: usize,
     /// Entries not published because their destination was unavailable or
     /// their publisher blocked (see "Failure scopes" in
     /// [`publisher`](crate::publisher)): no attempt counted.
@@ -97,6 +101,7 @@ impl std::ops::AddAssign for Report {
         self.retried += other.retried;
         self.dead += other.dead;
         self.unroutable += other.unroutable;
+        self.newer_version += other.newer_version;
         self.unavailable += other.unavailable;
         self.lost += other.lost;
     }
@@ -112,6 +117,7 @@ fn to_entry(row: ClaimedRow) -> std::result::Result<Entry, (i64, String, String)
         position: row.id,
         event_id: row.event_id,
         name: row.name,
+        version: u32::try_from(row.version).unwrap_or(0),
         payload: row.payload,
         stream_key: row.stream_key,
         headers,
@@ -527,6 +533,23 @@ impl<DB: Backend> Outbox<DB> {
                 );
                 continue;
             };
+            if let Some(known) = route.dispatch.version() {
+                let (newer, known_rows): (Vec<_>, Vec<_>) =
+                    group.into_iter().partition(|row| {
+                        row.poison.is_none() && u32::try_from(row.version).is_ok_and(|v| v > known)
+                    });
+                group = known_rows;
+                if !newer.is_empty() {
+                    tracing::debug!(name = %name, count = newer.len(), known, "newer version than the publisher knows: left pending");
+                    report.newer_version += newer.len();
+                    metrics::counter!("outbox_newer_version_total", "event" => name.clone())
+                        .increment(newer.len() as u64);
+                    set_aside(&newer, inner.unroutable_delay, ordered, &mut held, &mut settlement);
+                }
+                if group.is_empty() {
+                    continue;
+                }
+            }
             if route.health.paused_for(Instant::now()).is_some() {
                 // Blocked and paused: not sent; the entries step out of the
                 // head of the queue until the pause is surely over.
@@ -544,10 +567,10 @@ impl<DB: Backend> Outbox<DB> {
             let deliveries = match inner.publish_timeout {
                 Some(limit) => {
                     PUBLISH_TIMEOUT
-                        .scope(limit, route.dispatch.dispatch(entries))
+                        .scope(limit, route.dispatch.dispatch(entries, publishers.upcast()))
                         .await
                 }
-                None => route.dispatch.dispatch(entries).await,
+                None => route.dispatch.dispatch(entries, publishers.upcast()).await,
             };
             spans.close(&deliveries);
             let judgement = judge(route, &meta, &deliveries, publishers.max_pause());

@@ -110,7 +110,7 @@ use uuid::Uuid;
 
 use crate::entry::{Entry, Headers, Recorded};
 use crate::error::{Error, Result};
-use crate::event::Event;
+use crate::event::{Decoded, Event};
 use crate::publisher::panic_message;
 use crate::relay::Backoff;
 use crate::store::inbox::{InboxRow, Take};
@@ -278,9 +278,20 @@ trait Handle<DB: Backend>: Send + Sync {
     async fn handle(&self, tx: &mut Tx<DB>, entry: Entry) -> Result<(), ConsumeError>;
 }
 
-fn decode<E: Event>(entry: &Entry) -> std::result::Result<E, String> {
-    serde_json::from_str(entry.payload_json())
-        .map_err(|err| format!("payload does not decode as `{}`: {err}", E::NAME))
+/// Decodes the payload as `E`, upcasting an older version. A version newer
+/// than `E` knows is rejected (a dead letter, kept): requeue it once a
+/// consumer that knows the version runs.
+fn decode<E: Event>(entry: &Entry) -> std::result::Result<E, ConsumeError> {
+    match crate::event::decode::<E>(entry.version(), entry.payload_json()) {
+        Decoded::Event(event) => Ok(event),
+        Decoded::Failed(reason) => Err(ConsumeError::reject(reason)),
+        Decoded::Newer => Err(ConsumeError::reject(format!(
+            "version {} of `{}` is newer than this consumer knows ({}): requeue it once a consumer that knows it runs",
+            entry.version(),
+            entry.name(),
+            E::VERSION
+        ))),
+    }
 }
 
 struct Typed<E, C>(C, PhantomData<fn() -> E>);
@@ -288,7 +299,7 @@ struct Typed<E, C>(C, PhantomData<fn() -> E>);
 #[async_trait]
 impl<DB: Backend, E: Event, C: Consumer<DB, E>> Handle<DB> for Typed<E, C> {
     async fn handle(&self, tx: &mut Tx<DB>, entry: Entry) -> Result<(), ConsumeError> {
-        let event = decode::<E>(&entry).map_err(ConsumeError::reject)?;
+        let event = decode::<E>(&entry)?;
         self.0.consume(tx, Recorded::new(event, entry)).await
     }
 }
@@ -306,7 +317,7 @@ where
         + 'static,
 {
     async fn handle(&self, tx: &mut Tx<DB>, entry: Entry) -> Result<(), ConsumeError> {
-        let event = decode::<E>(&entry).map_err(ConsumeError::reject)?;
+        let event = decode::<E>(&entry)?;
         (self.0)(tx, Recorded::new(event, entry)).await
     }
 }
@@ -343,7 +354,8 @@ pub struct Consumers<DB: Backend> {
 }
 
 struct ConsumersInner<DB: Backend> {
-    typed: HashMap<&'static str, Box<dyn Handle<DB>>>,
+    /// By event name and alias (the aliases of a type share its handle).
+    typed: HashMap<&'static str, Arc<dyn Handle<DB>>>,
     fallback: Option<Box<dyn Handle<DB>>>,
     skip_unknown: bool,
 }
@@ -381,17 +393,16 @@ impl<DB: Backend> Consumers<DB> {
     }
 
     fn route(&self, name: &str) -> Option<&dyn Handle<DB>> {
-        self.inner
-            .typed
-            .get(name)
-            .or(self.inner.fallback.as_ref())
-            .map(Box::as_ref)
+        match self.inner.typed.get(name) {
+            Some(handle) => Some(handle.as_ref()),
+            None => self.inner.fallback.as_deref(),
+        }
     }
 }
 
 /// Builds [`Consumers`].
 pub struct ConsumersBuilder<DB: Backend> {
-    typed: HashMap<&'static str, Box<dyn Handle<DB>>>,
+    typed: HashMap<&'static str, Arc<dyn Handle<DB>>>,
     fallback: Option<Box<dyn Handle<DB>>>,
     skip_unknown: bool,
     duplicate: Option<String>,
@@ -406,10 +417,13 @@ impl<DB: Backend> fmt::Debug for ConsumersBuilder<DB> {
 }
 
 impl<DB: Backend> ConsumersBuilder<DB> {
-    fn add(mut self, name: &'static str, handle: Box<dyn Handle<DB>>) -> Self {
-        if self.typed.insert(name, handle).is_some() {
-            self.duplicate
-                .get_or_insert_with(|| format!("event `{name}`"));
+    /// Routes `E`'s name and aliases to `handle`.
+    fn add<E: Event>(mut self, handle: Arc<dyn Handle<DB>>) -> Self {
+        for name in std::iter::once(E::NAME).chain(E::ALIASES.iter().copied()) {
+            if self.typed.insert(name, Arc::clone(&handle)).is_some() {
+                self.duplicate
+                    .get_or_insert_with(|| format!("event `{name}`"));
+            }
         }
         self
     }
@@ -417,7 +431,7 @@ impl<DB: Backend> ConsumersBuilder<DB> {
     /// The consumer of event `E` (a [`Consumer`] impl).
     #[must_use]
     pub fn consumer<E: Event, C: Consumer<DB, E>>(self, consumer: C) -> Self {
-        self.add(E::NAME, Box::new(Typed(consumer, PhantomData)))
+        self.add::<E>(Arc::new(Typed(consumer, PhantomData)))
     }
 
     /// The consumer of event `E`, as a closure returning a boxed future:
@@ -431,7 +445,7 @@ impl<DB: Backend> ConsumersBuilder<DB> {
             + Sync
             + 'static,
     {
-        self.add(E::NAME, Box::new(TypedFn(handler, PhantomData)))
+        self.add::<E>(Arc::new(TypedFn(handler, PhantomData)))
     }
 
     fn set_fallback(mut self, handle: Box<dyn Handle<DB>>) -> Self {
@@ -496,6 +510,7 @@ impl<DB: Backend> ConsumersBuilder<DB> {
 pub struct Message {
     pub(crate) event_id: Option<String>,
     pub(crate) name: Option<String>,
+    pub(crate) version: Option<String>,
     pub(crate) payload: std::result::Result<String, String>,
     pub(crate) stream_key: Option<String>,
     pub(crate) headers: Headers,
@@ -518,6 +533,7 @@ impl Message {
         Self {
             event_id: None,
             name: None,
+            version: None,
             payload,
             stream_key: None,
             headers: Headers::new(),
@@ -538,6 +554,15 @@ impl Message {
     #[must_use]
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// The sender's event version, as the broker header carries it (an
+    /// integer from 1; the message is a dead letter otherwise). A message
+    /// that does not say is version 1.
+    #[must_use]
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
         self
     }
 
@@ -611,6 +636,17 @@ impl Message {
                 Uuid::new_v5(&Uuid::NAMESPACE_OID, &key)
             }
         };
+        let version = match self.version.as_deref().map(str::parse::<i32>) {
+            None => 1,
+            Some(Ok(version)) if version >= 1 => version,
+            Some(_) => {
+                problems.push(format!(
+                    "event version `{}` is not an integer from 1",
+                    self.version.as_deref().unwrap_or_default()
+                ));
+                1
+            }
+        };
         let name = self.name.unwrap_or_else(|| {
             problems.push("the message carries no event name".to_owned());
             String::new()
@@ -637,6 +673,7 @@ impl Message {
         let row = InboxRow {
             event_id,
             name,
+            version,
             payload,
             stream_key: self.stream_key,
             headers,
@@ -927,6 +964,7 @@ impl<DB: Backend> Inbox<DB> {
             position: 0,
             event_id: row.event_id,
             name: row.name.clone(),
+            version: u32::try_from(row.version).unwrap_or(0),
             payload: row.payload.clone(),
             stream_key: row.stream_key.clone(),
             headers,

@@ -64,7 +64,7 @@ use futures_util::FutureExt;
 
 use crate::entry::{Entry, Recorded};
 use crate::error::{Error, Result};
-use crate::event::Event;
+use crate::event::{Decoded, Event};
 
 pub use health::Blocked;
 pub(crate) use health::{Health, Judgement};
@@ -327,31 +327,53 @@ pub(crate) enum Delivery {
 /// The object-safe face of a typed publisher, a closure or the catch-all.
 #[async_trait]
 pub(crate) trait Dispatch: Send + Sync {
-    /// Publishes `entries` (all of one name, in order) and returns one
-    /// delivery per entry, in the same order.
-    async fn dispatch(&self, entries: Vec<Entry>) -> Vec<Delivery>;
+    /// Publishes `entries` (all of one name, in order, none of a version
+    /// newer than [`version`](Dispatch::version)) and returns one delivery
+    /// per entry, in the same order. With `upcast`, a typed publisher hands
+    /// on older entries re-encoded at its version and under its name.
+    async fn dispatch(&self, entries: Vec<Entry>, upcast: bool) -> Vec<Delivery>;
+
+    /// The newest version this publisher decodes (`Event::VERSION` of its
+    /// type); `None` for the catch-all, which takes entries as stored.
+    fn version(&self) -> Option<u32>;
 }
 
-/// Decodes each entry as `E`; undecodable ones are answered at once and the
-/// rest are handed on, with their indexes.
+/// Decodes each entry as `E` (upcasting older versions); undecodable ones
+/// are answered at once and the rest are handed on, with their indexes.
+/// With `upcast`, an entry of an older version or a former name gets the
+/// payload, version and name of `E`.
 fn decode_all<E: Event>(
     entries: Vec<Entry>,
+    upcast: bool,
     out: &mut [Delivery],
 ) -> (Vec<usize>, Vec<Recorded<E>>) {
     let mut index = Vec::with_capacity(entries.len());
     let mut records = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.into_iter().enumerate() {
-        match serde_json::from_str::<E>(&entry.payload) {
-            Ok(event) => {
+    for (i, mut entry) in entries.into_iter().enumerate() {
+        match crate::event::decode::<E>(entry.version, &entry.payload) {
+            Decoded::Event(event) => {
+                if upcast && (entry.version != E::VERSION || entry.name != E::NAME) {
+                    match serde_json::to_string(&event) {
+                        Ok(payload) => {
+                            entry.payload = payload;
+                            entry.version = E::VERSION;
+                            E::NAME.clone_into(&mut entry.name);
+                        }
+                        Err(err) => {
+                            out[i] = Delivery::Undecodable(format!(
+                                "the upcast event does not encode as JSON: {err}"
+                            ));
+                            continue;
+                        }
+                    }
+                }
                 index.push(i);
                 records.push(Recorded::new(event, entry));
             }
-            Err(err) => {
-                out[i] = Delivery::Undecodable(format!(
-                    "payload does not decode as `{}`: {err}",
-                    std::any::type_name::<E>()
-                ));
-            }
+            Decoded::Failed(reason) => out[i] = Delivery::Undecodable(reason),
+            // The relay sets newer entries aside before dispatching; one
+            // that gets here anyway is given back without an attempt.
+            Decoded::Newer => {}
         }
     }
     (index, records)
@@ -425,9 +447,9 @@ struct Typed<E, P> {
 
 #[async_trait]
 impl<E: Event, P: Publisher<E>> Dispatch for Typed<E, P> {
-    async fn dispatch(&self, entries: Vec<Entry>) -> Vec<Delivery> {
+    async fn dispatch(&self, entries: Vec<Entry>, upcast: bool) -> Vec<Delivery> {
         let mut out = not_attempted(entries.len());
-        let (index, records) = decode_all::<E>(entries, &mut out);
+        let (index, records) = decode_all::<E>(entries, upcast, &mut out);
         if !records.is_empty() {
             let results =
                 batch_or_one_by_one(&records, self.publisher.publish_batch(&records), |record| {
@@ -437,6 +459,10 @@ impl<E: Event, P: Publisher<E>> Dispatch for Typed<E, P> {
             merge(&mut out, &index, results);
         }
         out
+    }
+
+    fn version(&self) -> Option<u32> {
+        Some(E::VERSION)
     }
 }
 
@@ -452,12 +478,16 @@ where
     F: Fn(Recorded<E>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = PublishResult> + Send,
 {
-    async fn dispatch(&self, entries: Vec<Entry>) -> Vec<Delivery> {
+    async fn dispatch(&self, entries: Vec<Entry>, upcast: bool) -> Vec<Delivery> {
         let mut out = not_attempted(entries.len());
-        let (index, records) = decode_all::<E>(entries, &mut out);
+        let (index, records) = decode_all::<E>(entries, upcast, &mut out);
         let results = one_by_one(records, &self.handler).await;
         merge(&mut out, &index, results);
         out
+    }
+
+    fn version(&self) -> Option<u32> {
+        Some(E::VERSION)
     }
 }
 
@@ -465,7 +495,11 @@ struct Raw<P>(P);
 
 #[async_trait]
 impl<P: RawPublisher> Dispatch for Raw<P> {
-    async fn dispatch(&self, entries: Vec<Entry>) -> Vec<Delivery> {
+    fn version(&self) -> Option<u32> {
+        None
+    }
+
+    async fn dispatch(&self, entries: Vec<Entry>, _upcast: bool) -> Vec<Delivery> {
         let n = entries.len();
         let results = batch_or_one_by_one(&entries, self.0.publish_raw_batch(&entries), |entry| {
             self.0.publish_raw(entry)
@@ -486,7 +520,11 @@ where
     F: Fn(Entry) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = PublishResult> + Send,
 {
-    async fn dispatch(&self, entries: Vec<Entry>) -> Vec<Delivery> {
+    fn version(&self) -> Option<u32> {
+        None
+    }
+
+    async fn dispatch(&self, entries: Vec<Entry>, _upcast: bool) -> Vec<Delivery> {
         let mut out = not_attempted(entries.len());
         let index: Vec<usize> = (0..entries.len()).collect();
         let results = one_by_one(entries, &self.0).await;
@@ -507,9 +545,12 @@ pub(crate) struct Route {
 /// Each publisher keeps its own health (see "Failure scopes" in the module
 /// docs): a blocked one is paused while the others go on.
 pub struct Publishers {
-    by_name: HashMap<&'static str, Route>,
+    typed: Vec<Route>,
+    /// Index into `typed` by event name and alias.
+    by_name: HashMap<&'static str, usize>,
     fallback: Option<Route>,
     max_pause: Duration,
+    upcast: bool,
 }
 
 impl fmt::Debug for Publishers {
@@ -520,6 +561,7 @@ impl fmt::Debug for Publishers {
             .field("events", &names)
             .field("fallback", &self.fallback.is_some())
             .field("max_pause", &self.max_pause)
+            .field("publish_upcast", &self.upcast)
             .finish()
     }
 }
@@ -528,16 +570,27 @@ impl Publishers {
     /// Starts assembling publishers.
     pub fn builder() -> PublishersBuilder {
         PublishersBuilder {
+            typed: Vec::new(),
             by_name: HashMap::new(),
             fallback: None,
             duplicate: None,
             max_pause: Duration::from_secs(30),
+            upcast: false,
         }
     }
 
     /// The publisher for entries named `name`, if any.
     pub(crate) fn route(&self, name: &str) -> Option<&Route> {
-        self.by_name.get(name).or(self.fallback.as_ref())
+        match self.by_name.get(name) {
+            Some(&i) => self.typed.get(i),
+            None => self.fallback.as_ref(),
+        }
+    }
+
+    /// Whether typed publishers receive older entries upcast (see
+    /// [`PublishersBuilder::publish_upcast`]).
+    pub(crate) fn upcast(&self) -> bool {
+        self.upcast
     }
 
     /// The longest pause of a blocked publisher.
@@ -546,7 +599,7 @@ impl Publishers {
     }
 
     fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.by_name.values().chain(self.fallback.iter())
+        self.typed.iter().chain(self.fallback.iter())
     }
 
     /// The publishers that are blocked now (their destination is down,
@@ -599,10 +652,12 @@ impl BlockedWatch {
 /// error at [`build`](PublishersBuilder::build).
 #[must_use]
 pub struct PublishersBuilder {
-    by_name: HashMap<&'static str, Route>,
+    typed: Vec<Route>,
+    by_name: HashMap<&'static str, usize>,
     fallback: Option<Route>,
     duplicate: Option<String>,
     max_pause: Duration,
+    upcast: bool,
 }
 
 impl fmt::Debug for PublishersBuilder {
@@ -615,14 +670,19 @@ impl fmt::Debug for PublishersBuilder {
 pub(crate) const CATCH_ALL: &str = "*";
 
 impl PublishersBuilder {
-    fn add(mut self, name: &'static str, dispatch: Box<dyn Dispatch>) -> Self {
-        let route = Route {
+    /// Routes `E`'s name and aliases to `dispatch` (one route, one health,
+    /// labelled with the name).
+    fn add<E: Event>(mut self, dispatch: Box<dyn Dispatch>) -> Self {
+        let index = self.typed.len();
+        self.typed.push(Route {
             dispatch,
-            health: Arc::new(Health::new(name.to_owned())),
-        };
-        if self.by_name.insert(name, route).is_some() {
-            self.duplicate
-                .get_or_insert_with(|| format!("event `{name}`"));
+            health: Arc::new(Health::new(E::NAME.to_owned())),
+        });
+        for name in std::iter::once(E::NAME).chain(E::ALIASES.iter().copied()) {
+            if self.by_name.insert(name, index).is_some() {
+                self.duplicate
+                    .get_or_insert_with(|| format!("event `{name}`"));
+            }
         }
         self
     }
@@ -648,10 +708,27 @@ impl PublishersBuilder {
         self
     }
 
-    /// Registers a typed publisher for events of type `E`.
+    /// Hands typed publishers the entries of older versions (and former
+    /// names) upcast: [`Entry::payload_json`] re-encoded from the upcast
+    /// event, [`Entry::version`] and [`Entry::name`] those of the
+    /// publisher's type. Default `false`: every entry is published as
+    /// stored, byte for byte, and only [`Recorded::event`] is upcast.
+    ///
+    /// The trade-off: with it on, consumers see only the current shape and
+    /// name (old ones need no upcasters of their own), but the published
+    /// bytes are no longer the recorded ones (serde re-encodes them: field
+    /// order, number formats, and fields the current type drops), and each
+    /// older entry costs one more encode. The catch-all always publishes
+    /// as stored: it has no type to upcast to.
+    pub fn publish_upcast(mut self, upcast: bool) -> Self {
+        self.upcast = upcast;
+        self
+    }
+
+    /// Registers a typed publisher for events of type `E` (and for entries
+    /// stored under its [aliases](Event::ALIASES)).
     pub fn publisher<E: Event, P: Publisher<E>>(self, publisher: P) -> Self {
-        self.add(
-            E::NAME,
+        self.add::<E>(
             Box::new(Typed {
                 publisher,
                 _event: PhantomData::<fn() -> E>,
@@ -679,8 +756,7 @@ impl PublishersBuilder {
         F: Fn(Recorded<E>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = PublishResult> + Send + 'static,
     {
-        self.add(
-            E::NAME,
+        self.add::<E>(
             Box::new(TypedFn {
                 handler,
                 _event: PhantomData::<fn() -> E>,
@@ -709,9 +785,11 @@ impl PublishersBuilder {
             return Err(Error::DuplicatePublisher { what });
         }
         Ok(Publishers {
+            typed: self.typed,
             by_name: self.by_name,
             fallback: self.fallback,
             max_pause: self.max_pause,
+            upcast: self.upcast,
         })
     }
 }

@@ -17,6 +17,8 @@ use crate::inbox::InboxStats;
 pub struct InboxRow {
     pub event_id: Uuid,
     pub name: String,
+    /// The sender's event version (1 when the message does not say).
+    pub version: i32,
     pub payload: String,
     pub stream_key: Option<String>,
     /// The headers as a JSON object of strings.

@@ -162,6 +162,9 @@ pub struct DeadLetter {
     pub event_id: Uuid,
     /// The event name.
     pub name: String,
+    /// The version of the event type that recorded it (see
+    /// [`Event::VERSION`](crate::Event::VERSION)).
+    pub version: u32,
     /// The payload as stored.
     pub payload: String,
     /// Attempts made.
@@ -256,6 +259,9 @@ pub struct NameStats {
     pub published: u64,
     /// Age of this name's oldest pending entry.
     pub oldest_pending_age: Option<Duration>,
+    /// The versions of this name's entries in the table (pending, dead and
+    /// kept), ascending, each with its number of entries.
+    pub versions: Vec<(u32, u64)>,
 }
 
 impl Stats {
@@ -320,6 +326,7 @@ where
         dead: count(row.try_get("dead")?),
         published: count(row.try_get("published")?),
         oldest_pending_age: age(row.try_get("oldest")?),
+        versions: Vec::new(), // TODO(version): per-version counts
     })
 }
 
@@ -555,6 +562,8 @@ pub(crate) mod private {
     pub struct NewRow {
         pub event_id: Uuid,
         pub name: &'static str,
+        /// `Event::VERSION` of the recording type.
+        pub version: i32,
         pub payload: String,
         pub stream_key: Option<String>,
         pub headers: String,
@@ -579,6 +588,8 @@ pub(crate) mod private {
         pub id: i64,
         pub event_id: Uuid,
         pub name: String,
+        /// The stored version (a poison row says 1).
+        pub version: i32,
         pub payload: String,
         pub stream_key: Option<String>,
         pub headers: String,
@@ -598,6 +609,7 @@ pub(crate) mod private {
                 id,
                 event_id: Uuid::nil(),
                 name: String::new(),
+                version: 1,
                 payload: String::new(),
                 stream_key: None,
                 headers: String::new(),

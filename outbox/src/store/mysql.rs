@@ -370,6 +370,7 @@ impl Store for MySql {
                         id,
                         event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
                         name: row.try_get("name")?,
+                        version: 1, // TODO(version)
                         payload: row.try_get("payload")?,
                         stream_key: row.try_get("stream_key")?,
                         headers: row.try_get("headers")?,
@@ -518,6 +519,7 @@ impl Store for MySql {
                     position: row.try_get("id")?,
                     event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
                     name: row.try_get("name")?,
+                    version: 1, // TODO(version)
                     payload: row.try_get("payload")?,
                     attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
                     reason: row.try_get("last_error")?,

@@ -508,6 +508,7 @@ impl Store for Postgres {
                     position: row.try_get("id")?,
                     event_id: row.try_get("event_id")?,
                     name: row.try_get("name")?,
+                    version: 1, // TODO(version)
                     payload: row.try_get("payload")?,
                     attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
                     reason: row.try_get("last_error")?,
@@ -816,6 +817,7 @@ fn claimed_row(row: &sqlx::postgres::PgRow) -> std::result::Result<ClaimedRow, s
             id,
             event_id: row.try_get(1)?,
             name: row.try_get(2)?,
+            version: 1, // TODO(version)
             payload: row.try_get(3)?,
             stream_key: row.try_get(4)?,
             headers: row.try_get(5)?,

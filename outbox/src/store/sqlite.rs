@@ -227,6 +227,7 @@ impl Store for Sqlite {
                         id,
                         event_id: row.try_get::<Hyphenated, _>(1)?.into(),
                         name: row.try_get(2)?,
+                        version: 1, // TODO(version)
                         payload: row.try_get(3)?,
                         stream_key: row.try_get(4)?,
                         headers: row.try_get(5)?,
@@ -354,6 +355,7 @@ impl Store for Sqlite {
                     position: row.try_get("id")?,
                     event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
                     name: row.try_get("name")?,
+                    version: 1, // TODO(version)
                     payload: row.try_get("payload")?,
                     attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
                     reason: row.try_get("last_error")?,

@@ -278,6 +278,7 @@ impl InboxStore for MySql {
                     position: row.try_get("id")?,
                     event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
                     name: row.try_get("name")?,
+                    version: 1, // TODO(version)
                     payload: row
                         .try_get::<Option<String>, _>("payload")?
                         .unwrap_or_default(),
@@ -331,6 +332,7 @@ impl InboxStore for MySql {
                 Ok(InboxRow {
                     event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
                     name: row.try_get("name")?,
+                    version: 1, // TODO(version)
                     payload: row
                         .try_get::<Option<String>, _>("payload")?
                         .unwrap_or_default(),

@@ -155,6 +155,7 @@ impl InboxStore for Postgres {
                     position: row.try_get("id")?,
                     event_id: row.try_get("event_id")?,
                     name: row.try_get("name")?,
+                    version: 1, // TODO(version)
                     payload: row
                         .try_get::<Option<String>, _>("payload")?
                         .unwrap_or_default(),
@@ -204,6 +205,7 @@ impl InboxStore for Postgres {
                 Ok(InboxRow {
                     event_id: row.try_get("event_id")?,
                     name: row.try_get("name")?,
+                    version: 1, // TODO(version)
                     payload: row
                         .try_get::<Option<String>, _>("payload")?
                         .unwrap_or_default(),

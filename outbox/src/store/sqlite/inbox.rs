@@ -166,6 +166,7 @@ impl InboxStore for Sqlite {
                     position: row.try_get("id")?,
                     event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
                     name: row.try_get("name")?,
+                    version: 1, // TODO(version)
                     payload: row
                         .try_get::<Option<String>, _>("payload")?
                         .unwrap_or_default(),
@@ -221,6 +222,7 @@ impl InboxStore for Sqlite {
                 Ok(InboxRow {
                     event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
                     name: row.try_get("name")?,
+                    version: 1, // TODO(version)
                     payload: row
                         .try_get::<Option<String>, _>("payload")?
                         .unwrap_or_default(),
