@@ -36,14 +36,22 @@
 //! | `message_id` | the event id (the dedupe key) | a dead letter ("the message carries no event id"); also when it is not a UUID |
 //! | `type` | the event name (picks the consumer) | a dead letter ("the message carries no event name") |
 //! | `timestamp` (seconds) | when the event was recorded ([`Entry::created_at`](crate::Entry::created_at)) | the time of receipt |
+//! | header [`VERSION_HEADER`] (`outbox-event-version`), text or an integer | the event version ([`Entry::version`](crate::Entry::version)): the consumer decodes the payload by it, upcasting an older one | version 1 (a sender from before versions); a value that is not an integer from 1 makes a dead letter |
 //! | header [`STREAM_KEY_HEADER`] | the stream key (per-stream order) | no stream key |
 //! | header [`CORRELATION_ID_HEADER`], else the `correlation_id` property | the correlation id | none |
 //! | header [`CAUSATION_ID_HEADER`] | the causation id | none |
 //! | every other header with a text value | a header of the entry ([`Entry::headers`](crate::Entry::headers)) | |
 //!
 //! Headers whose value is not text (numbers, tables, RabbitMQ's own
-//! `x-death` lists) are left out. The routing key, the exchange and the
-//! other properties are not kept.
+//! `x-death` lists) are left out, but for the version: an AMQP integer is
+//! read as one, and any other value makes a dead letter. The routing key,
+//! the exchange and the other properties are not kept.
+//!
+//! A message of a version newer than its consumer's event type knows (the
+//! sender deployed first) is a dead letter whose reason says so: requeue
+//! it (`outbox inbox dead requeue`) once a consumer that knows the version
+//! runs. An older version is upcast to the consumer's (see
+//! [`Event::decode`](crate::Event::decode)).
 //!
 //! # Acknowledgements
 //!
@@ -98,7 +106,7 @@ use lapin::{Channel, Connection};
 use super::{Acker, Delivery, Message, Source, SourceError};
 use crate::error::{Error, Result};
 use crate::publisher::amqp::{
-    CAUSATION_ID_HEADER, CORRELATION_ID_HEADER, Endpoint, STREAM_KEY_HEADER,
+    CAUSATION_ID_HEADER, CORRELATION_ID_HEADER, Endpoint, STREAM_KEY_HEADER, VERSION_HEADER,
 };
 use crate::publisher::redact::redact_url;
 
@@ -371,6 +379,14 @@ fn to_delivery(delivery: lapin::message::Delivery, channel: Channel) -> Delivery
         .map(ToString::to_string);
     if let Some(headers) = properties.headers() {
         for (key, value) in headers {
+            if key.as_str() == VERSION_HEADER {
+                // Any other type is passed on as shown, for the inbox to refuse.
+                let version = text(value)
+                    .or_else(|| integer(value))
+                    .unwrap_or_else(|| format!("{value:?}"));
+                message = message.version(version);
+                continue;
+            }
             let Some(text) = text(value) else {
                 continue;
             };
@@ -401,6 +417,22 @@ fn text(value: &AMQPValue) -> Option<String> {
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         _ => None,
     }
+}
+
+/// An integer header value in decimal (a version sent by a client that
+/// writes numbers as AMQP integers).
+fn integer(value: &AMQPValue) -> Option<String> {
+    let n = match *value {
+        AMQPValue::ShortShortInt(n) => i64::from(n),
+        AMQPValue::ShortShortUInt(n) => i64::from(n),
+        AMQPValue::ShortInt(n) => i64::from(n),
+        AMQPValue::ShortUInt(n) => i64::from(n),
+        AMQPValue::LongInt(n) => i64::from(n),
+        AMQPValue::LongUInt(n) => i64::from(n),
+        AMQPValue::LongLongInt(n) => n,
+        _ => return None,
+    };
+    Some(n.to_string())
 }
 
 /// Settles one delivery on the channel it came from.
@@ -475,6 +507,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("over AMQP's 255"), "{err}");
+    }
+
+    #[test]
+    fn a_version_may_be_an_amqp_integer() {
+        assert_eq!(integer(&AMQPValue::ShortShortUInt(2)).as_deref(), Some("2"));
+        assert_eq!(integer(&AMQPValue::LongInt(-1)).as_deref(), Some("-1"));
+        assert_eq!(integer(&AMQPValue::LongLongInt(7)).as_deref(), Some("7"));
+        assert_eq!(integer(&AMQPValue::Boolean(true)), None);
     }
 
     #[test]

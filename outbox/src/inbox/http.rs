@@ -62,17 +62,25 @@
 //! |---|---|
 //! | `X-Event-Id` (else `Idempotency-Key`) | the event id: the dedupe key |
 //! | `X-Event-Name` (percent-decoded) | the event name: the consumer |
+//! | `X-Outbox-Event-Version` | the event version ([`Entry::version`](crate::Entry::version)): the consumer decodes the payload by it, upcasting an older one; without it, version 1 (a sender from before versions) |
 //! | `X-Outbox-Stream-Key` (percent-decoded) | the stream key |
 //! | `X-Outbox-Correlation-Id`, `X-Outbox-Causation-Id` | the correlation and causation ids |
 //! | `X-Outbox-Headers` (a JSON object of strings) | the entry's headers |
 //! | the body | the payload, byte for byte |
 //!
-//! A message with no event id or name, an id that is not a UUID, or a
-//! payload that does not decode is a dead letter at once (see
+//! A message with no event id or name, an id that is not a UUID, a
+//! version that is not an integer from 1, or a payload that does not
+//! decode is a dead letter at once (see
 //! [`Inbox::handle`]). A request the publisher could not have sent (one of
 //! the headers above not text, `X-Event-Name` not percent-encoded UTF-8,
 //! `X-Outbox-Headers` not a JSON object of strings) is answered `400` and
 //! nothing is written.
+//!
+//! A message of a version newer than its consumer's event type knows (the
+//! sender deployed first) is a dead letter whose reason says so: requeue
+//! it (`outbox inbox dead requeue`) once a consumer that knows the version
+//! runs. An older version is upcast to the consumer's (see
+//! [`Event::decode`](crate::Event::decode)).
 //!
 //! # The answer, and what `publisher::http` does with it
 //!
@@ -134,7 +142,7 @@ use crate::entry::Headers;
 use crate::publisher::http::{
     CAUSATION_ID_HEADER, CORRELATION_ID_HEADER, EVENT_ID_HEADER, EVENT_NAME_HEADER, HEADERS_HEADER,
     IDEMPOTENCY_KEY_HEADER, OUTCOME_HEADER, SIGNATURE_HEADER, STREAM_KEY_HEADER, TIMESTAMP_HEADER,
-    timestamp_skew, verify,
+    VERSION_HEADER, timestamp_skew, verify,
 };
 use crate::store::Backend;
 
@@ -322,6 +330,9 @@ fn message(headers: &HeaderMap, body: &[u8]) -> Result<Message, Refusal> {
     if let Some(name) = decoded(EVENT_NAME_HEADER)? {
         message = message.name(name);
     }
+    if let Some(version) = text(VERSION_HEADER)? {
+        message = message.version(version);
+    }
     if let Some(key) = decoded(STREAM_KEY_HEADER)? {
         message = message.stream_key(key);
     }
@@ -408,6 +419,7 @@ mod tests {
             &headers(&[
                 ("x-event-id", id),
                 ("x-event-name", "order.placed%20%C3%A4"),
+                ("x-outbox-event-version", "3"),
                 ("x-outbox-stream-key", "order:%2542"),
                 ("x-outbox-correlation-id", id),
                 ("x-outbox-headers", r#"{"Tenant":"\u00e4"}"#),
@@ -419,6 +431,7 @@ mod tests {
         assert_eq!(m.id(), Some(id));
         assert_eq!(m.name.as_deref(), Some("order.placed ä"));
         assert_eq!(m.key(), Some("order:%42"));
+        assert_eq!(m.version.as_deref(), Some("3"));
         assert_eq!(m.correlation_id.as_deref(), Some(id));
         assert_eq!(m.headers["Tenant"], "ä");
 
@@ -426,6 +439,7 @@ mod tests {
             .ok()
             .unwrap();
         assert_eq!(m.id(), Some(id));
+        assert_eq!(m.version, None, "version 1 for the inbox");
 
         for bad in [("x-outbox-headers", r#"{"a":1}"#), ("x-event-name", "%FF")] {
             assert!(matches!(

@@ -25,9 +25,16 @@
 //! | value | the payload |
 //! | [`EVENT_ID_HEADER`] | the event id (a message without it is a dead letter) |
 //! | [`EVENT_NAME_HEADER`] | the event name |
+//! | [`VERSION_HEADER`] (`outbox-event-version`) | the event version ([`Entry::version`](crate::Entry::version)): the consumer decodes the payload by it, upcasting an older one. Without it, version 1 (a sender from before versions); a value that is not an integer from 1 makes a dead letter |
 //! | [`STREAM_KEY_HEADER`] | the stream key (else the record key, when it is not the event id) |
 //! | [`CORRELATION_ID_HEADER`], [`CAUSATION_ID_HEADER`] | the correlation and causation ids |
 //! | other headers | the message's headers (values as UTF-8, lossy) |
+//!
+//! A message of a version newer than its consumer's event type knows (the
+//! sender deployed first) is a dead letter whose reason says so: requeue
+//! it (`outbox inbox dead requeue`) once a consumer that knows the version
+//! runs. An older version is upcast to the consumer's (see
+//! [`Event::decode`](crate::Event::decode)).
 //!
 //! # Offsets
 //!
@@ -83,7 +90,7 @@ use crate::error::{Error, Result};
 use crate::publisher::kafka::shown;
 pub use crate::publisher::kafka::{
     CAUSATION_ID_HEADER, CORRELATION_ID_HEADER, EVENT_ID_HEADER, EVENT_NAME_HEADER,
-    STREAM_KEY_HEADER,
+    STREAM_KEY_HEADER, VERSION_HEADER,
 };
 
 /// Which partition of which topic.
@@ -429,6 +436,8 @@ fn message_of(kafka: &BorrowedMessage<'_>) -> Message {
                 message = message.event_id(value);
             } else if is(EVENT_NAME_HEADER) {
                 message = message.name(value);
+            } else if is(VERSION_HEADER) {
+                message = message.version(value);
             } else if is(STREAM_KEY_HEADER) {
                 stream_key = Some(value);
             } else if is(CORRELATION_ID_HEADER) {

@@ -34,6 +34,7 @@
 //! | payload | the payload (JSON text; bytes that are not UTF-8 make a dead letter) |
 //! | `Nats-Msg-Id` | the event id (the dedupe key; a message without it is a dead letter) |
 //! | [`EVENT_NAME_HEADER`] (`outbox-event-name`) | the event name |
+//! | [`VERSION_HEADER`] (`outbox-event-version`) | the event version ([`Entry::version`](crate::Entry::version)): the consumer decodes the payload by it, upcasting an older one. Without it, version 1 (a sender from before versions); a value that is not an integer from 1 makes a dead letter |
 //! | [`STREAM_KEY_HEADER`] (`outbox-stream-key`) | the stream key |
 //! | [`CORRELATION_ID_HEADER`] (`outbox-correlation-id`) | the correlation id |
 //! | [`CAUSATION_ID_HEADER`] (`outbox-causation-id`) | the causation id |
@@ -41,6 +42,12 @@
 //! | every other header | an entry header, as given (the last value of a repeated one) |
 //!
 //! Header names are matched without regard to case.
+//!
+//! A message of a version newer than its consumer's event type knows (the
+//! sender deployed first) is a dead letter whose reason says so: requeue
+//! it (`outbox inbox dead requeue`) once a consumer that knows the version
+//! runs. An older version is upcast to the consumer's (see
+//! [`Event::decode`](crate::Event::decode)).
 //!
 //! # Acknowledgements
 //!
@@ -97,7 +104,7 @@ use super::{Acker, Delivery, Message, Source, SourceError};
 use crate::error::{Error, Result};
 use crate::publisher::nats::{
     CAUSATION_ID_HEADER, CORRELATION_ID_HEADER, EVENT_NAME_HEADER, STREAM_KEY_HEADER,
-    client_config, connect, shown,
+    VERSION_HEADER, client_config, connect, shown,
 };
 
 /// The header carrying the event id (JetStream's own dedup id).
@@ -384,6 +391,8 @@ fn message_of(nats: &async_nats::Message) -> Message {
             message.event_id(value)
         } else if is(EVENT_NAME_HEADER) {
             message.name(value)
+        } else if is(VERSION_HEADER) {
+            message.version(value)
         } else if is(STREAM_KEY_HEADER) {
             message.stream_key(value)
         } else if is(CORRELATION_ID_HEADER) {
@@ -413,6 +422,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", "0190a0a0-0000-7000-8000-000000000001");
         headers.insert(EVENT_NAME_HEADER, "billing.invoice_paid");
+        headers.insert(VERSION_HEADER, "3");
         headers.insert(STREAM_KEY_HEADER, "invoice-7");
         headers.insert(
             CORRELATION_ID_HEADER,
@@ -433,6 +443,7 @@ mod tests {
         let want = Message::new(b"{\"invoice_id\":7}".to_vec())
             .event_id("0190a0a0-0000-7000-8000-000000000001")
             .name("billing.invoice_paid")
+            .version("3")
             .stream_key("invoice-7")
             .correlation_id("0190a0a0-0000-7000-8000-000000000002")
             .causation_id("0190a0a0-0000-7000-8000-000000000003")

@@ -35,6 +35,7 @@
 //! |---|---|
 //! | `event_id` | the event id (the dedupe key; an entry without it is a dead letter) |
 //! | `name` | the event name |
+//! | `version` | the event version ([`Entry::version`](crate::Entry::version)): the consumer decodes the payload by it, upcasting an older one. Without it, version 1 (a sender from before versions); a value that is not an integer from 1 makes a dead letter |
 //! | `payload` | the payload, byte for byte (an entry without it, or with bytes that are not UTF-8, is a dead letter) |
 //! | `headers` | the entry's headers (a JSON object of strings; anything else makes a dead letter that keeps the payload) |
 //! | `stream_key` | the stream key |
@@ -43,6 +44,12 @@
 //!
 //! Other fields are ignored. An entry of the pending list whose data is
 //! gone (trimmed by `MAXLEN`, deleted) is acknowledged with a warning.
+//!
+//! A message of a version newer than its consumer's event type knows (the
+//! sender deployed first) is a dead letter whose reason says so: requeue
+//! it (`outbox inbox dead requeue`) once a consumer that knows the version
+//! runs. An older version is upcast to the consumer's (see
+//! [`Event::decode`](crate::Event::decode)).
 //!
 //! # Reading
 //!
@@ -660,6 +667,9 @@ fn message_of(fields: &[(Vec<u8>, Vec<u8>)]) -> Message {
     if let Some(name) = get("name") {
         message = message.name(lossy(name));
     }
+    if let Some(version) = get("version") {
+        message = message.version(lossy(version));
+    }
     if let Some(key) = get("stream_key") {
         message = message.stream_key(lossy(key));
     }
@@ -706,6 +716,7 @@ mod tests {
         let fields: Vec<(Vec<u8>, Vec<u8>)> = [
             ("event_id", "0190a0a0-0000-7000-8000-000000000001"),
             ("name", "billing.invoice_paid"),
+            ("version", "3"),
             ("payload", "{\"invoice_id\":7}"),
             ("headers", "{\"tenant\":\"acme\",\"traceparent\":\"t1\"}"),
             ("stream_key", "invoice-7"),
@@ -721,6 +732,7 @@ mod tests {
         let want = Message::new(b"{\"invoice_id\":7}".to_vec())
             .event_id("0190a0a0-0000-7000-8000-000000000001")
             .name("billing.invoice_paid")
+            .version("3")
             .stream_key("invoice-7")
             .correlation_id("0190a0a0-0000-7000-8000-000000000002")
             .causation_id("0190a0a0-0000-7000-8000-000000000003")

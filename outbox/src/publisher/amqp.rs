@@ -38,7 +38,15 @@
 //! | `delivery_mode`          | 2 (persistent)                                    |
 //! | `timestamp`              | when the event was recorded (seconds)             |
 //! | `correlation_id`         | the correlation id, if any                        |
-//! | `headers`                | the entry's headers as strings, plus [`STREAM_KEY_HEADER`], [`CORRELATION_ID_HEADER`], [`CAUSATION_ID_HEADER`] when set |
+//! | `headers`                | the entry's headers as strings, plus [`VERSION_HEADER`] (always) and [`STREAM_KEY_HEADER`], [`CORRELATION_ID_HEADER`], [`CAUSATION_ID_HEADER`] when set |
+//!
+//! [`VERSION_HEADER`] (`outbox-event-version`) is the version of the event
+//! type that recorded the entry ([`Entry::version`]), in decimal, on every
+//! message (`1` too), as a text value like the other headers. The body is the
+//! payload as that version wrote it (unless
+//! [`publish_upcast`](crate::PublishersBuilder::publish_upcast) is on): a
+//! consumer decodes it by this version. The inbox's
+//! [AMQP source](crate::inbox::amqp) reads it back.
 //!
 //! # Failures
 //!
@@ -129,6 +137,9 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::publisher::{PublishError, PublishResult, Publisher, RawPublisher};
 
+/// Header carrying the event version ([`Entry::version`]) in decimal, on
+/// every message.
+pub const VERSION_HEADER: &str = "outbox-event-version";
 /// Header carrying the entry's stream (aggregate) key, when it has one.
 pub const STREAM_KEY_HEADER: &str = "outbox-stream-key";
 /// Header carrying the entry's correlation id, when it has one (it is also
@@ -712,6 +723,7 @@ impl AmqpPublisher {
                 AMQPValue::LongString(LongString::from(value)),
             );
         };
+        text_header(VERSION_HEADER, entry.version().to_string());
         if let Some(stream) = entry.stream_key() {
             text_header(STREAM_KEY_HEADER, stream.to_owned());
         }

@@ -36,6 +36,7 @@
 //! | `Idempotency-Key` | the event id (hyphenated UUID): the receiver's dedup key |
 //! | `X-Event-Id` | the event id again, for receivers that log it |
 //! | `X-Event-Name` | the event name |
+//! | `X-Outbox-Event-Version` | the event version ([`Entry::version`]) in decimal, on every request (`1` too): the version of the event type that wrote the body |
 //! | `X-Outbox-Stream-Key` | the stream key, when the entry has one |
 //! | `X-Outbox-Correlation-Id`, `X-Outbox-Causation-Id` | when set |
 //! | `X-Outbox-Headers` | the entry's headers as one JSON object, when there are any |
@@ -151,6 +152,8 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
 pub const EVENT_ID_HEADER: &str = "X-Event-Id";
 /// `X-Event-Name`: the event name (percent-encoded outside printable ASCII).
 pub const EVENT_NAME_HEADER: &str = "X-Event-Name";
+/// `X-Outbox-Event-Version`: the event version ([`Entry::version`]), decimal.
+pub const VERSION_HEADER: &str = "X-Outbox-Event-Version";
 /// `X-Outbox-Stream-Key`: the stream key (percent-encoded outside printable ASCII).
 pub const STREAM_KEY_HEADER: &str = "X-Outbox-Stream-Key";
 /// `X-Outbox-Correlation-Id`: the correlation id.
@@ -350,6 +353,7 @@ impl WebhookPublisher {
             EVENT_NAME_HEADER,
             ascii_value(&percent_encode(entry.name()))?,
         );
+        headers.insert(VERSION_HEADER, HeaderValue::from(entry.version()));
         if let Some(key) = entry.stream_key() {
             headers.insert(STREAM_KEY_HEADER, ascii_value(&percent_encode(key))?);
         }

@@ -42,11 +42,16 @@
 //! | timestamp         | when the event was recorded (ms)                      |
 //! | [`EVENT_ID_HEADER`] | the event id (the consumer's dedupe key)            |
 //! | [`EVENT_NAME_HEADER`] | the event name                                    |
+//! | [`VERSION_HEADER`] | the event version ([`Entry::version`]), decimal, on every message (`1` too) |
 //! | [`STREAM_KEY_HEADER`], [`CORRELATION_ID_HEADER`], [`CAUSATION_ID_HEADER`] | when set |
 //! | other headers     | the entry's headers, as given (ours come last)        |
 //!
 //! The header names are those of the NATS publisher; the inbox's Kafka
 //! source ([`inbox::kafka`](crate::inbox::kafka)) reads them back.
+//! The payload is the one the version in [`VERSION_HEADER`] wrote (or the
+//! typed publisher's own version, with
+//! [`publish_upcast`](crate::PublishersBuilder::publish_upcast)): a consumer
+//! decodes it by that version.
 //!
 //! # Failures
 //!
@@ -117,6 +122,9 @@ use crate::publisher::{PublishError, PublishResult, Publisher, RawPublisher};
 pub const EVENT_ID_HEADER: &str = "outbox-event-id";
 /// Header carrying the event name.
 pub const EVENT_NAME_HEADER: &str = "outbox-event-name";
+/// Header carrying the event version ([`Entry::version`]) in decimal, on
+/// every message: the version of the event type that wrote the payload.
+pub const VERSION_HEADER: &str = "outbox-event-version";
 /// Header carrying the entry's stream (aggregate) key, when it has one.
 pub const STREAM_KEY_HEADER: &str = "outbox-stream-key";
 /// Header carrying the entry's correlation id, when it has one.
@@ -613,7 +621,7 @@ impl KafkaPublisher {
 
 /// The headers of `entry`'s message: the entry's own, then ours.
 fn headers(entry: &Entry, event_id: &str) -> OwnedHeaders {
-    let mut headers = OwnedHeaders::new_with_capacity(entry.headers().len() + 5);
+    let mut headers = OwnedHeaders::new_with_capacity(entry.headers().len() + 6);
     let mut add = |key: &str, value: &str| {
         headers = std::mem::take(&mut headers).insert(Header {
             key,
@@ -625,6 +633,7 @@ fn headers(entry: &Entry, event_id: &str) -> OwnedHeaders {
     }
     add(EVENT_ID_HEADER, event_id);
     add(EVENT_NAME_HEADER, entry.name());
+    add(VERSION_HEADER, &entry.version().to_string());
     if let Some(stream) = entry.stream_key() {
         add(STREAM_KEY_HEADER, stream);
     }

@@ -39,8 +39,15 @@
 //! | payload           | the payload exactly as stored (JSON text)             |
 //! | `Nats-Msg-Id`     | the event id (server-side deduplication)              |
 //! | [`EVENT_NAME_HEADER`] | the event name                                    |
+//! | [`VERSION_HEADER`] | the event version ([`Entry::version`]), decimal, on every message (`1` too) |
 //! | [`STREAM_KEY_HEADER`], [`CORRELATION_ID_HEADER`], [`CAUSATION_ID_HEADER`] | when set |
 //! | other headers     | the entry's headers, as given (ours win on a clash)   |
+//!
+//! The payload is the one the version in [`VERSION_HEADER`] wrote (or the
+//! typed publisher's own version, with
+//! [`publish_upcast`](crate::PublishersBuilder::publish_upcast)): a
+//! consumer decodes it by that version. The inbox's
+//! [NATS source](crate::inbox::nats) reads it back.
 //!
 //! # Failures
 //!
@@ -122,6 +129,9 @@ use crate::publisher::{PublishError, PublishResult, Publisher, RawPublisher};
 
 /// Header carrying the event name.
 pub const EVENT_NAME_HEADER: &str = "outbox-event-name";
+/// Header carrying the event version ([`Entry::version`]) in decimal, on
+/// every message: the version of the event type that wrote the payload.
+pub const VERSION_HEADER: &str = "outbox-event-version";
 /// Header carrying the entry's stream (aggregate) key, when it has one.
 pub const STREAM_KEY_HEADER: &str = "outbox-stream-key";
 /// Header carrying the entry's correlation id, when it has one.
@@ -477,6 +487,7 @@ impl NatsPublisher {
             Ok(())
         };
         ours(EVENT_NAME_HEADER, entry.name())?;
+        ours(VERSION_HEADER, &entry.version().to_string())?;
         if let Some(stream) = entry.stream_key() {
             ours(STREAM_KEY_HEADER, stream)?;
         }

@@ -31,7 +31,8 @@
 //! |---|---|
 //! | `event_id` | [`Entry::event_id`], hyphenated UUID: the consumer's dedup key |
 //! | `name` | [`Entry::name`] |
-//! | `payload` | [`Entry::payload_json`]: the stored JSON text, byte for byte |
+//! | `version` | [`Entry::version`] in decimal, on every entry (`1` too): the version of the event type that wrote the payload |
+//! | `payload` | [`Entry::payload_json`]: the stored JSON text, byte for byte (with [`publish_upcast`](crate::PublishersBuilder::publish_upcast), a typed publisher's entry re-encoded at its own version) |
 //! | `headers` | [`Entry::headers`] as a JSON object (`{}` when there are none) |
 //! | `stream_key` | [`Entry::stream_key`], only when the entry has one |
 //! | `correlation_id` | [`Entry::correlation_id`], only when set |
@@ -243,6 +244,8 @@ impl RedisStreamPublisher {
                 .arg(entry.event_id().hyphenated().to_string())
                 .arg("name")
                 .arg(entry.name())
+                .arg("version")
+                .arg(entry.version())
                 .arg("payload")
                 .arg(entry.payload_json())
                 .arg("headers")
