@@ -18,7 +18,9 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use outbox::inbox::amqp::AmqpSource;
 use outbox::inbox::{ConsumeError, ConsumeReport, Consumers, Inbox, Tx};
-use outbox::publisher::amqp::{AmqpPublisher, CORRELATION_ID_HEADER, STREAM_KEY_HEADER};
+use outbox::publisher::amqp::{
+    AmqpPublisher, CORRELATION_ID_HEADER, STREAM_KEY_HEADER, VERSION_HEADER,
+};
 use outbox::{Backoff, Error, Metadata, Outbox, Publishers, Recorded};
 use serde::{Deserialize, Serialize};
 use sqlx::{AssertSqlSafe, PgPool, Postgres};
@@ -26,11 +28,16 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, outbox::Event)]
-#[outbox(name = "inbox_amqp.order_placed")]
+/// Version 2 on both sides: the version travels as a header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct OrderPlaced {
     order: i64,
     note: String,
+}
+
+impl outbox::Event for OrderPlaced {
+    const NAME: &'static str = "inbox_amqp.order_placed";
+    const VERSION: u32 = 2;
 }
 
 /// How long any one wait of these tests may take before it fails.
@@ -54,6 +61,8 @@ struct Effect {
     headers: BTreeMap<String, String>,
     correlation_id: Option<Uuid>,
     causation_id: Option<Uuid>,
+    /// The event version the consumer received.
+    version: i64,
 }
 
 /// What a test recorded in the outbox, by event id.
@@ -85,7 +94,7 @@ impl Setup {
         sqlx::query(AssertSqlSafe(format!(
             "CREATE TABLE \"{business}\" (event_id UUID NOT NULL, name TEXT NOT NULL, \
              order_no BIGINT NOT NULL, stream_key TEXT, headers TEXT NOT NULL, \
-             correlation_id UUID, causation_id UUID)"
+             correlation_id UUID, causation_id UUID, version BIGINT NOT NULL)"
         )))
         .execute(&pool)
         .await
@@ -203,6 +212,7 @@ impl Setup {
                     headers,
                     correlation_id: Some(correlation),
                     causation_id: Some(causation),
+                    version: 2,
                 },
             );
             if order % 5 == 4 {
@@ -272,9 +282,10 @@ impl Setup {
             String,
             Option<Uuid>,
             Option<Uuid>,
+            i64,
         )> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT event_id, name, order_no, stream_key, headers, correlation_id, \
-                 causation_id FROM \"{}\" ORDER BY order_no",
+                 causation_id, version FROM \"{}\" ORDER BY order_no",
             self.business
         )))
         .fetch_all(&self.pool)
@@ -282,16 +293,24 @@ impl Setup {
         .unwrap();
         rows.into_iter()
             .map(
-                |(event_id, name, order, stream_key, headers, correlation_id, causation_id)| {
-                    Effect {
-                        event_id,
-                        name,
-                        order,
-                        stream_key,
-                        headers: serde_json::from_str(&headers).unwrap(),
-                        correlation_id,
-                        causation_id,
-                    }
+                |(
+                    event_id,
+                    name,
+                    order,
+                    stream_key,
+                    headers,
+                    correlation_id,
+                    causation_id,
+                    version,
+                )| Effect {
+                    event_id,
+                    name,
+                    order,
+                    stream_key,
+                    headers: serde_json::from_str(&headers).unwrap(),
+                    correlation_id,
+                    causation_id,
+                    version,
                 },
             )
             .collect()
@@ -439,7 +458,7 @@ fn consumers(business: &str, gate: Arc<Gate>) -> Consumers<Postgres> {
                 Box::pin(async move {
                     sqlx::query(AssertSqlSafe(format!(
                     "INSERT INTO \"{business}\" (event_id, name, order_no, stream_key, headers, \
-                     correlation_id, causation_id) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                     correlation_id, causation_id, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
                 )))
                 .bind(placed.event_id())
                 .bind(placed.name())
@@ -448,6 +467,7 @@ fn consumers(business: &str, gate: Arc<Gate>) -> Consumers<Postgres> {
                 .bind(serde_json::to_string(placed.headers()).unwrap())
                 .bind(placed.correlation_id())
                 .bind(placed.causation_id())
+                .bind(i64::from(placed.version()))
                 .execute(&mut **tx)
                 .await?;
                     if gate
@@ -647,6 +667,10 @@ async fn the_same_event_published_twice_is_applied_once() {
     );
     assert_eq!(effects[0].stream_key.as_deref(), Some("customer-7"));
     assert_eq!(
+        effects[0].version, 1,
+        "no version header: a sender from before versions"
+    );
+    assert_eq!(
         effects[0].headers,
         BTreeMap::from([("tenant".to_owned(), "acme".to_owned())])
     );
@@ -655,6 +679,10 @@ async fn the_same_event_published_twice_is_applied_once() {
     setup.cleanup().await;
 }
 
+/// A payload that does not decode, a message without an id and one of a
+/// version newer than the consumer knows (3, an AMQP integer header) are
+/// dead letters, acked; one of version 2 (a text header) reaches the
+/// consumer as version 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_become_dead_letters_and_are_acked() {
     let setup = Setup::new().await;
@@ -677,10 +705,24 @@ async fn poison_messages_become_dead_letters_and_are_acked() {
             &payload(1),
         )
         .await;
+    // Version 3, newer than the consumer knows, as an AMQP integer header.
+    let newer = Uuid::new_v4();
+    let mut table = FieldTable::default();
+    table.insert(ShortString::from(VERSION_HEADER), AMQPValue::LongLongInt(3));
+    setup
+        .publish_raw(
+            properties(Some(newer), "inbox_amqp.order_placed", &[]).with_headers(table),
+            &payload(3),
+        )
+        .await;
     let last = Uuid::new_v4();
     setup
         .publish_raw(
-            properties(Some(last), "inbox_amqp.order_placed", &[]),
+            properties(
+                Some(last),
+                "inbox_amqp.order_placed",
+                &[(VERSION_HEADER, "2")],
+            ),
             &payload(2),
         )
         .await;
@@ -691,9 +733,12 @@ async fn poison_messages_become_dead_letters_and_are_acked() {
     setup.wait_for_rows(1).await;
     let report = consuming.stop().await;
 
-    assert_eq!((report.processed, report.dead), (1, 2), "{report:?}");
+    assert_eq!((report.processed, report.dead), (1, 3), "{report:?}");
     let dead = inbox.dead_letters(10).await.unwrap();
-    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    let newer = dead.iter().find(|d| d.event_id == newer).unwrap();
+    assert!(newer.reason.contains("newer"), "{newer:?}");
+    assert_eq!(newer.version, 3, "{newer:?}");
     let undecodable = dead.iter().find(|d| d.event_id == bad_json).unwrap();
     assert!(
         undecodable.reason.contains("does not decode"),
@@ -701,9 +746,12 @@ async fn poison_messages_become_dead_letters_and_are_acked() {
     );
     assert_eq!(undecodable.payload, "{not json");
     assert_eq!(undecodable.correlation_id, Some(correlation));
-    let anonymous = dead.iter().find(|d| d.event_id != bad_json).unwrap();
-    assert!(anonymous.reason.contains("no event id"), "{anonymous:?}");
-    assert_eq!(setup.effects().await[0].event_id, last);
+    assert!(
+        dead.iter().any(|d| d.reason.contains("no event id")),
+        "{dead:?}"
+    );
+    let effects = setup.effects().await;
+    assert_eq!((effects[0].event_id, effects[0].version), (last, 2));
     assert_eq!(
         setup.depth_without_consumers().await,
         0,

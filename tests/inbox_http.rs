@@ -35,11 +35,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, outbox::Event)]
-#[outbox(name = "inbox_http.order_placed")]
+/// Version 2 on both sides: the version travels as `X-Outbox-Event-Version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct OrderPlaced {
     order_id: i64,
     cents: i64,
+}
+
+impl outbox::Event for OrderPlaced {
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = 2;
 }
 
 const SECRET: &str = "inbox-http-secret";
@@ -92,6 +97,8 @@ struct Effect {
     correlation_id: Option<Uuid>,
     causation_id: Option<Uuid>,
     attempt: i32,
+    /// The event version the consumer received.
+    version: i64,
 }
 
 /// Failures still to come, by order id: the consumer returns a retryable
@@ -116,7 +123,7 @@ impl ServiceB {
             format!(
                 "CREATE TABLE {} (id BIGSERIAL PRIMARY KEY, event_id UUID NOT NULL, order_id BIGINT NOT NULL,
                  cents BIGINT NOT NULL, stream_key TEXT, headers TEXT NOT NULL, correlation_id UUID,
-                 causation_id UUID, attempt INT NOT NULL)",
+                 causation_id UUID, attempt INT NOT NULL, version BIGINT NOT NULL)",
                 names.orders
             ),
         )
@@ -130,8 +137,8 @@ impl ServiceB {
         let flaky = Flaky::default();
         let (sql, fails) = (
             format!(
-                "INSERT INTO {} (event_id, order_id, cents, stream_key, headers, correlation_id, causation_id, attempt)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO {} (event_id, order_id, cents, stream_key, headers, correlation_id, causation_id, attempt, version)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 names.orders
             ),
             flaky.clone(),
@@ -150,6 +157,7 @@ impl ServiceB {
                         .bind(entry.correlation_id())
                         .bind(entry.causation_id())
                         .bind(i32::try_from(entry.attempt()).unwrap())
+                        .bind(i64::from(entry.version()))
                         .execute(&mut **tx)
                         .await?;
                     // After the write: a failure must roll it back.
@@ -182,7 +190,7 @@ impl ServiceB {
 
     async fn orders(&self) -> Vec<Effect> {
         let sql = format!(
-            "SELECT event_id, order_id, cents, stream_key, headers, correlation_id, causation_id, attempt
+            "SELECT event_id, order_id, cents, stream_key, headers, correlation_id, causation_id, attempt, version
              FROM {} ORDER BY id",
             self.orders
         );
@@ -200,6 +208,7 @@ impl ServiceB {
                 correlation_id: row.get(5),
                 causation_id: row.get(6),
                 attempt: row.get(7),
+                version: row.get(8),
             })
             .collect()
     }
@@ -487,6 +496,7 @@ async fn events_take_effect_exactly_once_with_their_metadata_and_a_duplicate_is_
             correlation_id: full.then_some(correlation),
             causation_id: full.then_some(causation),
             attempt: 1,
+            version: 2,
         });
     }
     tx.commit().await.unwrap();
@@ -729,7 +739,9 @@ async fn a_consumer_failing_twice_is_retried_by_the_publisher_and_takes_effect_o
 
 /// A payload that does not decode as the named event is a dead letter in
 /// the inbox at once, answered 200 `dead`; a redelivery is 200 `duplicate`;
-/// the business table never sees it.
+/// the business table never sees it. So is a message of a version newer
+/// than the consumer knows, while one without a version header reaches it
+/// as version 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_payload_is_a_dead_letter_in_the_inbox_and_200() {
     let names = Names::new();
@@ -758,6 +770,32 @@ async fn a_poison_payload_is_a_dead_letter_in_the_inbox_and_200() {
     assert!(b.orders().await.is_empty());
     let stats = b.stats().await;
     assert_eq!((stats.processed, stats.retrying, stats.dead), (0, 0, 1));
+
+    // No version header (a sender from before versions) is version 1, 2 is
+    // the consumer's, 3 is newer than it knows: a dead letter.
+    let body = br#"{"order_id":8,"cents":800}"#;
+    let mut sent = Vec::new();
+    for version in [None, Some("2"), Some("3")] {
+        let id = Uuid::now_v7();
+        let mut headers = signed(id, body, SECRET, now());
+        if let Some(version) = version {
+            headers.push(("x-outbox-event-version".into(), version.into()));
+        }
+        let answer = post(endpoint.addr, &headers, body).await;
+        sent.push((id, answer.outcome().as_str().unwrap().to_owned()));
+    }
+    let outcomes: Vec<&str> = sent.iter().map(|(_, outcome)| outcome.as_str()).collect();
+    assert_eq!(outcomes, ["processed", "processed", "dead"]);
+    let seen: Vec<(Uuid, i64)> = b
+        .orders()
+        .await
+        .iter()
+        .map(|o| (o.event_id, o.version))
+        .collect();
+    assert_eq!(seen, [(sent[0].0, 1), (sent[1].0, 2)]);
+    let newer = b.inbox.dead_letter(sent[2].0).await.unwrap().unwrap();
+    assert!(newer.reason.contains("newer"), "{}", newer.reason);
+    assert_eq!(newer.version, 3, "{newer:?}");
 
     drop_tables(&pool, &names).await;
 }

@@ -11,13 +11,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use inbox_broker_support::{Running, Services, consumers, until};
+use inbox_broker_support::{
+    Running, Services, UNDECODABLE, Versions, WITHOUT_ID, consumers, until,
+};
 use kafka_support::{brokers, topic};
 use outbox::Publishers;
 use outbox::inbox::kafka::KafkaSource;
-use outbox::publisher::kafka::KafkaPublisher;
+use outbox::publisher::kafka::{
+    EVENT_ID_HEADER, EVENT_NAME_HEADER, KafkaPublisher, VERSION_HEADER,
+};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
@@ -77,8 +83,9 @@ fn committed(topic: &str, group: &str) -> Vec<i64> {
 }
 
 /// Events recorded in A arrive in B's business table exactly once, with
-/// the event id, stream key, headers, correlation and causation ids that
-/// were recorded; every partition's offset is committed past its last message.
+/// the event id, stream key, headers, correlation and causation ids and
+/// version (2) that were recorded; every partition's offset is committed
+/// past its last message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_to_inbox_exactly_once_with_metadata() {
     let services = Services::new().await;
@@ -156,5 +163,69 @@ async fn a_killed_consumer_loses_nothing_and_doubles_nothing() {
     assert_eq!(report.dead, 0, "{report:?}");
     // Redelivered but already processed: at most the first consumer's 5.
     assert!(report.duplicates <= 5, "{report:?}");
+    services.cleanup().await;
+}
+
+/// Poison messages produced by hand (a payload that does not decode; no
+/// event id header) become dead letters in the inbox. Of the version
+/// messages, the one without a version header reaches the consumer as
+/// version 1, the one of version 2 as 2, and the one of version 3 (newer
+/// than the consumer knows) is a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_and_newer_messages_are_dead_letters() {
+    let services = Services::new().await;
+    let topic = topic(1).await;
+    let group = format!("inbox-test-{}", Uuid::new_v4().simple());
+    let bad_id = Uuid::now_v7();
+    let versions = Versions::fresh();
+    let mut messages = vec![(Some(bad_id), None, UNDECODABLE), (None, None, WITHOUT_ID)];
+    messages.extend(
+        versions
+            .messages()
+            .map(|(id, version)| (Some(id), version, WITHOUT_ID)),
+    );
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for (id, version, payload) in messages {
+        let id = id.map(|id| id.to_string());
+        let mut headers = OwnedHeaders::new().insert(Header {
+            key: EVENT_NAME_HEADER,
+            value: Some("inbox_test.invoice_paid"),
+        });
+        if let Some(id) = &id {
+            headers = headers.insert(Header {
+                key: EVENT_ID_HEADER,
+                value: Some(id.as_str()),
+            });
+        }
+        if let Some(version) = version {
+            headers = headers.insert(Header {
+                key: VERSION_HEADER,
+                value: Some(version),
+            });
+        }
+        let record = FutureRecord::<(), str>::to(&topic)
+            .payload(payload)
+            .headers(headers);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+
+    let running = Running::start(
+        &services.inbox,
+        services.consumers(),
+        source(&topic, &group),
+    );
+    until("5 messages settled", || async {
+        let stats = services.inbox.stats().await.unwrap();
+        stats.processed + stats.dead == 5
+    })
+    .await;
+    let report = running.stop().await;
+    services.check_poison(&report, bad_id, &versions).await;
     services.cleanup().await;
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
-use inbox_broker_support::{Running, Services, UNDECODABLE, WITHOUT_ID, until};
+use inbox_broker_support::{Running, Services, UNDECODABLE, Versions, WITHOUT_ID, until};
 use outbox::Publishers;
 use outbox::inbox::nats::NatsSource;
-use outbox::publisher::nats::{EVENT_NAME_HEADER, NatsPublisher};
+use outbox::publisher::nats::{EVENT_NAME_HEADER, NatsPublisher, VERSION_HEADER};
 use uuid::Uuid;
 
 fn nats_url() -> String {
@@ -87,8 +87,8 @@ impl TestStream {
 }
 
 /// Events recorded in A arrive in B's business table exactly once, with
-/// the event id, stream key, headers, correlation and causation ids that
-/// were recorded; every message is acknowledged.
+/// the event id, stream key, headers, correlation and causation ids and
+/// version (2) that were recorded; every message is acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_to_inbox_exactly_once_with_metadata() {
     let services = Services::new().await;
@@ -210,7 +210,10 @@ async fn stored(stream: &TestStream) -> u64 {
 }
 
 /// Poison messages (a payload that does not decode; no `Nats-Msg-Id`)
-/// become dead letters in the inbox and are acknowledged.
+/// become dead letters in the inbox and are acknowledged. Of the version
+/// messages, the one without a version header reaches the consumer as
+/// version 1, the one of version 2 as 2, and the one of version 3 (newer
+/// than the consumer knows) is a dead letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_dead_letters_and_acknowledged() {
     let services = Services::new().await;
@@ -231,23 +234,39 @@ async fn poison_messages_are_dead_letters_and_acknowledged() {
     headers.insert(EVENT_NAME_HEADER, "inbox_test.invoice_paid");
     stream
         .js
-        .publish_with_headers(subject, headers, WITHOUT_ID.into())
+        .publish_with_headers(subject.clone(), headers, WITHOUT_ID.into())
         .await
         .unwrap()
         .await
         .unwrap();
+    let versions = Versions::fresh();
+    for (id, version) in versions.messages() {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.to_string().as_str());
+        headers.insert(EVENT_NAME_HEADER, "inbox_test.invoice_paid");
+        if let Some(version) = version {
+            headers.insert(VERSION_HEADER, version);
+        }
+        stream
+            .js
+            .publish_with_headers(subject.clone(), headers, WITHOUT_ID.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
 
     let running = Running::start(
         &services.inbox,
         services.consumers(),
         stream.source("b", Duration::from_secs(30)).await,
     );
-    until("2 messages settled", || async {
+    until("5 messages settled", || async {
         stream.unsettled("b").await == (0, 0)
     })
     .await;
     let report = running.stop().await;
-    services.check_poison(&report, bad_id).await;
+    services.check_poison(&report, bad_id, &versions).await;
 
     stream.delete().await;
     services.cleanup().await;

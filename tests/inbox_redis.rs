@@ -8,7 +8,7 @@ mod inbox_broker_support;
 
 use std::time::Duration;
 
-use inbox_broker_support::{Running, Services, UNDECODABLE, WITHOUT_ID, until};
+use inbox_broker_support::{Running, Services, UNDECODABLE, Versions, WITHOUT_ID, until};
 use outbox::Publishers;
 use outbox::inbox::redis::RedisSource;
 use outbox::publisher::redis::RedisStreamPublisher;
@@ -119,8 +119,8 @@ impl TestStream {
 }
 
 /// Events recorded in A arrive in B's business table exactly once, with
-/// the event id, stream key, headers, correlation and causation ids that
-/// were recorded; every entry is acknowledged. The group is created after
+/// the event id, stream key, headers, correlation and causation ids and
+/// version (2) that were recorded; every entry is acknowledged. The group is created after
 /// the first events were published and still reads them (it starts at 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_to_inbox_exactly_once_with_metadata() {
@@ -238,7 +238,10 @@ async fn the_same_event_twice_takes_effect_once() {
 }
 
 /// Poison entries (a payload that does not decode; no `event_id`) become
-/// dead letters in the inbox and are acknowledged.
+/// dead letters in the inbox and are acknowledged. Of the version entries,
+/// the one without a `version` field reaches the consumer as version 1,
+/// the one of version 2 as 2, and the one of version 3 (newer than the
+/// consumer knows) is a dead letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_entries_are_dead_letters_and_acknowledged() {
     let services = Services::new().await;
@@ -268,18 +271,34 @@ async fn poison_entries_are_dead_letters_and_acknowledged() {
         .query_async(&mut stream.conn.clone())
         .await
         .unwrap();
+    let versions = Versions::fresh();
+    for (id, version) in versions.messages() {
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&stream.key)
+            .arg("*")
+            .arg("event_id")
+            .arg(id.to_string())
+            .arg("name")
+            .arg("inbox_test.invoice_paid")
+            .arg("payload")
+            .arg(WITHOUT_ID);
+        if let Some(version) = version {
+            xadd.arg("version").arg(version);
+        }
+        let _: String = xadd.query_async(&mut stream.conn.clone()).await.unwrap();
+    }
 
     let running = Running::start(
         &services.inbox,
         services.consumers(),
         stream.source("b-1", Duration::from_mins(1)).await,
     );
-    until("2 entries read and acknowledged", || async {
+    until("5 entries read and acknowledged", || async {
         stream.unread().await == 0 && stream.pending().await == 0
     })
     .await;
     let report = running.stop().await;
-    services.check_poison(&report, bad_id).await;
+    services.check_poison(&report, bad_id, &versions).await;
 
     stream.delete().await;
     services.cleanup().await;

@@ -19,9 +19,21 @@ use outbox::{Metadata, Outbox, Publishers};
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamRangeReply};
 use relay_support::{Running, run_for, until};
+use serde::{Deserialize, Serialize};
 use sqlx::Sqlite;
 use tls_support::{Stunnel, TestCa};
 use uuid::Uuid;
+
+/// An event of version 2 (the `lite` events are version 1).
+#[derive(Debug, Serialize, Deserialize)]
+struct RefundIssued {
+    refund_id: i64,
+}
+
+impl outbox::Event for RefundIssued {
+    const NAME: &'static str = "billing.refund_issued";
+    const VERSION: u32 = 2;
+}
 
 fn url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -67,6 +79,11 @@ fn assert_carries(entry: &StreamId, want: &Expected) {
     );
     assert_eq!(field(entry, "name").as_deref(), Some(want.name.as_str()));
     assert_eq!(
+        field(entry, "version").as_deref(),
+        Some("1"),
+        "the `lite` events are version 1"
+    );
+    assert_eq!(
         field(entry, "payload").as_deref(),
         Some(want.payload.as_str()),
         "the stored payload, byte for byte"
@@ -84,13 +101,23 @@ fn assert_carries(entry: &StreamId, want: &Expected) {
 
 /// 200 events of two types over several stream keys: a typed publisher for
 /// one type and the catch-all for the other, one Redis stream per event
-/// name; read back with XRANGE, every event once, in record order.
+/// name; read back with XRANGE, every event once, in record order. Each
+/// carries its version in the `version` field (1, and 2 for one more
+/// event of a version-2 type).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_arrive_in_order_with_their_metadata() {
     let db = Lite::new().await;
     let outbox = db.outbox().await;
     let expected = db.record_mixed(&outbox, 200, 5).await;
     assert_eq!(expected.len(), 200);
+    let mut tx = db.pool.begin().await.unwrap();
+    let refund = outbox
+        .record(&mut *tx, &RefundIssued { refund_id: 7 })
+        .await
+        .unwrap()
+        .event_id()
+        .unwrap();
+    tx.commit().await.unwrap();
 
     let prefix = prefix();
     let p = prefix.clone();
@@ -115,7 +142,7 @@ async fn events_arrive_in_order_with_their_metadata() {
         }
         published += report.published;
     }
-    assert_eq!(published, 200);
+    assert_eq!(published, 201);
     assert!(
         db.rows().await.is_empty(),
         "published entries leave the table"
@@ -133,6 +160,15 @@ async fn events_arrive_in_order_with_their_metadata() {
         }
         keys.push(key);
     }
+    let key = format!("{prefix}:billing.refund_issued");
+    let got = xrange(&mut conn, &key).await;
+    assert_eq!(got.len(), 1, "{key}");
+    assert_eq!(
+        field(&got[0], "event_id"),
+        Some(refund.hyphenated().to_string())
+    );
+    assert_eq!(field(&got[0], "version").as_deref(), Some("2"));
+    keys.push(key);
     del(&mut conn, &keys).await;
     db.done().await;
 }

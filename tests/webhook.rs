@@ -17,9 +17,21 @@ use lite::{Expected, InvoicePaid, Lite, ParcelSent};
 use outbox::publisher::http::{WebhookPublisher, verify_signature, verify_timestamped_signature};
 use outbox::{Backoff, Metadata, Outbox, Publishers, Report};
 use relay_support::{Running, run_for, until};
+use serde::{Deserialize, Serialize};
 use sqlx::Sqlite;
 use tls_support::TestCa;
 use webhook_support::{Received, Reply, Server};
+
+/// An event of version 2 (the `lite` events are version 1).
+#[derive(Debug, Serialize, Deserialize)]
+struct RefundIssued {
+    refund_id: i64,
+}
+
+impl outbox::Event for RefundIssued {
+    const NAME: &'static str = "billing.refund_issued";
+    const VERSION: u32 = 2;
+}
 
 /// Runs until nothing is claimed; returns the summed report.
 async fn drain(outbox: &Outbox<Sqlite>, publishers: &Publishers) -> Report {
@@ -51,6 +63,11 @@ fn assert_carries(req: &Received, want: &Expected) {
     assert_eq!(req.header("x-event-id"), Some(id.as_str()));
     assert_eq!(req.header("x-event-name"), Some(want.name.as_str()));
     assert_eq!(
+        req.header("x-outbox-event-version"),
+        Some("1"),
+        "the `lite` events are version 1"
+    );
+    assert_eq!(
         req.header("x-outbox-stream-key"),
         want.stream_key.as_deref()
     );
@@ -69,13 +86,22 @@ fn assert_carries(req: &Received, want: &Expected) {
 /// 200 events of two types over several stream keys, a typed publisher for
 /// one (its own route) and the catch-all for the other (the default URL):
 /// every request arrives once, in record order, with the payload, the
-/// idempotency key, the metadata headers and a signature that verifies.
+/// idempotency key, the metadata headers, the event version (1, and 2 for
+/// one more event of a version-2 type, last) and a signature that verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_arrive_in_order_signed_with_their_metadata() {
     let server = Server::start().await;
     let db = Lite::new().await;
     let outbox = db.outbox().await;
     let expected = db.record_mixed(&outbox, 200, 5).await;
+    let mut tx = db.pool.begin().await.unwrap();
+    let refund = outbox
+        .record(&mut *tx, &RefundIssued { refund_id: 7 })
+        .await
+        .unwrap()
+        .event_id()
+        .unwrap();
+    tx.commit().await.unwrap();
 
     let webhook = WebhookPublisher::builder()
         .url(server.url("/hooks/all"))
@@ -90,11 +116,15 @@ async fn events_arrive_in_order_signed_with_their_metadata() {
         .build()
         .unwrap();
     let report = drain(&outbox, &publishers).await;
-    assert_eq!(report.published, 200, "{report:?}");
+    assert_eq!(report.published, 201, "{report:?}");
     assert!(db.rows().await.is_empty());
 
-    let received = server.received();
-    assert_eq!(received.len(), 200);
+    let mut received = server.received();
+    assert_eq!(received.len(), 201);
+    let last = received.pop().unwrap();
+    assert_eq!(last.event_id(), refund.hyphenated().to_string());
+    assert_eq!(last.header("x-event-name"), Some("billing.refund_issued"));
+    assert_eq!(last.header("x-outbox-event-version"), Some("2"));
     for (req, want) in received.iter().zip(&expected) {
         assert_carries(req, want);
         let path = if want.name == "billing.invoice_paid" {

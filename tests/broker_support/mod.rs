@@ -1,7 +1,8 @@
-//! What the broker suites (`amqp`, `amqp_outage`, `nats`) share: two event
-//! types, a SQLite outbox in a fresh temp file, recording N events with
-//! several stream keys and headers, and checking what came back from the
-//! broker against what was recorded.
+//! What the broker suites (`amqp`, `amqp_outage`, `nats`, `kafka`) share:
+//! two event types (of versions 1 and 2), a SQLite outbox in a fresh temp
+//! file, recording N events with several stream keys and headers, and
+//! checking what came back from the broker against what was recorded,
+//! version header included.
 
 #![allow(dead_code)] // Reason: each test binary uses a different subset of the helpers.
 #![allow(unreachable_pub)] // Reason: shared by several test crates through `mod broker_support`.
@@ -27,13 +28,22 @@ pub struct OrderPlaced {
     pub note: String,
 }
 
-/// Published through the catch-all (raw) publisher.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, outbox::Event)]
-#[outbox(name = "shop.order_shipped")]
+/// Published through the catch-all (raw) publisher. Version 2, so the
+/// version header is checked with a version other than the default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderShipped {
     pub order: u32,
     pub seq: u32,
 }
+
+impl outbox::Event for OrderShipped {
+    const NAME: &'static str = "shop.order_shipped";
+    const VERSION: u32 = 2;
+}
+
+/// The header the AMQP, NATS and Kafka publishers carry the event version
+/// in (each module's `VERSION_HEADER`).
+pub const VERSION_HEADER: &str = "outbox-event-version";
 
 /// A unique suffix for queue, exchange, stream and subject names.
 pub fn unique(prefix: &str) -> String {
@@ -76,6 +86,8 @@ pub async fn pending(pool: &SqlitePool) -> i64 {
 pub struct Expected {
     pub event_id: Uuid,
     pub name: String,
+    /// The recording type's `Event::VERSION`.
+    pub version: u32,
     pub payload: String,
     pub stream_key: String,
     pub headers: BTreeMap<String, String>,
@@ -126,11 +138,12 @@ pub async fn record(
                 ("seq".to_owned(), k.to_string()),
             ]
             .into();
-            let (name, payload, recording) = if k % 7 >= 5 {
+            let (name, version, payload, recording) = if k % 7 >= 5 {
                 let event = OrderShipped { order, seq: k };
                 let payload = serde_json::to_string(&event).unwrap();
                 (
                     "shop.order_shipped",
+                    2,
                     payload,
                     batch.push_with(&event, meta).unwrap(),
                 )
@@ -144,6 +157,7 @@ pub async fn record(
                 let payload = serde_json::to_string(&event).unwrap();
                 (
                     "shop.order_placed",
+                    1,
                     payload,
                     batch.push_with(&event, meta).unwrap(),
                 )
@@ -151,6 +165,7 @@ pub async fn record(
             expected.push(Expected {
                 event_id: recording.event_id().expect("stored"),
                 name: name.to_owned(),
+                version,
                 payload,
                 stream_key,
                 headers,
@@ -193,8 +208,9 @@ pub fn check_exactly(
     }
 }
 
-/// Checks every received message against its recorded event and that every
-/// recorded event arrived at least once; returns how many were duplicates.
+/// Checks every received message against its recorded event (its
+/// [`VERSION_HEADER`] too) and that every recorded event arrived at least
+/// once; returns how many were duplicates.
 pub fn check_contents(
     expected: &[Expected],
     received: &[Received],
@@ -209,6 +225,13 @@ pub fn check_contents(
             .unwrap_or_else(|| panic!("unknown event id {}", r.event_id));
         assert_eq!(r.name, e.name, "name of {}", r.event_id);
         assert_eq!(r.payload, e.payload, "payload of {}", r.event_id);
+        assert_eq!(
+            r.headers.get(VERSION_HEADER),
+            Some(&e.version.to_string()),
+            "version of {} ({})",
+            r.event_id,
+            e.name
+        );
         for (k, v) in &e.headers {
             assert_eq!(r.headers.get(k), Some(v), "header {k} of {}", r.event_id);
         }

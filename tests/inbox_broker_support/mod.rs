@@ -1,9 +1,11 @@
-//! What the broker inbox suites (`inbox_nats`, `inbox_redis`) share: service
-//! A's outbox and service B's inbox and business table on the local
-//! PostgreSQL (tables of their own per test), recording events with every
-//! kind of metadata, a typed consumer that writes one business row per
-//! event (not unique on the event id, so a doubled effect shows), and the
-//! exact check of those rows against what was recorded.
+//! What the broker inbox suites (`inbox_nats`, `inbox_redis`,
+//! `inbox_kafka`) share: service A's outbox and service B's inbox and
+//! business table on the local PostgreSQL (tables of their own per test),
+//! recording events (of version 2) with every kind of metadata, a typed
+//! consumer that writes one business row per event with the version it
+//! received (not unique on the event id, so a doubled effect shows), the
+//! exact check of those rows against what was recorded, and the poison and
+//! version messages a test publishes by hand.
 
 #![allow(dead_code)] // Reason: each test binary uses a different subset of the helpers.
 #![allow(unreachable_pub)] // Reason: shared by several test crates through `mod inbox_broker_support`.
@@ -23,12 +25,17 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-/// The event service A records and service B consumes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, outbox::Event)]
-#[outbox(name = "inbox_test.invoice_paid")]
+/// The event service A records and service B consumes, at version 2 on
+/// both sides: the version travels with each message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvoicePaid {
     pub invoice_id: i64,
     pub note: String,
+}
+
+impl outbox::Event for InvoicePaid {
+    const NAME: &'static str = "inbox_test.invoice_paid";
+    const VERSION: u32 = 2;
 }
 
 /// A poison payload: an [`InvoicePaid`] that does not decode.
@@ -36,6 +43,38 @@ pub const UNDECODABLE: &str = "{\"invoice_id\": \"seven\"}";
 
 /// A payload that decodes, for a poison message without an event id.
 pub const WITHOUT_ID: &str = "{\"invoice_id\": 7, \"note\": \"\"}";
+
+/// Three messages a poison test publishes by hand beside the poison ones,
+/// each with the payload [`WITHOUT_ID`] and an event id: one without a
+/// version (a sender from before versions: version 1), one of version 2
+/// ([`InvoicePaid`]'s), and one of version 3, newer than the consumer
+/// knows (a dead letter).
+pub struct Versions {
+    pub unversioned: Uuid,
+    pub current: Uuid,
+    pub newer: Uuid,
+}
+
+impl Versions {
+    /// Fresh event ids.
+    pub fn fresh() -> Self {
+        Self {
+            unversioned: Uuid::now_v7(),
+            current: Uuid::now_v7(),
+            newer: Uuid::now_v7(),
+        }
+    }
+
+    /// Each message's event id and version header value (none for the
+    /// first).
+    pub fn messages(&self) -> [(Uuid, Option<&'static str>); 3] {
+        [
+            (self.unversioned, None),
+            (self.current, Some("2")),
+            (self.newer, Some("3")),
+        ]
+    }
+}
 
 /// A pool on the local PostgreSQL (`DATABASE_URL`).
 pub async fn pool() -> PgPool {
@@ -76,7 +115,7 @@ impl Services {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "CREATE TABLE {business} (event_id uuid NOT NULL, invoice_id bigint NOT NULL, \
              note text NOT NULL, stream_key text, headers text NOT NULL, \
-             correlation_id uuid, causation_id uuid)"
+             correlation_id uuid, causation_id uuid, version bigint NOT NULL)"
         )))
         .execute(&pool)
         .await
@@ -132,6 +171,7 @@ impl Services {
                 headers,
                 correlation_id,
                 causation_id,
+                version: <InvoicePaid as outbox::Event>::VERSION,
             });
             if i % 10 == 9 {
                 tx.commit().await.unwrap();
@@ -163,9 +203,19 @@ impl Services {
 
     /// Business rows, in no particular order.
     pub async fn rows(&self) -> Vec<Expected> {
-        let rows: Vec<(Uuid, i64, String, Option<String>, String, Option<Uuid>, Option<Uuid>)> =
+        type Row = (
+            Uuid,
+            i64,
+            String,
+            Option<String>,
+            String,
+            Option<Uuid>,
+            Option<Uuid>,
+            i64,
+        );
+        let rows: Vec<Row> =
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT event_id, invoice_id, note, stream_key, headers, correlation_id, causation_id FROM {}",
+                "SELECT event_id, invoice_id, note, stream_key, headers, correlation_id, causation_id, version FROM {}",
                 self.business
             )))
             .fetch_all(&self.pool)
@@ -181,6 +231,7 @@ impl Services {
                     headers,
                     correlation_id,
                     causation_id,
+                    version,
                 )| Expected {
                     event_id,
                     invoice_id,
@@ -189,6 +240,7 @@ impl Services {
                     headers: serde_json::from_str(&headers).unwrap(),
                     correlation_id,
                     causation_id,
+                    version: u32::try_from(version).unwrap(),
                 },
             )
             .collect()
@@ -253,15 +305,34 @@ impl Services {
         assert!(first.task.await.unwrap_err().is_cancelled());
     }
 
-    /// Checks a loop over the two poison messages: [`UNDECODABLE`] under
-    /// the event id `bad_id` and [`WITHOUT_ID`] without one. Both are dead
-    /// letters with their reasons, and nothing reached the business table.
-    pub async fn check_poison(&self, report: &ConsumeReport, bad_id: Uuid) {
-        assert_eq!(report.dead, 2);
-        assert_eq!(report.processed, 0);
-        assert_eq!(self.count().await, 0);
+    /// Checks a loop over the two poison messages, [`UNDECODABLE`] under
+    /// the event id `bad_id` and [`WITHOUT_ID`] without one, and the
+    /// [`Versions`] messages. The poison ones are dead letters with their
+    /// reasons; the unversioned one reached the consumer as version 1, the
+    /// version-2 one as version 2; the version-3 one is a dead letter that
+    /// says it is newer than the consumer knows.
+    pub async fn check_poison(&self, report: &ConsumeReport, bad_id: Uuid, versions: &Versions) {
+        assert_eq!(report.dead, 3, "{report:?}");
+        assert_eq!(report.processed, 2, "{report:?}");
+        let versions_seen: BTreeMap<Uuid, u32> = self
+            .rows()
+            .await
+            .into_iter()
+            .map(|row| (row.event_id, row.version))
+            .collect();
+        assert_eq!(
+            versions_seen,
+            BTreeMap::from([(versions.unversioned, 1), (versions.current, 2)]),
+            "the versions the consumer received"
+        );
         let dead = self.inbox.dead_letters(10).await.unwrap();
-        assert_eq!(dead.len(), 2);
+        assert_eq!(dead.len(), 3, "{dead:?}");
+        let newer = dead
+            .iter()
+            .find(|d| d.event_id == versions.newer)
+            .expect("the newer version is a dead letter");
+        assert!(newer.reason.contains("newer"), "{}", newer.reason);
+        assert_eq!(newer.version, 3, "{newer:?}");
         let undecodable = dead
             .iter()
             .find(|d| d.event_id == bad_id)
@@ -326,8 +397,8 @@ async fn insert(
 ) -> Result<(), ConsumeError> {
     let entry = paid.entry();
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {business} (event_id, invoice_id, note, stream_key, headers, correlation_id, causation_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        "INSERT INTO {business} (event_id, invoice_id, note, stream_key, headers, correlation_id, causation_id, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
     )))
     .bind(entry.event_id())
     .bind(paid.event().invoice_id)
@@ -336,6 +407,7 @@ async fn insert(
     .bind(serde_json::to_string(entry.headers()).unwrap())
     .bind(entry.correlation_id())
     .bind(entry.causation_id())
+    .bind(i64::from(paid.version()))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -351,6 +423,8 @@ pub struct Expected {
     pub headers: BTreeMap<String, String>,
     pub correlation_id: Option<Uuid>,
     pub causation_id: Option<Uuid>,
+    /// The event version: recorded, or as the consumer received it.
+    pub version: u32,
 }
 
 /// A running relay loop.
