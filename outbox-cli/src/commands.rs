@@ -161,9 +161,32 @@ pub(crate) fn by_name_json(stats: &Stats) -> Vec<Value> {
                 "dead": n.dead,
                 "published": n.published,
                 "oldest_pending_age_seconds": secs(n.oldest_pending_age),
+                "versions": versions_json(&n.versions),
             })
         })
         .collect()
+}
+
+/// A name's versions and their entry counts, ascending:
+/// `[{"version": 1, "entries": 3}, ..]`.
+fn versions_json(versions: &[(u32, u64)]) -> Vec<Value> {
+    versions
+        .iter()
+        .map(|(version, entries)| json!({ "version": version, "entries": entries }))
+        .collect()
+}
+
+/// A name's versions and their entry counts as `status` prints them:
+/// `v1:3 v2:9`, `-` for none.
+fn versions_text(versions: &[(u32, u64)]) -> String {
+    if versions.is_empty() {
+        return "-".to_owned();
+    }
+    versions
+        .iter()
+        .map(|(version, entries)| format!("v{version}:{entries}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The blocked publishers of `stats` as `status --json` and the
@@ -241,7 +264,7 @@ fn status_human<DB: Db>(
         if kept {
             headers.push("PUBLISHED");
         }
-        headers.push("OLDEST PENDING");
+        headers.extend(["OLDEST PENDING", "VERSIONS"]);
         let rows: Vec<Vec<String>> = stats
             .by_name
             .iter()
@@ -256,10 +279,12 @@ fn status_human<DB: Db>(
                     row.push(n.published.to_string());
                 }
                 row.push(n.oldest_pending_age.map_or_else(|| "-".to_owned(), human));
+                row.push(versions_text(&n.versions));
                 row
             })
             .collect();
-        let right: Vec<usize> = (1..headers.len()).collect();
+        // The counts and the age right-aligned; the versions as written.
+        let right: Vec<usize> = (1..headers.len() - 1).collect();
         text.push(String::new());
         text.push(table(&headers, &rows, &right));
     }
@@ -293,6 +318,7 @@ pub(crate) fn dead_json(d: &DeadLetter) -> Value {
         "position": d.position,
         "event_id": d.event_id.to_string(),
         "name": d.name,
+        "version": d.version,
         "stream_key": d.stream_key,
         "headers": d.headers,
         "headers_error": d.headers_error,
@@ -461,6 +487,7 @@ pub(crate) fn print_dead_list<DB: Db>(
                 d.position.to_string(),
                 d.event_id.to_string(),
                 d.name.clone(),
+                d.version.to_string(),
                 d.attempts.to_string(),
                 ago(d.dead_since),
                 clip(&d.reason, 60),
@@ -469,10 +496,10 @@ pub(crate) fn print_dead_list<DB: Db>(
         .collect();
     let text = table(
         &[
-            "POSITION", "EVENT ID", "NAME", "ATTEMPTS", "DEAD FOR", "REASON",
+            "POSITION", "EVENT ID", "NAME", "VERSION", "ATTEMPTS", "DEAD FOR", "REASON",
         ],
         &rows,
-        &[0, 3],
+        &[0, 3, 4],
     );
     let count = plural(dead.len() as u64, "dead letter", "dead letters");
     let more = if dead.len() >= limit {
@@ -532,6 +559,7 @@ pub(crate) fn print_dead(d: &DeadLetter, created: &str) -> Result<(), Failure> {
         format!("event id    {}", d.event_id),
         format!("position    {}", d.position),
         format!("name        {}", d.name),
+        format!("version     {}", d.version),
         format!("stream key  {}", d.stream_key.as_deref().unwrap_or("-")),
         format!("correlation {}", id_or_dash(d.correlation_id)),
         format!("causation   {}", id_or_dash(d.causation_id)),

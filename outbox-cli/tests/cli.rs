@@ -3,7 +3,9 @@
 //! MariaDB (`MYSQL_URL`), SQLite (a temp file per test), RabbitMQ
 //! (`AMQP_URL`) and Redis (`REDIS_URL`). Each test has its own table (or
 //! file), queue and stream, and drops them at the end. Rows are written
-//! with plain SQL only: the statements of the README's table contract.
+//! with plain SQL (the statements of the README's table contract), but for
+//! the entries of a version other than 1, which the library records
+//! ([`InvoicePaidV3`]).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -124,6 +126,36 @@ async fn pg_count(pool: &PgPool, table: &str, filter: &str) -> i64 {
     .fetch_one(pool)
     .await
     .unwrap()
+}
+
+/// `billing.invoice_paid` at version 3, recorded with the library: the
+/// rows written with SQL are version 1.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct InvoicePaidV3 {
+    n: i32,
+}
+
+impl outbox::Event for InvoicePaidV3 {
+    const NAME: &'static str = "billing.invoice_paid";
+    const VERSION: u32 = 3;
+}
+
+/// Records `n` [`InvoicePaidV3`] in `table` (PostgreSQL) with the library;
+/// returns their event ids.
+async fn pg_record_v3(pool: &PgPool, table: &str, n: i32) -> Vec<Uuid> {
+    let outbox = outbox::Outbox::builder(pool.clone())
+        .table(table)
+        .build()
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for n in 1..=n {
+        let recording = outbox.record(&mut *tx, &InvoicePaidV3 { n }).await.unwrap();
+        ids.push(recording.event_id().unwrap());
+    }
+    tx.commit().await.unwrap();
+    ids
 }
 
 /// Inserts `n` events named `name` with plain SQL.
@@ -319,7 +351,7 @@ async fn dead_list_and_show_postgres() {
     assert_eq!(
         header,
         [
-            "POSITION", "EVENT", "ID", "NAME", "ATTEMPTS", "DEAD", "FOR", "REASON"
+            "POSITION", "EVENT", "ID", "NAME", "VERSION", "ATTEMPTS", "DEAD", "FOR", "REASON"
         ]
     );
     assert_eq!(lines.len(), 7, "{run:?}");
@@ -329,6 +361,8 @@ async fn dead_list_and_show_postgres() {
             "{line}"
         );
         assert!(line.contains("broker said no"), "{line}");
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[3..5], ["1", "3"], "version, attempts: {line}");
     }
     assert_eq!(lines[6], "5 dead letters");
 
@@ -340,6 +374,7 @@ async fn dead_list_and_show_postgres() {
     for ((id, name, payload), item) in dead.iter().zip(list) {
         assert_eq!(item["event_id"], id.as_str());
         assert_eq!(item["name"], name.as_str());
+        assert_eq!(item["version"], 1);
         assert_eq!(item["attempts"], 3);
         assert_eq!(
             item["payload"],
@@ -393,6 +428,60 @@ async fn dead_list_and_show_postgres() {
         &["dead", "show", &Uuid::new_v4().to_string()],
     )
     .fails(1, "no dead letter with event id");
+    pg_drop(&pool, &t).await;
+}
+
+/// `status` counts each name's entries per version, and `dead list`/`show`
+/// say a dead letter's version: rows written with SQL are version 1, the
+/// library records [`InvoicePaidV3`] as 3.
+#[tokio::test]
+async fn status_and_dead_letters_show_event_versions_postgres() {
+    let pool = pg().await;
+    let t = table("versions");
+    outbox(&pg_url(), &t, &["migrate"]).ok();
+    pg_insert(&pool, &t, "billing.invoice_paid", 3).await;
+    pg_insert(&pool, &t, "shop.order_placed", 2).await;
+    let v3 = pg_record_v3(&pool, &t, 2).await;
+
+    let run = outbox(&pg_url(), &t, &["status"]).ok();
+    assert!(
+        run.stdout
+            .contains("NAME                  PENDING  RETRYING  DEAD  OLDEST PENDING  VERSIONS"),
+        "{run:?}"
+    );
+    let row = |name: &str| run.stdout.lines().find(|l| l.starts_with(name)).unwrap();
+    assert!(
+        row("billing.invoice_paid").ends_with("  v1:3 v3:2"),
+        "{run:?}"
+    );
+    assert!(row("shop.order_placed").ends_with("  v1:2"), "{run:?}");
+    let json = outbox(&pg_url(), &t, &["--json", "status"]).ok().json();
+    assert_eq!(
+        json["by_name"][0]["versions"],
+        serde_json::json!([{"version": 1, "entries": 3}, {"version": 3, "entries": 2}])
+    );
+    assert_eq!(
+        json["by_name"][1]["versions"],
+        serde_json::json!([{"version": 1, "entries": 2}])
+    );
+
+    // One of version 3 dies.
+    let id = v3[0].to_string();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {t} SET status = 'dead', attempts = 3, last_error = 'too new' WHERE event_id = '{id}'"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let run = outbox(&pg_url(), &t, &["dead", "list"]).ok();
+    let line = run.stdout.lines().find(|l| l.contains(&id)).unwrap();
+    assert_eq!(line.split_whitespace().nth(3), Some("3"), "{line}");
+    let run = outbox(&pg_url(), &t, &["dead", "show", &id]).ok();
+    assert!(run.stdout.contains("\nversion     3\n"), "{run:?}");
+    let json = outbox(&pg_url(), &t, &["--json", "dead", "show", &id])
+        .ok()
+        .json();
+    assert_eq!(json["version"], 3);
     pg_drop(&pool, &t).await;
 }
 

@@ -157,6 +157,10 @@ async fn the_json_api_shows_the_database_and_guards_its_actions_postgres() {
     assert_eq!(db["pending"], 5);
     assert_eq!(db["retrying"], 2);
     assert_eq!(db["dead"], 3);
+    // Every row of the fixture is version 1 (the column's default).
+    for n in mine["by_name"].as_array().unwrap() {
+        assert_eq!(n["versions"], json!([{"version": 1, "entries": 4}]), "{n}");
+    }
     let oldest = mine["oldest_pending_age_seconds"].as_f64().unwrap();
     assert!((590.0..700.0).contains(&oldest), "{oldest}");
     let blocked = mine["blocked"].as_array().unwrap();
@@ -201,6 +205,7 @@ async fn the_json_api_shows_the_database_and_guards_its_actions_postgres() {
         dead
     );
     assert_eq!(letters[0]["reason"], "broker said no: billing.invoice_paid");
+    assert_eq!(letters[0]["version"], 1);
     assert_eq!(letters[0]["payload"], json!({"amount_cents": 100}));
     assert_eq!(letters[0]["headers"], json!({"tenant": "acme"}));
     let named = get(&format!(
@@ -604,6 +609,18 @@ async fn the_page_in_chromium_shows_the_database_and_requeues_a_dead_letter_post
         .await
         .unwrap();
     assert_eq!(reason, "broker said no: shop.order_placed");
+    shows(
+        &client,
+        &format!("tr[data-event-id=\"{}\"] .version", dead[2]),
+        "v1",
+    )
+    .await;
+    shows(
+        &client,
+        &format!("{section} tr[data-name=\"shop.order_placed\"] [data-k=\"versions\"]"),
+        "v1:4",
+    )
+    .await;
     shows(
         &client,
         "#published-source",

@@ -58,9 +58,23 @@ fn message(id: Uuid, name: &str, n: u32, correlation: Uuid) -> Message {
         .correlation_id(correlation.to_string())
 }
 
+/// The version the `shop.poison` message says it is (the others say none:
+/// version 1).
+const POISON_VERSION: u32 = 3;
+
+/// The version of the fixture's messages named `name`.
+fn version_of(name: &str) -> u32 {
+    if name == "shop.poison" {
+        POISON_VERSION
+    } else {
+        1
+    }
+}
+
 /// The inbox table `table` (created by the library, 2 attempts per message)
 /// holding 3 processed messages, 1 retrying, and 3 dead letters: two
-/// `billing.invoice_paid` after 2 attempts, one `shop.poison` at once.
+/// `billing.invoice_paid` after 2 attempts, one `shop.poison` (of version
+/// [`POISON_VERSION`]) at once.
 async fn fixture<DB: Backend>(pool: &Pool<DB>, table: &str) -> (Inbox<DB>, Fixture) {
     let inbox = Inbox::builder(pool.clone())
         .table(table)
@@ -89,9 +103,8 @@ async fn fixture<DB: Backend>(pool: &Pool<DB>, table: &str) -> (Inbox<DB>, Fixtu
         dead.push((id, name, format!(r#"{{"n":{n}}}"#), 2));
     }
     let (id, name, n) = handle("shop.poison");
-    let outcome = inbox
-        .handle(&consumers, message(id, name, n, correlation))
-        .await;
+    let poison = message(id, name, n, correlation).version(POISON_VERSION.to_string());
+    let outcome = inbox.handle(&consumers, poison).await;
     assert!(matches!(outcome, Outcome::Dead { .. }), "{outcome:?}");
     dead.push((id, name, format!(r#"{{"n":{n}}}"#), 1));
     let (id, name, n) = handle("billing.invoice_paid");
@@ -197,15 +210,20 @@ async fn inbox_dead_list_and_show_postgres() {
     assert_eq!(
         header,
         [
-            "POSITION", "EVENT", "ID", "NAME", "ATTEMPTS", "DEAD", "FOR", "REASON"
+            "POSITION", "EVENT", "ID", "NAME", "VERSION", "ATTEMPTS", "DEAD", "FOR", "REASON"
         ]
     );
     assert_eq!(lines.len(), 5, "{run:?}");
     for ((id, name, _, attempts), line) in fx.dead.iter().zip(&lines[1..4]) {
         let cells: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(
-            cells[1..4],
-            [id.to_string().as_str(), name, attempts.to_string().as_str()]
+            cells[1..5],
+            [
+                id.to_string().as_str(),
+                name,
+                version_of(name).to_string().as_str(),
+                attempts.to_string().as_str()
+            ]
         );
     }
     assert!(
@@ -223,6 +241,7 @@ async fn inbox_dead_list_and_show_postgres() {
     for ((id, name, payload, attempts), item) in fx.dead.iter().zip(list) {
         assert_eq!(item["event_id"], id.to_string());
         assert_eq!(item["name"], *name);
+        assert_eq!(item["version"], version_of(name));
         assert_eq!(item["attempts"], *attempts);
         assert_eq!(
             item["payload"],
@@ -253,7 +272,7 @@ async fn inbox_dead_list_and_show_postgres() {
     let text = &run.stdout;
     assert!(text.starts_with(&format!("event id    {id}\n")), "{run:?}");
     for want in [
-        "name        billing.invoice_paid\n".to_owned(),
+        "name        billing.invoice_paid\nversion     1\n".to_owned(),
         "stream key  stream-1\n".to_owned(),
         format!("correlation {}\n", fx.correlation),
         "headers     tenant: acme\n".to_owned(),

@@ -81,6 +81,12 @@ function totals(t) {
     t.published > 0 ? total("published", "published (kept)", t.published) : null);
 }
 
+// A name's versions and their entry counts: "v1:3 v2:9".
+function versions(list) {
+  if (!list || list.length === 0) return "-";
+  return list.map((v) => "v" + v.version + ":" + v.entries).join(" ");
+}
+
 function byName(t) {
   if (t.by_name.length === 0) return el("p", { class: "empty" }, "no entries");
   const rows = t.by_name.map((n) => el("tr", { "data-name": n.name },
@@ -89,6 +95,7 @@ function byName(t) {
     el("td", { class: "num", "data-k": "retrying" }, n.retrying),
     el("td", { class: "num", "data-k": "dead" }, n.dead),
     el("td", { class: "num", "data-k": "oldest" }, age(n.oldest_pending_age_seconds)),
+    el("td", { "data-k": "versions" }, versions(n.versions)),
     el("td", {}, n.pending > 0
       ? actionButton("discard pending", "danger discard", api(t.table, "/pending/discard?name=" + encodeURIComponent(n.name)),
         "Delete the " + n.pending + " pending " + n.name + " entries of " + t.table + " for good?")
@@ -96,7 +103,7 @@ function byName(t) {
   return el("table", { class: "by-name" },
     el("thead", {}, el("tr", {}, el("th", {}, "event name"), el("th", { class: "num" }, "pending"),
       el("th", { class: "num" }, "retrying"), el("th", { class: "num" }, "dead"),
-      el("th", { class: "num" }, "oldest pending"), el("th", {}, ""))),
+      el("th", { class: "num" }, "oldest pending"), el("th", {}, "versions"), el("th", {}, ""))),
     el("tbody", {}, ...rows));
 }
 
@@ -108,7 +115,7 @@ function deadLetters(t, dead) {
       "Delete every dead letter of " + t.table + " for good?") : null);
   if (dead.length === 0) return [head, el("p", { class: "empty" }, "no dead letters")];
   const rows = dead.map((d) => el("tr", { "data-event-id": d.event_id },
-    el("td", {}, el("div", {}, d.name), el("small", {}, d.event_id)),
+    el("td", {}, el("div", {}, d.name, " ", el("span", { class: "version" }, "v" + d.version)), el("small", {}, d.event_id)),
     el("td", { class: "num" }, d.attempts),
     el("td", {}, new Date(d.dead_since).toLocaleString()),
     el("td", { class: "reason" }, d.reason),
