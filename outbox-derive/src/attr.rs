@@ -9,20 +9,28 @@ use std::iter;
 use proc_macro2::{TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::meta::ParseNestedMeta;
-use syn::parse::ParseStream;
 use syn::parse::discouraged::Speculative;
-use syn::{Attribute, Error, ExprPath, Ident, LitStr, Path, Token};
+use syn::parse::{ParseBuffer, ParseStream};
+use syn::{Attribute, Error, ExprPath, Ident, LitInt, LitStr, Path, Token, TypePath, token};
 
 /// The attribute namespace: `#[outbox(..)]`.
 const OUTBOX: &str = "outbox";
 /// `name = "billing.invoice_paid"`: the event name.
-const NAME: &str = "name";
+pub(crate) const NAME: &str = "name";
 /// `publish_if = path::to_fn`: a `fn(&Self) -> bool`.
 const PUBLISH_IF: &str = "publish_if";
 /// `skip`: the type never enters the outbox.
 const SKIP: &str = "skip";
 /// `crate = path`: where the runtime crate is, for re-exporting crates.
 const CRATE: &str = "crate";
+/// `version = 2`: the version stored with each entry.
+pub(crate) const VERSION: &str = "version";
+/// `aliases = ["billing.paid", ..]`: former names of the event.
+const ALIASES: &str = "aliases";
+/// `upcast_from = OldType`: the previous version, converted with `From`.
+pub(crate) const UPCAST_FROM: &str = "upcast_from";
+/// `upcast(1 => path::to_fn, ..)`: upcasters on JSON, one per older version.
+const UPCAST: &str = "upcast";
 
 /// Every error of one derive, combined so that they are reported together.
 #[derive(Default)]
@@ -58,6 +66,69 @@ pub(crate) struct Attrs {
     pub(crate) publish_if: Option<Keyed<ExprPath>>,
     pub(crate) skip: Option<Keyed<()>>,
     pub(crate) krate: Option<Keyed<Path>>,
+    pub(crate) version: Option<Keyed<Version>>,
+    pub(crate) aliases: Option<Keyed<Aliases>>,
+    pub(crate) upcast_from: Option<Keyed<TypePath>>,
+    pub(crate) upcast: Option<Keyed<Upcast>>,
+    /// Keys that were given but hold no value because it was rejected, so
+    /// that rules depending on them are not checked against the default
+    /// (no second error for one mistake).
+    pub(crate) failed: Vec<&'static str>,
+}
+
+/// A version number as written: `version = 3`, or the left side of an
+/// upcast step.
+pub(crate) struct Version {
+    pub(crate) lit: LitInt,
+    pub(crate) number: u32,
+}
+
+/// `["billing.paid", ..]`: checked like names, at least one, no repeats.
+pub(crate) struct Aliases {
+    pub(crate) bracket: token::Bracket,
+    pub(crate) list: Vec<LitStr>,
+}
+
+/// `(1 => path::to_fn, ..)`: the steps as written, each `from` at most once.
+pub(crate) struct Upcast {
+    pub(crate) paren: token::Paren,
+    pub(crate) steps: Vec<Step>,
+}
+
+/// `1 => path::to_fn`: the upcaster from version `from` to the next one.
+pub(crate) struct Step {
+    pub(crate) from: Version,
+    pub(crate) path: ExprPath,
+}
+
+impl ToTokens for Version {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        self.lit.to_tokens(tokens);
+    }
+}
+
+impl ToTokens for Aliases {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        self.bracket.surround(tokens, |tokens| {
+            for alias in &self.list {
+                alias.to_tokens(tokens);
+                <Token![,]>::default().to_tokens(tokens);
+            }
+        });
+    }
+}
+
+impl ToTokens for Upcast {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        self.paren.surround(tokens, |tokens| {
+            for step in &self.steps {
+                step.from.to_tokens(tokens);
+                <Token![=>]>::default().to_tokens(tokens);
+                step.path.to_tokens(tokens);
+                <Token![,]>::default().to_tokens(tokens);
+            }
+        });
+    }
 }
 
 /// Parses every `#[outbox(..)]` among `attrs`; other attributes are ignored.
@@ -94,9 +165,18 @@ impl Parser<'_> {
     /// Parses one key and its value; never fails, so the next key is parsed too.
     fn key(&mut self, meta: &ParseNestedMeta<'_>) {
         let known = meta.path.get_ident().and_then(|ident| {
-            [NAME, PUBLISH_IF, SKIP, CRATE]
-                .into_iter()
-                .find(|k| ident == k)
+            [
+                NAME,
+                PUBLISH_IF,
+                SKIP,
+                CRATE,
+                VERSION,
+                ALIASES,
+                UPCAST_FROM,
+                UPCAST,
+            ]
+            .into_iter()
+            .find(|k| ident == k)
         });
         let (Some(key), Some(ident)) = (known, meta.path.get_ident()) else {
             self.errors.push(Error::new_spanned(
@@ -109,10 +189,10 @@ impl Parser<'_> {
         let ident = ident.clone();
         let duplicate = self.seen.contains(&key);
         if duplicate {
-            let usage = if key == SKIP {
-                String::from(SKIP)
-            } else {
-                format!("{key} = ...")
+            let usage = match key {
+                SKIP => String::from(SKIP),
+                UPCAST => String::from("upcast(...)"),
+                _ => format!("{key} = ..."),
             };
             self.errors.push(Error::new_spanned(
                 &ident,
@@ -122,38 +202,51 @@ impl Parser<'_> {
             self.seen.push(key);
         }
 
-        match key {
+        let parsed = match key {
             NAME => {
                 let value = self.value(meta, &ident, "name = \"...\"", parse_name);
-                if !duplicate {
-                    self.attrs.name = value.map(|value| Keyed { key: ident, value });
-                }
+                keep(&mut self.attrs.name, duplicate, &ident, value)
             }
             PUBLISH_IF => {
                 let value = self.value(meta, &ident, "publish_if = path::to_fn", parse_publish_if);
-                if !duplicate {
-                    self.attrs.publish_if = value.map(|value| Keyed { key: ident, value });
-                }
+                keep(&mut self.attrs.publish_if, duplicate, &ident, value)
             }
             CRATE => {
                 let value = self.value(meta, &ident, "crate = path::to::outbox", parse_crate);
-                if !duplicate {
-                    self.attrs.krate = value.map(|value| Keyed { key: ident, value });
-                }
+                keep(&mut self.attrs.krate, duplicate, &ident, value)
+            }
+            VERSION => {
+                let value = self.value(meta, &ident, "version = N", parse_version);
+                keep(&mut self.attrs.version, duplicate, &ident, value)
+            }
+            ALIASES => {
+                let value = self
+                    .value(meta, &ident, "aliases = [\"...\", ...]", parse_aliases)
+                    .and_then(|aliases| self.check_aliases(aliases));
+                keep(&mut self.attrs.aliases, duplicate, &ident, value)
+            }
+            UPCAST_FROM => {
+                let value = self.value(meta, &ident, "upcast_from = OldType", parse_upcast_from);
+                keep(&mut self.attrs.upcast_from, duplicate, &ident, value)
+            }
+            UPCAST => {
+                let value = self.upcast(meta, &ident);
+                keep(&mut self.attrs.upcast, duplicate, &ident, value)
             }
             // SKIP, the last known key: a bare flag.
             _ => {
                 let rest = skip_value(meta.input);
-                if !rest.is_empty() {
+                if rest.is_empty() {
+                    keep(&mut self.attrs.skip, duplicate, &ident, Some(()))
+                } else {
                     self.errors
                         .push(Error::new_spanned(rest, "#[outbox(skip)] takes no value"));
-                } else if !duplicate {
-                    self.attrs.skip = Some(Keyed {
-                        key: ident,
-                        value: (),
-                    });
+                    false
                 }
             }
+        };
+        if !parsed && !duplicate {
+            self.attrs.failed.push(key);
         }
     }
 
@@ -194,6 +287,121 @@ impl Parser<'_> {
             }
         }
     }
+
+    /// Checks each alias like a name, at its literal; any error drops them all.
+    fn check_aliases(&mut self, aliases: Aliases) -> Option<Aliases> {
+        let mut ok = true;
+        if aliases.list.is_empty() {
+            self.errors.push(Error::new(
+                aliases.bracket.span.join(),
+                "#[outbox(aliases = [...])] lists no alias (remove it, or name the former names)",
+            ));
+            ok = false;
+        }
+        for (i, alias) in aliases.list.iter().enumerate() {
+            if let Err(error) = check_name(alias, "alias") {
+                self.errors.push(error);
+                ok = false;
+            } else if aliases.list[..i].iter().any(|a| a.value() == alias.value()) {
+                self.errors.push(Error::new(
+                    alias.span(),
+                    format!("duplicate alias \"{}\"", alias.value()),
+                ));
+                ok = false;
+            }
+        }
+        ok.then_some(aliases)
+    }
+
+    /// `upcast(1 => path::to_fn, ..)`. Each step is parsed on its own, so
+    /// every bad step is reported; any error drops the whole key, except a
+    /// repeated step (the first one is kept).
+    fn upcast(&mut self, meta: &ParseNestedMeta<'_>, key: &Ident) -> Option<Upcast> {
+        let input = meta.input;
+        let parens = if input.peek(token::Paren) {
+            parens(input).ok()
+        } else {
+            None
+        };
+        let Some((paren, content)) = parens else {
+            let mut tokens = key.to_token_stream();
+            tokens.extend(skip_value(input));
+            self.errors.push(Error::new_spanned(
+                tokens,
+                "expected #[outbox(upcast(1 => path::to_fn, ...))]",
+            ));
+            return None;
+        };
+        let mut upcast = Upcast {
+            paren,
+            steps: Vec::new(),
+        };
+        let mut ok = true;
+        while !content.is_empty() {
+            let fork = content.fork();
+            match parse_step(&fork) {
+                Ok((from, path)) => {
+                    content.advance_to(&fork);
+                    ok &= self.add_step(&mut upcast, from, path);
+                }
+                Err(error) => {
+                    let tokens = skip_value(&content);
+                    self.errors.push(if tokens.is_empty() {
+                        error
+                    } else {
+                        Error::new_spanned(tokens, error.to_string())
+                    });
+                    ok = false;
+                }
+            }
+            // `skip_value` and `parse_step` stop at a `,` or at the end.
+            let _ = content.parse::<Option<Token![,]>>();
+        }
+        if upcast.steps.is_empty() && ok {
+            self.errors.push(Error::new(
+                paren.span.join(),
+                "#[outbox(upcast(...))] lists no step, expected `1 => path::to_fn`",
+            ));
+            ok = false;
+        }
+        ok.then_some(upcast)
+    }
+
+    /// Adds the step from `lit` unless its number is invalid or already has
+    /// a step; `false` (after recording the error) if the key is invalid.
+    fn add_step(&mut self, upcast: &mut Upcast, lit: LitInt, path: ExprPath) -> bool {
+        let number = match version_number(&lit, "upcast steps start from version 1") {
+            Ok(number) => number,
+            Err(error) => {
+                self.errors.push(error);
+                return false;
+            }
+        };
+        if upcast.steps.iter().any(|s| s.from.number == number) {
+            self.errors.push(Error::new(
+                lit.span(),
+                format!("duplicate upcast step from version {number}"),
+            ));
+        } else {
+            upcast.steps.push(Step {
+                from: Version { lit, number },
+                path,
+            });
+        }
+        true
+    }
+}
+
+/// Stores a parsed value unless the key is a duplicate; whether it parsed.
+fn keep<T>(slot: &mut Option<Keyed<T>>, duplicate: bool, key: &Ident, value: Option<T>) -> bool {
+    let parsed = value.is_some();
+    if !duplicate {
+        *slot = value.map(|value| Keyed {
+            key: key.clone(),
+            value,
+        });
+    }
+    parsed
 }
 
 /// `name = "billing.invoice_paid"`: a non-empty string without whitespace.
@@ -201,6 +409,12 @@ fn parse_name(input: ParseStream<'_>) -> syn::Result<LitStr> {
     const EXPECTED: &str = "expected string literal";
     let lit: LitStr = input.parse().map_err(|e| Error::new(e.span(), EXPECTED))?;
     end_of_value(input, EXPECTED)?;
+    check_name(&lit, "event name")?;
+    Ok(lit)
+}
+
+/// The rules of an event name (`what`: "event name" or "alias").
+fn check_name(lit: &LitStr, what: &str) -> syn::Result<()> {
     if !lit.suffix().is_empty() {
         return Err(Error::new(
             lit.span(),
@@ -209,15 +423,93 @@ fn parse_name(input: ParseStream<'_>) -> syn::Result<LitStr> {
     }
     let name = lit.value();
     if name.is_empty() {
-        return Err(Error::new(lit.span(), "event name must not be empty"));
+        return Err(Error::new(lit.span(), format!("{what} must not be empty")));
     }
     if name.contains(char::is_whitespace) {
         return Err(Error::new(
             lit.span(),
-            "event name must not contain whitespace",
+            format!("{what} must not contain whitespace"),
         ));
     }
-    Ok(lit)
+    Ok(())
+}
+
+/// `version = 3`: an integer from 1 that fits a `u32`.
+fn parse_version(input: ParseStream<'_>) -> syn::Result<Version> {
+    const EXPECTED: &str = "expected integer literal";
+    let lit: LitInt = input.parse().map_err(|e| Error::new(e.span(), EXPECTED))?;
+    end_of_value(input, EXPECTED)?;
+    let number = version_number(&lit, "event version must be at least 1")?;
+    Ok(Version { lit, number })
+}
+
+/// The value of a version literal: from 1, fits a `u32`, no suffix other
+/// than `u32`. `below_one` is the message for 0 and negative numbers.
+fn version_number(lit: &LitInt, below_one: &str) -> syn::Result<u32> {
+    if !matches!(lit.suffix(), "" | "u32") {
+        return Err(Error::new(
+            lit.span(),
+            format!("unexpected suffix `{}` on version number", lit.suffix()),
+        ));
+    }
+    if lit.base10_digits().starts_with('-') {
+        return Err(Error::new(lit.span(), below_one));
+    }
+    match lit.base10_parse::<u32>() {
+        Ok(0) => Err(Error::new(lit.span(), below_one)),
+        Ok(number) => Ok(number),
+        Err(_) => Err(Error::new(
+            lit.span(),
+            format!("version number must fit in a u32 (at most {})", u32::MAX),
+        )),
+    }
+}
+
+/// `aliases = ["billing.paid", ..]`: the bracketed list of string literals;
+/// the literals themselves are checked by `Parser::check_aliases`.
+fn parse_aliases(input: ParseStream<'_>) -> syn::Result<Aliases> {
+    const EXPECTED: &str = "expected a list of string literals, like `[\"billing.paid\"]`";
+    let (bracket, content) = brackets(input).map_err(|e| Error::new(e.span(), EXPECTED))?;
+    let list = content
+        .parse_terminated(<LitStr as syn::parse::Parse>::parse, Token![,])
+        .map_err(|e| Error::new(e.span(), EXPECTED))?;
+    end_of_value(input, EXPECTED)?;
+    Ok(Aliases {
+        bracket,
+        list: list.into_iter().collect(),
+    })
+}
+
+/// `upcast_from = OldType`: a type path, not a string.
+fn parse_upcast_from(input: ParseStream<'_>) -> syn::Result<TypePath> {
+    let expected = if input.peek(LitStr) {
+        "expected path to the previous version's type, found string literal (write the path without quotes)"
+    } else {
+        "expected path to the previous version's type"
+    };
+    let path: TypePath = input.parse().map_err(|e| Error::new(e.span(), expected))?;
+    end_of_value(input, expected)?;
+    Ok(path)
+}
+
+/// One step of `upcast(..)`, `1 => path::to_fn`, as written; its number
+/// is checked by `Parser::add_step`.
+fn parse_step(input: ParseStream<'_>) -> syn::Result<(LitInt, ExprPath)> {
+    const EXPECTED: &str = "expected `N => path::to_fn`, an upcaster from version N";
+    let from: LitInt = input.parse().map_err(|e| Error::new(e.span(), EXPECTED))?;
+    input
+        .parse::<Token![=>]>()
+        .map_err(|e| Error::new(e.span(), EXPECTED))?;
+    let expected = if input.peek(LitStr) {
+        "expected path to an `outbox::Upcaster` fn, found string literal (write the path without quotes)"
+    } else if input.peek(Token![|]) || input.peek(Token![||]) || input.peek(Token![move]) {
+        "expected path to an `outbox::Upcaster` fn, found closure (write a fn and give its path)"
+    } else {
+        "expected path to an `outbox::Upcaster` fn"
+    };
+    let path: ExprPath = input.parse().map_err(|e| Error::new(e.span(), expected))?;
+    end_of_value(input, expected)?;
+    Ok((from, path))
 }
 
 /// `publish_if = path::to_fn`: a path, not a string or an expression.
@@ -246,6 +538,20 @@ fn parse_crate(input: ParseStream<'_>) -> syn::Result<Path> {
         .map_err(|e| Error::new(e.span(), expected))?;
     end_of_value(input, expected)?;
     Ok(path)
+}
+
+/// `( .. )` and its content.
+fn parens(input: ParseStream<'_>) -> syn::Result<(token::Paren, ParseBuffer<'_>)> {
+    let content;
+    let paren = syn::parenthesized!(content in input);
+    Ok((paren, content))
+}
+
+/// `[ .. ]` and its content.
+fn brackets(input: ParseStream<'_>) -> syn::Result<(token::Bracket, ParseBuffer<'_>)> {
+    let content;
+    let bracket = syn::bracketed!(content in input);
+    Ok((bracket, content))
 }
 
 /// Fails unless the value ends here, at a `,` or at the end of the attribute.
@@ -325,6 +631,11 @@ mod tests {
         assert!(attrs.publish_if.is_none());
         assert!(attrs.skip.is_none());
         assert!(attrs.krate.is_none());
+        assert!(attrs.version.is_none());
+        assert!(attrs.aliases.is_none());
+        assert!(attrs.upcast_from.is_none());
+        assert!(attrs.upcast.is_none());
+        assert!(attrs.failed.is_empty());
     }
 
     #[test]
@@ -339,6 +650,214 @@ mod tests {
         assert_eq!(publish_if.key, "publish_if");
         assert_eq!(tokens(&publish_if.value), "Self :: is_external");
         assert_eq!(tokens(&attrs.krate.unwrap().value), ":: outbox");
+    }
+
+    #[test]
+    fn every_version_key() {
+        let (attrs, errors) = parse_input(&parse_quote! {
+            #[outbox(version = 3, aliases = ["billing.paid", "paid",], upcast_from = v2::Paid)]
+            #[outbox(upcast(2 => Self::v2, 1 => up::v1,))]
+            struct Paid;
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        let version = attrs.version.unwrap();
+        assert_eq!(version.key, "version");
+        assert_eq!(version.value.number, 3);
+        let aliases = attrs.aliases.unwrap().value.list;
+        let aliases: Vec<_> = aliases.iter().map(LitStr::value).collect();
+        assert_eq!(aliases, ["billing.paid", "paid"]);
+        assert_eq!(tokens(&attrs.upcast_from.unwrap().value), "v2 :: Paid");
+        let steps = attrs.upcast.unwrap().value.steps;
+        let steps: Vec<_> = steps
+            .iter()
+            .map(|step| (step.from.number, tokens(&step.path)))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                (2, String::from("Self :: v2")),
+                (1, String::from("up :: v1"))
+            ]
+        );
+    }
+
+    #[test]
+    fn version_is_an_integer_from_1_that_fits_a_u32() {
+        for (input, number) in [
+            (parse_quote!(version = 1), 1),
+            (parse_quote!(version = 2u32), 2),
+            (parse_quote!(version = 0x10), 16),
+            (parse_quote!(version = 4294967295), u32::MAX),
+        ] {
+            let (attrs, errors) = parse_args(&input);
+            assert!(errors.is_empty(), "{input}: {errors:?}");
+            assert_eq!(attrs.version.unwrap().value.number, number, "{input}");
+        }
+        for (input, expected) in [
+            (
+                parse_quote!(version = 0),
+                "event version must be at least 1",
+            ),
+            (
+                parse_quote!(version = -2),
+                "event version must be at least 1",
+            ),
+            (
+                parse_quote!(version = 4294967296),
+                "version number must fit in a u32 (at most 4294967295)",
+            ),
+            (
+                parse_quote!(version = 2u8),
+                "unexpected suffix `u8` on version number",
+            ),
+            (parse_quote!(version = "2"), "expected integer literal"),
+            (parse_quote!(version = 2.0), "expected integer literal"),
+            (parse_quote!(version = 1 + 1), "expected integer literal"),
+            (parse_quote!(version = V), "expected integer literal"),
+            (parse_quote!(version), "expected #[outbox(version = N)]"),
+            (parse_quote!(version(2)), "expected #[outbox(version = N)]"),
+        ] {
+            let (attrs, errors) = parse_args(&input);
+            assert_eq!(errors, [expected], "{input}");
+            assert!(attrs.version.is_none());
+            assert_eq!(attrs.failed, [VERSION], "{input}");
+        }
+    }
+
+    #[test]
+    fn aliases_follow_the_name_rules() {
+        for (input, expected) in [
+            (
+                parse_quote!(aliases = []),
+                vec![
+                    "#[outbox(aliases = [...])] lists no alias (remove it, or name the former names)",
+                ],
+            ),
+            (
+                parse_quote!(aliases = ["a b", "", "c"x, "ok"]),
+                vec![
+                    "alias must not contain whitespace",
+                    "alias must not be empty",
+                    "unexpected suffix on string literal",
+                ],
+            ),
+            (
+                parse_quote!(aliases = ["a", "b", "a", "a"]),
+                vec!["duplicate alias \"a\"", "duplicate alias \"a\""],
+            ),
+            (
+                parse_quote!(aliases = "a"),
+                vec!["expected a list of string literals, like `[\"billing.paid\"]`"],
+            ),
+            (
+                parse_quote!(aliases = [a]),
+                vec!["expected a list of string literals, like `[\"billing.paid\"]`"],
+            ),
+            (
+                parse_quote!(aliases = ["a"]["b"]),
+                vec!["expected a list of string literals, like `[\"billing.paid\"]`"],
+            ),
+            (
+                parse_quote!(aliases),
+                vec!["expected #[outbox(aliases = [\"...\", ...])]"],
+            ),
+        ] {
+            let (attrs, errors) = parse_args(&input);
+            assert_eq!(errors, expected, "{input}");
+            assert!(attrs.aliases.is_none());
+            assert_eq!(attrs.failed, [ALIASES], "{input}");
+        }
+    }
+
+    #[test]
+    fn upcast_from_must_be_a_type_path() {
+        let (attrs, errors) = parse_args(&parse_quote!(upcast_from = <X as Y>::Old));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            tokens(&attrs.upcast_from.unwrap().value),
+            "< X as Y > :: Old"
+        );
+        for (input, expected) in [
+            (
+                parse_quote!(upcast_from = "Old"),
+                "expected path to the previous version's type, found string literal (write the path without quotes)",
+            ),
+            (
+                parse_quote!(upcast_from = &Old),
+                "expected path to the previous version's type",
+            ),
+            (
+                parse_quote!(upcast_from = Old + Send),
+                "expected path to the previous version's type",
+            ),
+            (
+                parse_quote!(upcast_from(Old)),
+                "expected #[outbox(upcast_from = OldType)]",
+            ),
+        ] {
+            let (attrs, errors) = parse_args(&input);
+            assert_eq!(errors, [expected], "{input}");
+            assert!(attrs.upcast_from.is_none());
+            assert_eq!(attrs.failed, [UPCAST_FROM], "{input}");
+        }
+    }
+
+    #[test]
+    fn upcast_steps_are_each_checked() {
+        for (input, expected) in [
+            (
+                parse_quote!(upcast = f),
+                vec!["expected #[outbox(upcast(1 => path::to_fn, ...))]"],
+            ),
+            (
+                parse_quote!(upcast),
+                vec!["expected #[outbox(upcast(1 => path::to_fn, ...))]"],
+            ),
+            (
+                parse_quote!(upcast[1 => f]),
+                vec!["expected #[outbox(upcast(1 => path::to_fn, ...))]"],
+            ),
+            (
+                parse_quote!(upcast()),
+                vec!["#[outbox(upcast(...))] lists no step, expected `1 => path::to_fn`"],
+            ),
+            (
+                parse_quote!(upcast(f, 1 = f, 1 => "f", 2 => |v| v, 3 => f(), 4 => f)),
+                vec![
+                    "expected `N => path::to_fn`, an upcaster from version N",
+                    "expected `N => path::to_fn`, an upcaster from version N",
+                    "expected path to an `outbox::Upcaster` fn, found string literal (write the path without quotes)",
+                    "expected path to an `outbox::Upcaster` fn, found closure (write a fn and give its path)",
+                    "expected path to an `outbox::Upcaster` fn",
+                ],
+            ),
+            (
+                parse_quote!(upcast(0 => f, -1 => f, 1u8 => f, 4294967296 => f)),
+                vec![
+                    "upcast steps start from version 1",
+                    "upcast steps start from version 1",
+                    "unexpected suffix `u8` on version number",
+                    "version number must fit in a u32 (at most 4294967295)",
+                ],
+            ),
+        ] {
+            let (attrs, errors) = parse_args(&input);
+            assert_eq!(errors, expected, "{input}");
+            assert!(attrs.upcast.is_none());
+            assert_eq!(attrs.failed, [UPCAST], "{input}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_upcast_step_keeps_the_first() {
+        let (attrs, errors) = parse_args(&parse_quote!(upcast(1 => f, 2 => g, 1 => h)));
+        assert_eq!(errors, ["duplicate upcast step from version 1"]);
+        let steps = attrs.upcast.unwrap().value.steps;
+        let steps: Vec<_> = steps
+            .iter()
+            .map(|step| (step.from.number, tokens(&step.path)))
+            .collect();
+        assert_eq!(steps, [(1, String::from("f")), (2, String::from("g"))]);
     }
 
     #[test]
@@ -393,6 +912,8 @@ mod tests {
         let (attrs, errors) = parse_input(&parse_quote! {
             #[outbox(name = "a", skip)]
             #[outbox(name = "b", skip, publish_if = f, publish_if = g, crate = a, crate = b)]
+            #[outbox(version = 2, version = 3, aliases = ["a"], aliases = ["b"])]
+            #[outbox(upcast_from = A, upcast_from = B, upcast(1 => f), upcast(1 => g))]
             struct Paid;
         });
         assert_eq!(
@@ -402,11 +923,20 @@ mod tests {
                 "duplicate #[outbox(skip)] attribute",
                 "duplicate #[outbox(publish_if = ...)] attribute",
                 "duplicate #[outbox(crate = ...)] attribute",
+                "duplicate #[outbox(version = ...)] attribute",
+                "duplicate #[outbox(aliases = ...)] attribute",
+                "duplicate #[outbox(upcast_from = ...)] attribute",
+                "duplicate #[outbox(upcast(...))] attribute",
             ]
         );
         assert_eq!(attrs.name.unwrap().value.value(), "a");
         assert_eq!(tokens(&attrs.publish_if.unwrap().value), "f");
         assert_eq!(tokens(&attrs.krate.unwrap().value), "a");
+        assert_eq!(attrs.version.unwrap().value.number, 2);
+        assert_eq!(attrs.aliases.unwrap().value.list[0].value(), "a");
+        assert_eq!(tokens(&attrs.upcast_from.unwrap().value), "A");
+        assert_eq!(tokens(&attrs.upcast.unwrap().value.steps[0].path), "f");
+        assert!(attrs.failed.is_empty());
     }
 
     #[test]

@@ -29,6 +29,20 @@ macro_rules! module_path {
         compile_error!("user module_path! used")
     };
 }
+macro_rules! panic {
+    ($($t:tt)*) => {
+        compile_error!("user panic! used")
+    };
+}
+struct From;
+struct u32;
+struct Value;
+// Named like the parameters of the generated `fn decode`: a const in scope
+// would turn a parameter of that name into a pattern.
+#[allow(non_upper_case_globals)]
+const version: u8 = 0;
+#[allow(non_upper_case_globals)]
+const payload: u8 = 0;
 
 #[derive(serde::Serialize, serde::Deserialize, outbox::Event)]
 #[outbox(name = "billing.invoice_paid", publish_if = InvoicePaid::is_external)]
@@ -58,6 +72,32 @@ mod strings {
     pub(crate) struct InvoiceSent(pub(crate) u64);
 }
 
+// Versions, aliases and both kinds of upcaster.
+#[derive(serde::Serialize, serde::Deserialize, outbox::Event)]
+#[outbox(name = "billing.refund")]
+struct RefundV1;
+
+#[derive(serde::Serialize, serde::Deserialize, outbox::Event)]
+#[outbox(name = "billing.refund", version = 2, upcast(1 => refund_v1))]
+struct RefundV2;
+
+#[derive(serde::Serialize, serde::Deserialize, outbox::Event)]
+#[outbox(name = "billing.refund", version = 3, upcast_from = RefundV2)]
+#[outbox(aliases = ["billing.refunded"])]
+struct Refund;
+
+fn refund_v1(
+    value: ::serde_json::Value,
+) -> ::core::result::Result<::serde_json::Value, ::std::string::String> {
+    ::core::result::Result::Ok(value)
+}
+
+impl ::core::convert::From<RefundV2> for Refund {
+    fn from(_: RefundV2) -> Self {
+        Refund
+    }
+}
+
 fn main() {
     assert_eq!(<InvoicePaid as outbox::Event>::NAME, "billing.invoice_paid");
     assert!(outbox::Event::publish_if(&InvoicePaid { external: 1 }));
@@ -68,4 +108,7 @@ fn main() {
         "billing.invoice_sent"
     );
     assert!(outbox::Event::publish_if(&strings::InvoiceSent(1)));
+    assert_eq!(<Refund as outbox::Event>::VERSION, 3);
+    assert_eq!(<Refund as outbox::Event>::ALIASES, ["billing.refunded"]);
+    assert!(<Refund as outbox::Event>::decode(1, "null").is_ok());
 }
