@@ -265,19 +265,41 @@ pub struct NameStats {
 }
 
 impl Stats {
-    /// Sums per-name rows (sorted by name) into the totals.
-    pub(crate) fn from_names(by_name: Vec<NameStats>, blocked: Vec<Blocked>) -> Self {
+    /// Sums per-name rows into the totals. The rows are sorted by name (and
+    /// version): consecutive rows of one name, one per version (as
+    /// [`name_stats`] decodes them), fold into one [`NameStats`].
+    pub(crate) fn from_names(rows: Vec<NameStats>, blocked: Vec<Blocked>) -> Self {
         let mut stats = Stats::default();
-        for n in &by_name {
+        for n in rows {
             stats.pending += n.pending;
             stats.retrying += n.retrying;
             stats.dead += n.dead;
             stats.published += n.published;
             stats.oldest_pending_age = stats.oldest_pending_age.max(n.oldest_pending_age);
+            match stats.by_name.last_mut() {
+                Some(last) if last.name == n.name => last.absorb(n),
+                _ => stats.by_name.push(n),
+            }
         }
-        stats.by_name = by_name;
         stats.blocked = blocked;
         stats
+    }
+}
+
+impl NameStats {
+    /// Adds the figures of another row of the same name (another version).
+    fn absorb(&mut self, other: NameStats) {
+        self.pending += other.pending;
+        self.retrying += other.retrying;
+        self.dead += other.dead;
+        self.published += other.published;
+        self.oldest_pending_age = self.oldest_pending_age.max(other.oldest_pending_age);
+        for (version, n) in other.versions {
+            match self.versions.binary_search_by_key(&version, |&(v, _)| v) {
+                Ok(i) => self.versions[i].1 += n,
+                Err(i) => self.versions.insert(i, (version, n)),
+            }
+        }
     }
 }
 
@@ -309,25 +331,39 @@ pub struct Followed {
     pub stream_key: Option<String>,
 }
 
-/// Decodes one row of a backend's per-name stats query (columns `name`,
-/// `pending`, `retrying`, `dead`, `published`, `oldest` in seconds).
+/// Decodes one row of a backend's stats query, grouped by name and version
+/// (columns `name`, `version`, `pending`, `retrying`, `dead`, `published`,
+/// `oldest` in seconds): the figures of one version of one name, which
+/// [`Stats::from_names`] folds per name. A stored version that is not a
+/// positive integer (written by hand) counts as 0.
 pub(crate) fn name_stats<'r, R>(row: &'r R) -> std::result::Result<NameStats, sqlx::Error>
 where
     R: sqlx::Row,
     &'static str: sqlx::ColumnIndex<R>,
     String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
-    Ok(NameStats {
+    // SQLite keeps whatever a writer puts in the column: the stats never
+    // fail on it.
+    let version = row
+        .try_get::<i32, _>("version")
+        .ok()
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(0);
+    let mut stats = NameStats {
         name: row.try_get("name")?,
         pending: count(row.try_get("pending")?),
         retrying: count(row.try_get("retrying")?),
         dead: count(row.try_get("dead")?),
         published: count(row.try_get("published")?),
         oldest_pending_age: age(row.try_get("oldest")?),
-        versions: Vec::new(), // TODO(version): per-version counts
-    })
+        versions: Vec::new(),
+    };
+    // Every entry is pending, dead or published (the table's CHECK).
+    stats.versions = vec![(version, stats.pending + stats.dead + stats.published)];
+    Ok(stats)
 }
 
 /// Seconds (possibly fractional, possibly slightly negative from clock
@@ -428,7 +464,8 @@ pub(crate) fn millis(d: Duration) -> i64 {
 
 /// The columns every outbox table has at the current schema version.
 pub(crate) const COLUMNS: &str = "id, event_id, name, payload, stream_key, headers, correlation_id, \
-     causation_id, created_at, status, attempts, last_error, available_at, claim_token, published_at";
+     causation_id, created_at, status, attempts, last_error, available_at, claim_token, published_at, \
+     version";
 
 /// Probes `table` (quoted with `quote`) for [`COLUMNS`] and its newest
 /// recorded schema version, and judges with [`verdict`].
@@ -528,6 +565,9 @@ pub(crate) fn verdict(
     // not read the table or its migration record) cannot be checked here:
     // the build goes on, and the relay reports what it meets at run time.
     match probe {
+        // A column added by a later migration is missing from an outbox
+        // table at an older schema: the version says why.
+        Err(sqlx::Error::Database(_)) if matches!(version, Ok(Some(found)) if found < latest) => {}
         Err(sqlx::Error::Database(err)) if is_missing(&*err) => {
             return Err(not(err.message().to_owned()));
         }
@@ -572,10 +612,11 @@ pub(crate) mod private {
     }
 
     impl NewRow {
-        /// No stream key, headers or ids besides its own: the table's
-        /// defaults (NULL, `{}`) fill the other columns.
+        /// No stream key, headers or ids besides its own, and version 1:
+        /// the table's defaults (NULL, `{}`, 1) fill the other columns.
         pub fn is_plain(&self) -> bool {
-            self.stream_key.is_none()
+            self.version == 1
+                && self.stream_key.is_none()
                 && self.headers == "{}"
                 && self.correlation_id.is_none()
                 && self.causation_id.is_none()
@@ -891,6 +932,45 @@ mod tests {
         let t = TableName::new("app.outbox_2").unwrap();
         assert_eq!(t.quoted('"', ""), "\"app\".\"outbox_2\"");
         assert_eq!(t.bare(), "outbox_2");
+    }
+
+    /// One row of a stats query: a version of a name.
+    fn row(name: &str, version: u32, pending: u64, dead: u64, oldest: Option<u64>) -> NameStats {
+        NameStats {
+            name: name.to_owned(),
+            pending,
+            retrying: pending / 2,
+            dead,
+            published: 1,
+            oldest_pending_age: oldest.map(Duration::from_secs),
+            versions: vec![(version, pending + dead + 1)],
+        }
+    }
+
+    #[test]
+    fn stats_fold_the_versions_of_a_name() {
+        let stats = Stats::from_names(
+            vec![
+                row("a", 1, 2, 0, Some(5)),
+                row("a", 3, 4, 1, Some(9)),
+                row("b", 2, 0, 1, None),
+            ],
+            Vec::new(),
+        );
+        assert_eq!(
+            (stats.pending, stats.retrying, stats.dead, stats.published),
+            (6, 3, 2, 3)
+        );
+        assert_eq!(stats.oldest_pending_age, Some(Duration::from_secs(9)));
+        let a = &stats.by_name[0];
+        assert_eq!(stats.by_name.len(), 2);
+        assert_eq!(
+            (a.name.as_str(), a.pending, a.retrying, a.dead, a.published),
+            ("a", 6, 3, 1, 2)
+        );
+        assert_eq!(a.oldest_pending_age, Some(Duration::from_secs(9)));
+        assert_eq!(a.versions, [(1, 3), (3, 6)]);
+        assert_eq!(stats.by_name[1].versions, [(2, 2)]);
     }
 
     #[test]

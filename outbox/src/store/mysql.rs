@@ -69,9 +69,13 @@ const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../../migrations/mysql/0002_blocked.up.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/mysql/0003_version.up.sql"),
+    ),
 ];
 
-/// Rows per INSERT statement (7 parameters each, far below MySQL's 65,535).
+/// Rows per INSERT statement (8 parameters each, far below MySQL's 65,535).
 const INSERT_CHUNK_ROWS: usize = 500;
 
 /// Bytes of payload and headers per INSERT statement, well under the
@@ -85,11 +89,12 @@ const MAX_DELAY_MICROS: i64 = 100 * 365 * 24 * 3600 * 1_000_000;
 /// Seconds one `GET_LOCK` call waits before it is retried.
 const LOCK_WAIT_SECS: i64 = 10;
 
+/// What a claim reads (`stream_key` fifth: a poison row keeps it by position).
 const COLUMNS: &str = "o.id, o.event_id, o.name, o.payload, o.stream_key, o.headers, o.correlation_id, \
-     o.causation_id, o.created_at, o.attempts";
+     o.causation_id, o.created_at, o.attempts, o.version";
 
 /// What a dead-letter listing reads.
-const DEAD_COLUMNS: &str = "id, event_id, name, payload, attempts, \
+const DEAD_COLUMNS: &str = "id, event_id, name, version, payload, attempts, \
      COALESCE(last_error, '') AS last_error, stream_key, headers, correlation_id, causation_id, \
      created_at, available_at";
 
@@ -225,7 +230,7 @@ impl Store for MySql {
             )),
             insert_prefix: safe(format!(
                 "INSERT INTO {t} (event_id, name, payload, stream_key, headers, correlation_id, causation_id, \
-                 created_at, available_at) VALUES "
+                 version, created_at, available_at) VALUES "
             )),
             candidates: safe(format!(
                 "SELECT c.id FROM {t} AS c WHERE c.status = 'pending' AND c.id > ? \
@@ -271,14 +276,14 @@ impl Store for MySql {
             )),
             unblock: safe(format!("DELETE FROM {blocked_table} WHERE publisher = ?")),
             stats: safe(format!(
-                "SELECT name, \
+                "SELECT name, version, \
                  COUNT(CASE WHEN status = 'pending' THEN 1 END) AS pending, \
                  COUNT(CASE WHEN status = 'pending' AND attempts > 0 THEN 1 END) AS retrying, \
                  COUNT(CASE WHEN status = 'dead' THEN 1 END) AS dead, \
                  COUNT(CASE WHEN status = 'published' THEN 1 END) AS published, \
                  TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN status = 'pending' THEN created_at END), \
                  UTC_TIMESTAMP(6)) / 1e6 AS oldest \
-                 FROM {t} GROUP BY name ORDER BY name"
+                 FROM {t} GROUP BY name, version ORDER BY name, version"
             )),
             cleanup: safe(format!(
                 "DELETE FROM {t} WHERE status = 'published' \
@@ -370,7 +375,7 @@ impl Store for MySql {
                         id,
                         event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
                         name: row.try_get("name")?,
-                        version: 1, // TODO(version)
+                        version: row.try_get("version")?,
                         payload: row.try_get("payload")?,
                         stream_key: row.try_get("stream_key")?,
                         headers: row.try_get("headers")?,
@@ -519,7 +524,7 @@ impl Store for MySql {
                     position: row.try_get("id")?,
                     event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
                     name: row.try_get("name")?,
-                    version: 1, // TODO(version)
+                    version: u32::try_from(row.try_get::<i32, _>("version")?).unwrap_or(0),
                     payload: row.try_get("payload")?,
                     attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
                     reason: row.try_get("last_error")?,
@@ -816,7 +821,7 @@ async fn apply(
 
 /// One multi-row INSERT.
 async fn insert_chunk(conn: &mut MySqlConnection, sql: &Sql, chunk: &[NewRow]) -> Result<()> {
-    const ROW: &str = "(?,?,?,?,?,?,?,UTC_TIMESTAMP(6),UTC_TIMESTAMP(6))";
+    const ROW: &str = "(?,?,?,?,?,?,?,?,UTC_TIMESTAMP(6),UTC_TIMESTAMP(6))";
     let mut text =
         String::with_capacity(sql.insert_prefix.as_str().len() + chunk.len() * (ROW.len() + 1));
     text.push_str(sql.insert_prefix.as_str());
@@ -835,7 +840,8 @@ async fn insert_chunk(conn: &mut MySqlConnection, sql: &Sql, chunk: &[NewRow]) -
             .bind(row.stream_key.as_deref())
             .bind(row.headers.as_str())
             .bind(row.correlation_id.map(Uuid::hyphenated))
-            .bind(row.causation_id.map(Uuid::hyphenated));
+            .bind(row.causation_id.map(Uuid::hyphenated))
+            .bind(row.version);
     }
     query.execute(&mut *conn).await?;
     Ok(())

@@ -32,6 +32,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         3,
         include_str!("../../migrations/postgres/0003_fillfactor.up.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_version.up.sql"),
+    ),
 ];
 
 /// The SQL for one table.
@@ -42,7 +46,8 @@ pub struct Sql {
     /// Per-stream order: claims take a table-wide advisory lock first.
     ordered: bool,
     insert: SqlStr,
-    /// For rows with no metadata: three columns, the rest from defaults.
+    /// For rows with no metadata at version 1: three columns, the rest
+    /// from defaults.
     insert_plain: SqlStr,
     claim: SqlStr,
     delete: SqlStr,
@@ -112,7 +117,8 @@ fn claim_sql(t: &str, options: SqlOptions, settle: Option<&str>) -> String {
              claimed AS (UPDATE {t} AS o SET {lease} FROM due WHERE o.id = due.id RETURNING {RETURNING}) \
              SELECT *, NULL::bigint[] FROM claimed UNION ALL \
              SELECT NULL::bigint, NULL::uuid, NULL::text, NULL::text, NULL::text, NULL::text, \
-             NULL::uuid, NULL::uuid, NULL::timestamptz, NULL::int, ARRAY(SELECT id FROM settled)"
+             NULL::uuid, NULL::uuid, NULL::timestamptz, NULL::int, NULL::int, \
+             ARRAY(SELECT id FROM settled)"
         ),
         // Claims of ordered tables run under a lock, in their own transaction.
         None if options.ordered => format!(
@@ -154,12 +160,13 @@ impl BlockedSql {
     }
 }
 
-/// Returned by claims. A `created_at` chrono cannot hold (`infinity`, year
-/// 294276) comes back NULL: the entry is then a dead letter, not a crash.
+/// Returned by claims, decoded by position in [`claimed_row`]. A
+/// `created_at` chrono cannot hold (`infinity`, year 294276) comes back
+/// NULL: the entry is then a dead letter, not a crash.
 const RETURNING: &str = "o.id, o.event_id, o.name, o.payload::text AS payload, o.stream_key, \
      o.headers::text AS headers, o.correlation_id, o.causation_id, \
      CASE WHEN o.created_at BETWEEN '0001-01-01' AND '9999-12-31' THEN o.created_at END AS created_at, \
-     o.attempts";
+     o.attempts, o.version";
 
 impl Store for Postgres {
     type Sql = Sql;
@@ -169,8 +176,9 @@ impl Store for Postgres {
         let t = table.quoted('"', "");
         let channel = options.notify.then(|| format!("outbox_{}", table.bare()));
         let rows = "SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]::json[], $4::text[], \
-                    $5::text[]::json[], $6::uuid[], $7::uuid[])";
-        let columns = "event_id, name, payload, stream_key, headers, correlation_id, causation_id";
+                    $5::text[]::json[], $6::uuid[], $7::uuid[], $8::int4[])";
+        let columns =
+            "event_id, name, payload, stream_key, headers, correlation_id, causation_id, version";
         let plain_rows = "SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]::json[])";
         let insert = |columns: &str, rows: &str, channel_param: u8| {
             if channel.is_some() {
@@ -185,7 +193,7 @@ impl Store for Postgres {
             }
         };
         let (insert, insert_plain) = (
-            insert(columns, rows, 8),
+            insert(columns, rows, 9),
             insert("event_id, name, payload", plain_rows, 4),
         );
         // Published rows still claimed with token `$p+1`, among ids `$p`.
@@ -210,13 +218,13 @@ impl Store for Postgres {
             delete: safe(delete(1)),
             settle_and_claim: safe(claim_sql(&t, options, Some(&delete(5)))),
             stats: safe(format!(
-                "SELECT name, \
+                "SELECT name, version, \
                  count(*) FILTER (WHERE status = 'pending') AS pending, \
                  count(*) FILTER (WHERE status = 'pending' AND attempts > 0) AS retrying, \
                  count(*) FILTER (WHERE status = 'dead') AS dead, \
                  count(*) FILTER (WHERE status = 'published') AS published, \
                  EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8 AS oldest \
-                 FROM {t} GROUP BY name ORDER BY name"
+                 FROM {t} GROUP BY name, version ORDER BY name, version"
             )),
             cleanup: safe(format!(
                 "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE status = 'published' \
@@ -236,7 +244,7 @@ impl Store for Postgres {
             )),
             blocked: BlockedSql::new(table),
             dead_letters: safe(format!(
-                "SELECT id, event_id, name, payload::text AS payload, attempts, \
+                "SELECT id, event_id, name, version, payload::text AS payload, attempts, \
                  COALESCE(last_error, '') AS last_error, stream_key, \
                  headers::text AS headers, correlation_id, causation_id, \
                  COALESCE(CASE WHEN created_at BETWEEN '0001-01-01' AND '9999-12-31' THEN created_at END, \
@@ -292,6 +300,7 @@ impl Store for Postgres {
         let mut headers = Vec::with_capacity(rows.len());
         let mut correlations = Vec::with_capacity(rows.len());
         let mut causations = Vec::with_capacity(rows.len());
+        let mut versions = Vec::with_capacity(rows.len());
         for row in rows {
             ids.push(row.event_id);
             names.push(row.name);
@@ -300,6 +309,7 @@ impl Store for Postgres {
             headers.push(row.headers.as_str());
             correlations.push(row.correlation_id);
             causations.push(row.causation_id);
+            versions.push(row.version);
         }
         let mut query = sqlx::query(sql.insert.clone())
             .bind(ids)
@@ -308,7 +318,8 @@ impl Store for Postgres {
             .bind(streams)
             .bind(headers)
             .bind(correlations)
-            .bind(causations);
+            .bind(causations)
+            .bind(versions);
         if let Some(channel) = &sql.channel {
             query = query.bind(channel);
         }
@@ -508,7 +519,7 @@ impl Store for Postgres {
                     position: row.try_get("id")?,
                     event_id: row.try_get("event_id")?,
                     name: row.try_get("name")?,
-                    version: 1, // TODO(version)
+                    version: u32::try_from(row.try_get::<i32, _>("version")?).unwrap_or(0),
                     payload: row.try_get("payload")?,
                     attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
                     reason: row.try_get("last_error")?,
@@ -805,8 +816,9 @@ impl Wakeup for Listener {
     }
 }
 
-/// Where the combined settle-and-claim lists the settled positions.
-const SETTLED_COLUMN: usize = 10;
+/// Where the combined settle-and-claim lists the settled positions (after
+/// the [`RETURNING`] columns).
+const SETTLED_COLUMN: usize = 11;
 
 /// One claimed row, by position in RETURNING order (no column-name lookups
 /// on the hot path).
@@ -817,7 +829,7 @@ fn claimed_row(row: &sqlx::postgres::PgRow) -> std::result::Result<ClaimedRow, s
             id,
             event_id: row.try_get(1)?,
             name: row.try_get(2)?,
-            version: 1, // TODO(version)
+            version: row.try_get(10)?,
             payload: row.try_get(3)?,
             stream_key: row.try_get(4)?,
             headers: row.try_get(5)?,

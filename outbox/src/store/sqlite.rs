@@ -30,9 +30,13 @@ const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_blocked.up.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_version.up.sql"),
+    ),
 ];
 
-/// Rows per INSERT statement (8 parameters each, well under SQLite's 32,766).
+/// Rows per INSERT statement (10 parameters each, well under SQLite's 32,766).
 const INSERT_CHUNK: usize = 500;
 
 /// The SQL for one table.
@@ -101,25 +105,25 @@ impl Store for Sqlite {
             table: table.clone(),
             insert_prefix: safe(format!(
                 "INSERT INTO {t} (event_id, name, payload, stream_key, headers, correlation_id, causation_id, \
-                 created_at, available_at) VALUES "
+                 version, created_at, available_at) VALUES "
             )),
             claim: safe(format!(
                 "UPDATE {t} SET claim_token = ?1, available_at = ?2 + ?3 WHERE id IN \
                  (SELECT c.id FROM {t} c WHERE c.status = 'pending' AND c.id > ?5 AND c.available_at <= ?2{stream_gate} \
                  ORDER BY c.id LIMIT ?4) \
                  RETURNING id, event_id, name, payload, stream_key, headers, correlation_id, causation_id, \
-                 created_at, attempts"
+                 created_at, attempts, version"
             )),
             keep_published: options.keep_published,
             delete: safe(delete),
             stats: safe(format!(
-                "SELECT name, \
+                "SELECT name, version, \
                  SUM(status = 'pending') AS pending, \
                  SUM(status = 'pending' AND attempts > 0) AS retrying, \
                  SUM(status = 'dead') AS dead, \
                  SUM(status = 'published') AS published, \
                  (?1 - MIN(CASE WHEN status = 'pending' THEN created_at END)) / 1000.0 AS oldest \
-                 FROM {t} GROUP BY name ORDER BY name"
+                 FROM {t} GROUP BY name, version ORDER BY name, version"
             )),
             cleanup: safe(format!(
                 "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE status = 'published' \
@@ -144,7 +148,8 @@ impl Store for Sqlite {
             )),
             unblock: safe(format!("DELETE FROM {blocked_table} WHERE publisher = ?1")),
             dead_letters: safe(format!(
-                "SELECT id, event_id, name, payload, attempts, COALESCE(last_error, '') AS last_error, \
+                "SELECT id, event_id, name, version, payload, attempts, \
+                 COALESCE(last_error, '') AS last_error, \
                  stream_key, headers, correlation_id, causation_id, \
                  CAST(created_at AS INTEGER) AS created_at, available_at FROM {t} WHERE status = 'dead'"
             )),
@@ -182,7 +187,7 @@ impl Store for Sqlite {
                 if i > 0 {
                     text.push(',');
                 }
-                text.push_str("(?,?,?,?,?,?,?,?,?)");
+                text.push_str("(?,?,?,?,?,?,?,?,?,?)");
             }
             let mut query = sqlx::query(sqlx::AssertSqlSafe(text));
             for row in chunk {
@@ -194,6 +199,7 @@ impl Store for Sqlite {
                     .bind(row.headers.as_str())
                     .bind(row.correlation_id.map(Uuid::hyphenated))
                     .bind(row.causation_id.map(Uuid::hyphenated))
+                    .bind(row.version)
                     .bind(now)
                     .bind(now);
             }
@@ -227,7 +233,7 @@ impl Store for Sqlite {
                         id,
                         event_id: row.try_get::<Hyphenated, _>(1)?.into(),
                         name: row.try_get(2)?,
-                        version: 1, // TODO(version)
+                        version: row.try_get(10)?,
                         payload: row.try_get(3)?,
                         stream_key: row.try_get(4)?,
                         headers: row.try_get(5)?,
@@ -355,7 +361,13 @@ impl Store for Sqlite {
                     position: row.try_get("id")?,
                     event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
                     name: row.try_get("name")?,
-                    version: 1, // TODO(version)
+                    // Whatever a writer put in the column: the listing
+                    // never fails on it (0 is not a version).
+                    version: row
+                        .try_get::<i64, _>("version")
+                        .ok()
+                        .and_then(|v| u32::try_from(v).ok())
+                        .unwrap_or(0),
                     payload: row.try_get("payload")?,
                     attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
                     reason: row.try_get("last_error")?,

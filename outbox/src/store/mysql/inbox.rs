@@ -30,10 +30,16 @@ use super::{limit_param, micros, migrate_with, uuid_opt};
 use crate::error::Result;
 use crate::inbox::{InboxNameStats, InboxStats};
 
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    include_str!("../../../migrations/mysql/inbox/0001_create_inbox.up.sql"),
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        include_str!("../../../migrations/mysql/inbox/0001_create_inbox.up.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../migrations/mysql/inbox/0002_version.up.sql"),
+    ),
+];
 
 /// MySQL's error number for a duplicate key.
 const ER_DUP_ENTRY: u16 = 1062;
@@ -63,7 +69,8 @@ pub struct InboxSql {
 }
 
 /// The message columns, in the order [`InboxRow`] binds them.
-const MESSAGE: &str = "event_id, name, payload, stream_key, headers, correlation_id, causation_id";
+const MESSAGE: &str =
+    "event_id, name, version, payload, stream_key, headers, correlation_id, causation_id";
 
 /// The state of one inbox row: position, status, attempts.
 type State = (i64, String, i32);
@@ -81,22 +88,22 @@ impl InboxStore for MySql {
         let state = format!("SELECT id, status, attempts FROM {t} WHERE event_id = ?");
         InboxSql {
             insert_done: safe(format!(
-                "INSERT INTO {t} (event_id, name, status, received_at, updated_at) \
-                 VALUES (?, ?, 'done', UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))"
+                "INSERT INTO {t} (event_id, name, version, status, received_at, updated_at) \
+                 VALUES (?, ?, ?, 'done', UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))"
             )),
             peek: safe(state.clone()),
             shared: safe(format!("{state} LOCK IN SHARE MODE")),
             lock: safe(format!("{state} FOR UPDATE")),
             mark_done: safe(format!(
-                "UPDATE {t} SET status = 'done', payload = NULL, headers = NULL, \
+                "UPDATE {t} SET status = 'done', version = ?, payload = NULL, headers = NULL, \
                  last_error = NULL, updated_at = UTC_TIMESTAMP(6) WHERE id = ?"
             )),
             insert_failed: safe(format!(
                 "INSERT INTO {t} ({MESSAGE}, status, attempts, last_error, received_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))"
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))"
             )),
             update_failed: safe(format!(
-                "UPDATE {t} SET name = ?, payload = ?, stream_key = ?, headers = ?, \
+                "UPDATE {t} SET name = ?, version = ?, payload = ?, stream_key = ?, headers = ?, \
                  correlation_id = ?, causation_id = ?, status = ?, attempts = ?, last_error = ?, \
                  updated_at = UTC_TIMESTAMP(6) WHERE id = ?"
             )),
@@ -151,6 +158,7 @@ impl InboxStore for MySql {
         let inserted = sqlx::query(sql.insert_done.clone())
             .bind(row.event_id.hyphenated())
             .bind(&row.name)
+            .bind(row.version)
             .execute(&mut *conn)
             .await;
         match inserted {
@@ -200,6 +208,7 @@ impl InboxStore for MySql {
             let inserted = sqlx::query(sql.insert_failed.clone())
                 .bind(row.event_id.hyphenated())
                 .bind(&row.name)
+                .bind(row.version)
                 .bind(&row.payload)
                 .bind(&row.stream_key)
                 .bind(&row.headers)
@@ -241,6 +250,7 @@ impl InboxStore for MySql {
         };
         sqlx::query(sql.update_failed.clone())
             .bind(&row.name)
+            .bind(row.version)
             .bind(&row.payload)
             .bind(&row.stream_key)
             .bind(&row.headers)
@@ -278,7 +288,7 @@ impl InboxStore for MySql {
                     position: row.try_get("id")?,
                     event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
                     name: row.try_get("name")?,
-                    version: 1, // TODO(version)
+                    version: u32::try_from(row.try_get::<i32, _>("version")?).unwrap_or(0),
                     payload: row
                         .try_get::<Option<String>, _>("payload")?
                         .unwrap_or_default(),
@@ -332,7 +342,7 @@ impl InboxStore for MySql {
                 Ok(InboxRow {
                     event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
                     name: row.try_get("name")?,
-                    version: 1, // TODO(version)
+                    version: row.try_get("version")?,
                     payload: row
                         .try_get::<Option<String>, _>("payload")?
                         .unwrap_or_default(),
@@ -399,6 +409,7 @@ async fn take_open(conn: &mut MySqlConnection, sql: &InboxSql, row: &InboxRow) -
         return Ok(Take::Seen);
     };
     sqlx::query(sql.mark_done.clone())
+        .bind(row.version)
         .bind(position)
         .execute(&mut *conn)
         .await?;

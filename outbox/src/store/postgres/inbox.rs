@@ -12,10 +12,16 @@ use super::migrate_with;
 use crate::error::Result;
 use crate::inbox::{InboxNameStats, InboxStats};
 
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    include_str!("../../../migrations/postgres/inbox/0001_create_inbox.up.sql"),
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        include_str!("../../../migrations/postgres/inbox/0001_create_inbox.up.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../migrations/postgres/inbox/0002_version.up.sql"),
+    ),
+];
 
 /// The SQL for one inbox table.
 pub struct InboxSql {
@@ -30,7 +36,8 @@ pub struct InboxSql {
 }
 
 /// The message columns, in the order [`InboxRow`] binds them.
-const MESSAGE: &str = "event_id, name, payload, stream_key, headers, correlation_id, causation_id";
+const MESSAGE: &str =
+    "event_id, name, version, payload, stream_key, headers, correlation_id, causation_id";
 
 impl InboxStore for Postgres {
     type InboxSql = InboxSql;
@@ -43,21 +50,21 @@ impl InboxStore for Postgres {
             // The primary key makes a second delivery of the same message
             // wait here until the first transaction ends.
             take: safe(format!(
-                "INSERT INTO {t} AS i (event_id, name, status) VALUES ($1, $2, 'done') \
-                 ON CONFLICT (event_id) DO UPDATE SET status = 'done', payload = NULL, \
-                 headers = NULL, last_error = NULL, updated_at = now() \
+                "INSERT INTO {t} AS i (event_id, name, version, status) VALUES ($1, $2, $3, 'done') \
+                 ON CONFLICT (event_id) DO UPDATE SET status = 'done', version = excluded.version, \
+                 payload = NULL, headers = NULL, last_error = NULL, updated_at = now() \
                  WHERE i.status IN ('failed', 'requeued') \
                  RETURNING i.id, i.attempts"
             )),
             fail: safe(format!(
                 "INSERT INTO {t} AS i ({MESSAGE}, status, attempts, last_error) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, \
-                 CASE WHEN $9 <= 1 THEN 'dead' ELSE 'failed' END, 1, $8) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+                 CASE WHEN $10 <= 1 THEN 'dead' ELSE 'failed' END, 1, $9) \
                  ON CONFLICT (event_id) DO UPDATE SET attempts = i.attempts + 1, \
-                 last_error = excluded.last_error, payload = excluded.payload, \
+                 last_error = excluded.last_error, version = excluded.version, payload = excluded.payload, \
                  headers = excluded.headers, stream_key = excluded.stream_key, \
                  correlation_id = excluded.correlation_id, causation_id = excluded.causation_id, \
-                 status = CASE WHEN i.attempts + 1 >= $9 THEN 'dead' \
+                 status = CASE WHEN i.attempts + 1 >= $10 THEN 'dead' \
                  WHEN i.status = 'requeued' THEN 'requeued' ELSE 'failed' END, updated_at = now() \
                  WHERE i.status IN ('failed', 'requeued') \
                  RETURNING i.attempts, i.status = 'dead'"
@@ -100,6 +107,7 @@ impl InboxStore for Postgres {
         let taken: Option<(i64, i32)> = sqlx::query_as(sql.take.clone())
             .bind(row.event_id)
             .bind(&row.name)
+            .bind(row.version)
             .fetch_optional(conn)
             .await?;
         Ok(match taken {
@@ -121,6 +129,7 @@ impl InboxStore for Postgres {
         let failed: Option<(i32, bool)> = sqlx::query_as(sql.fail.clone())
             .bind(row.event_id)
             .bind(&row.name)
+            .bind(row.version)
             .bind(&row.payload)
             .bind(&row.stream_key)
             .bind(&row.headers)
@@ -155,7 +164,7 @@ impl InboxStore for Postgres {
                     position: row.try_get("id")?,
                     event_id: row.try_get("event_id")?,
                     name: row.try_get("name")?,
-                    version: 1, // TODO(version)
+                    version: u32::try_from(row.try_get::<i32, _>("version")?).unwrap_or(0),
                     payload: row
                         .try_get::<Option<String>, _>("payload")?
                         .unwrap_or_default(),
@@ -205,7 +214,7 @@ impl InboxStore for Postgres {
                 Ok(InboxRow {
                     event_id: row.try_get("event_id")?,
                     name: row.try_get("name")?,
-                    version: 1, // TODO(version)
+                    version: row.try_get("version")?,
                     payload: row
                         .try_get::<Option<String>, _>("payload")?
                         .unwrap_or_default(),

@@ -15,10 +15,16 @@ use super::{migrate_with, now_millis, time, uuid_opt};
 use crate::error::Result;
 use crate::inbox::{InboxNameStats, InboxStats};
 
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    include_str!("../../../migrations/sqlite/inbox/0001_create_inbox.up.sql"),
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        include_str!("../../../migrations/sqlite/inbox/0001_create_inbox.up.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../migrations/sqlite/inbox/0002_version.up.sql"),
+    ),
+];
 
 /// The SQL for one inbox table.
 pub struct InboxSql {
@@ -33,7 +39,8 @@ pub struct InboxSql {
 }
 
 /// The message columns, in the order [`InboxRow`] binds them.
-const MESSAGE: &str = "event_id, name, payload, stream_key, headers, correlation_id, causation_id";
+const MESSAGE: &str =
+    "event_id, name, version, payload, stream_key, headers, correlation_id, causation_id";
 
 impl InboxStore for Sqlite {
     type InboxSql = InboxSql;
@@ -43,26 +50,26 @@ impl InboxStore for Sqlite {
         InboxSql {
             // A new id is inserted as processed; a failed or requeued one
             // becomes processed; a processed or dead one returns no row.
-            // `?3` is now.
+            // `?4` is now.
             take: safe(format!(
-                "INSERT INTO {t} (event_id, name, status, received_at, updated_at) \
-                 VALUES (?1, ?2, 'done', ?3, ?3) \
-                 ON CONFLICT (event_id) DO UPDATE SET status = 'done', payload = NULL, \
-                 headers = NULL, last_error = NULL, updated_at = ?3 \
+                "INSERT INTO {t} (event_id, name, version, status, received_at, updated_at) \
+                 VALUES (?1, ?2, ?3, 'done', ?4, ?4) \
+                 ON CONFLICT (event_id) DO UPDATE SET status = 'done', version = excluded.version, \
+                 payload = NULL, headers = NULL, last_error = NULL, updated_at = ?4 \
                  WHERE status IN ('failed', 'requeued') \
                  RETURNING id, attempts"
             )),
-            // `?9` is the attempt that makes the message dead, `?10` now.
+            // `?10` is the attempt that makes the message dead, `?11` now.
             fail: safe(format!(
                 "INSERT INTO {t} ({MESSAGE}, status, attempts, last_error, received_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
-                 CASE WHEN ?9 <= 1 THEN 'dead' ELSE 'failed' END, 1, ?8, ?10, ?10) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+                 CASE WHEN ?10 <= 1 THEN 'dead' ELSE 'failed' END, 1, ?9, ?11, ?11) \
                  ON CONFLICT (event_id) DO UPDATE SET attempts = attempts + 1, \
-                 last_error = excluded.last_error, payload = excluded.payload, \
+                 last_error = excluded.last_error, version = excluded.version, payload = excluded.payload, \
                  headers = excluded.headers, stream_key = excluded.stream_key, \
                  correlation_id = excluded.correlation_id, causation_id = excluded.causation_id, \
-                 status = CASE WHEN attempts + 1 >= ?9 THEN 'dead' \
-                 WHEN status = 'requeued' THEN 'requeued' ELSE 'failed' END, updated_at = ?10 \
+                 status = CASE WHEN attempts + 1 >= ?10 THEN 'dead' \
+                 WHEN status = 'requeued' THEN 'requeued' ELSE 'failed' END, updated_at = ?11 \
                  WHERE status IN ('failed', 'requeued') \
                  RETURNING attempts, status = 'dead'"
             )),
@@ -109,6 +116,7 @@ impl InboxStore for Sqlite {
         let taken: Option<(i64, i64)> = sqlx::query_as(sql.take.clone())
             .bind(row.event_id.hyphenated())
             .bind(&row.name)
+            .bind(row.version)
             .bind(now_millis())
             .fetch_optional(conn)
             .await?;
@@ -131,6 +139,7 @@ impl InboxStore for Sqlite {
         let failed: Option<(i64, bool)> = sqlx::query_as(sql.fail.clone())
             .bind(row.event_id.hyphenated())
             .bind(&row.name)
+            .bind(row.version)
             .bind(&row.payload)
             .bind(&row.stream_key)
             .bind(&row.headers)
@@ -166,7 +175,7 @@ impl InboxStore for Sqlite {
                     position: row.try_get("id")?,
                     event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
                     name: row.try_get("name")?,
-                    version: 1, // TODO(version)
+                    version: u32::try_from(row.try_get::<i64, _>("version")?).unwrap_or(0),
                     payload: row
                         .try_get::<Option<String>, _>("payload")?
                         .unwrap_or_default(),
@@ -222,7 +231,7 @@ impl InboxStore for Sqlite {
                 Ok(InboxRow {
                     event_id: row.try_get::<Hyphenated, _>("event_id")?.into(),
                     name: row.try_get("name")?,
-                    version: 1, // TODO(version)
+                    version: row.try_get("version")?,
                     payload: row
                         .try_get::<Option<String>, _>("payload")?
                         .unwrap_or_default(),

@@ -1,0 +1,1 @@
+ALTER TABLE __TABLE__ DROP COLUMN version;
