@@ -27,7 +27,7 @@ mod support;
 
 use support::{
     BIN, Run, command, exec, mysql_url, one_error_line, pg, pg_drop, pg_url, remove_sqlite,
-    sqlite_url, table,
+    schema_version, sqlite_url, table,
 };
 
 const README: &str = include_str!("../../README.md");
@@ -174,25 +174,12 @@ async fn pg_insert(pool: &PgPool, table: &str, name: &str, n: i32) {
 
 // ---------------------------------------------------------------- migrate
 
-/// The schema version a fresh PostgreSQL table reaches: one per migration
-/// the library ships (outbox/migrations/postgres/NNNN_*.up.sql).
-fn pg_schema_version() -> usize {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../outbox/migrations/postgres");
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter(|entry| {
-            let name = entry.as_ref().unwrap().file_name();
-            name.to_string_lossy().ends_with(".up.sql")
-        })
-        .count()
-}
-
 #[tokio::test]
 async fn migrate_creates_the_table_once_postgres() {
     let pool = pg().await;
     let t = table("migrate");
-    let version = pg_schema_version();
-    assert!(version >= 2, "{version}");
+    let version = schema_version("postgres");
+    assert!(version >= 4, "{version}");
     let run = outbox(&pg_url(), &t, &["migrate"]).ok();
     assert_eq!(
         run.stdout.trim(),
@@ -1330,9 +1317,11 @@ async fn sqlite_migrate_contract_status_and_dead_letters() {
     outbox(&url, "outbox", &["status"]).fails(1, "created by \"outbox migrate\"");
     assert!(!file.exists());
     let run = outbox(&url, "outbox", &["migrate"]).ok();
+    let version = schema_version("sqlite");
+    assert!(version >= 3, "{version}");
     assert_eq!(
         run.stdout.trim(),
-        format!("table \"outbox\" created (schema version 2) in {url}")
+        format!("table \"outbox\" created (schema version {version}) in {url}")
     );
     let pool = SqlitePool::connect(&url).await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(readme_sql("SQLite", "outbox").clone()))
@@ -1388,9 +1377,11 @@ async fn mariadb_migrate_contract_and_status() {
     // The mariadb:// scheme works as well as mysql://.
     let mariadb = mysql_url().replacen("mysql://", "mariadb://", 1);
     let run = outbox(&mariadb, &t, &["migrate"]).ok();
+    let version = schema_version("mysql");
+    assert!(version >= 3, "{version}");
     assert!(
         run.stdout
-            .starts_with(&format!("table \"{t}\" created (schema version 2)")),
+            .starts_with(&format!("table \"{t}\" created (schema version {version})")),
         "{run:?}"
     );
     outbox(&mysql_url(), &t, &["migrate"]).ok();

@@ -12,7 +12,9 @@ use uuid::Uuid;
 
 mod support;
 
-use support::{Run, exec, mysql_url, pg, pg_drop, pg_url, remove_sqlite, sqlite_url, table};
+use support::{
+    Run, exec, mysql_url, pg, pg_drop, pg_url, remove_sqlite, schema_version, sqlite_url, table,
+};
 
 /// `outbox --table TABLE inbox ARGS...`.
 fn inbox(url: &str, table: &str, args: &[&str]) -> Run {
@@ -133,11 +135,13 @@ fn counts(json: &Value) -> [u64; 4] {
 async fn inbox_migrate_and_status_postgres() {
     let pool = pg().await;
     let t = table("inbox_status");
+    let version = schema_version("postgres/inbox");
+    assert!(version >= 2, "{version}");
     let run = inbox(&pg_url(), &t, &["migrate"]).ok();
     assert_eq!(
         run.stdout.trim(),
         format!(
-            "inbox table \"{t}\" created (schema version 1) in {}",
+            "inbox table \"{t}\" created (schema version {version}) in {}",
             pg_url()
         )
     );
@@ -145,12 +149,12 @@ async fn inbox_migrate_and_status_postgres() {
     assert!(
         again
             .stdout
-            .contains("already up to date (schema version 1)"),
+            .contains(&format!("already up to date (schema version {version})")),
         "{again:?}"
     );
     let json = inbox(&pg_url(), &t, &["--json", "migrate"]).ok().json();
     assert_eq!(json["created"], false);
-    assert_eq!(json["schema_version"], 1);
+    assert_eq!(json["schema_version"], version);
 
     // Empty.
     let json = inbox(&pg_url(), &t, &["--json", "status"]).ok().json();
@@ -423,9 +427,11 @@ async fn inbox_sqlite_default_table_status_and_dead_letters() {
     let (url, file) = sqlite_url();
     // Without --table the inbox commands use `inbox`; migrate creates the file.
     let run = exec(&url, None, &["inbox", "migrate"]).ok();
+    let version = schema_version("sqlite/inbox");
+    assert!(version >= 2, "{version}");
     assert_eq!(
         run.stdout.trim(),
-        format!("inbox table \"inbox\" created (schema version 1) in {url}")
+        format!("inbox table \"inbox\" created (schema version {version}) in {url}")
     );
     let pool = SqlitePool::connect(&url).await.unwrap();
     let (lib, fx) = fixture(&pool, "inbox").await;
@@ -485,9 +491,12 @@ async fn inbox_mariadb_status_and_dead_letters() {
         .expect("MariaDB at MYSQL_URL");
     let t = table("inbox_mysql");
     let run = inbox(&mysql_url(), &t, &["migrate"]).ok();
+    let version = schema_version("mysql/inbox");
+    assert!(version >= 2, "{version}");
     assert!(
-        run.stdout
-            .starts_with(&format!("inbox table \"{t}\" created (schema version 1)")),
+        run.stdout.starts_with(&format!(
+            "inbox table \"{t}\" created (schema version {version})"
+        )),
         "{run:?}"
     );
     let (lib, fx) = fixture(&pool, &t).await;

@@ -36,6 +36,20 @@ pub fn table(prefix: &str) -> String {
     )
 }
 
+/// The schema version a fresh table reaches: one per migration the library
+/// ships in `outbox/migrations/<dir>` (`postgres`, `mysql`, `sqlite`, or
+/// `<db>/inbox` for inbox tables), counted from its `NNNN_*.up.sql` files.
+pub fn schema_version(dir: &str) -> usize {
+    let dir = format!("{}/../outbox/migrations/{dir}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|entry| {
+            let name = entry.as_ref().unwrap().file_name();
+            name.to_string_lossy().ends_with(".up.sql")
+        })
+        .count()
+}
+
 /// A fresh SQLite file URL (the file does not exist yet).
 pub fn sqlite_url() -> (String, std::path::PathBuf) {
     let dir = std::env::temp_dir().join("outbox-cli-tests");
