@@ -259,6 +259,11 @@ fn publish_if_fn(path: &ExprPath) -> TokenStream {
 }
 
 /// `#[doc(hidden)] const _: () = { use <runtime> as _outbox; <items> };`
+///
+/// `unused_qualifications` is allowed inside: code spanned at the user's
+/// tokens (for error locations) names runtime items by full path, and a
+/// user module that imports `outbox::Event` would otherwise see that
+/// lint on its own `upcast_from` path.
 pub(crate) fn wrap_in_const(input: &EventInput<'_>, items: &TokenStream) -> TokenStream {
     let runtime = input
         .attrs
@@ -267,6 +272,7 @@ pub(crate) fn wrap_in_const(input: &EventInput<'_>, items: &TokenStream) -> Toke
         .map_or_else(|| quote!(::outbox), |krate| krate.value.to_token_stream());
     quote! {
         #[doc(hidden)]
+        #[allow(unused_qualifications)]
         const _: () = {
             use #runtime as _outbox;
             #items

@@ -98,13 +98,15 @@ pub(crate) fn decode<E: Event>(version: u32, payload: &str) -> Decoded<E> {
     match E::decode(version, payload) {
         Ok(event) => Decoded::Event(event),
         Err(err) if version == E::VERSION => Decoded::Failed(format!(
-            "payload does not decode as `{}`: {err}",
+            "payload does not decode as `{}` (`{}`): {err}",
+            E::NAME,
             std::any::type_name::<E>()
         )),
         Err(err) => Decoded::Failed(format!(
-            "payload of version {version} does not decode as `{}` (version {}): {err}",
-            std::any::type_name::<E>(),
-            E::VERSION
+            "payload of version {version} does not decode as `{}` version {} (`{}`): {err}",
+            E::NAME,
+            E::VERSION,
+            std::any::type_name::<E>()
         )),
     }
 }

@@ -125,7 +125,7 @@
 //!
 //! The type never enters the outbox (decided at compile time);
 //! [`Outbox::record`] returns [`FilterReason::Skipped`]. Cannot be combined
-//! with `publish_if`.
+//! with `publish_if`, `version`, `aliases`, `upcast_from` or `upcast`.
 //!
 //! ## `crate = path`
 //!
@@ -135,7 +135,7 @@
 //!
 //! The version stored with every entry this type records ([`Event::VERSION`],
 //! [`Entry::version`], the `outbox-event-version` broker header). An integer
-//! from 1; default 1. Raise it when the payload's shape changes, and say
+//! from 1 (no suffix, or `u32`); default 1. Raise it when the payload's shape changes, and say
 //! how older payloads become this one with one of the two keys below (or
 //! neither, when old payloads still decode as the new type, e.g. the change
 //! only added `#[serde(default)]` fields). See "Changing events" in the README.
@@ -161,7 +161,8 @@
 //!
 //! Former names of this event: entries stored (or messages received) under
 //! one of them go to this type's publisher or consumer. Each alias follows
-//! the rules of `name`.
+//! the rules of `name`; the list is not empty, repeats no alias and does not
+//! hold the type's own name.
 //!
 //! Two types with the same name and version, or an alias that is another
 //! type's name or alias, make [`OutboxBuilder::build`] fail with

@@ -534,18 +534,7 @@ impl<DB: Backend> Outbox<DB> {
                 continue;
             };
             if let Some(known) = route.dispatch.version() {
-                let (newer, known_rows): (Vec<_>, Vec<_>) =
-                    group.into_iter().partition(|row| {
-                        row.poison.is_none() && u32::try_from(row.version).is_ok_and(|v| v > known)
-                    });
-                group = known_rows;
-                if !newer.is_empty() {
-                    tracing::debug!(name = %name, count = newer.len(), known, "newer version than the publisher knows: left pending");
-                    report.newer_version += newer.len();
-                    metrics::counter!("outbox_newer_version_total", "event" => name.clone())
-                        .increment(newer.len() as u64);
-                    set_aside(&newer, inner.unroutable_delay, ordered, &mut held, &mut settlement);
-                }
+                group = self.set_aside_newer(group, known, report, &mut held, &mut settlement);
                 if group.is_empty() {
                     continue;
                 }
@@ -597,6 +586,38 @@ impl<DB: Backend> Outbox<DB> {
             count_outcomes(&name, &before, report);
         }
         settlement
+    }
+
+    /// Sets aside the entries of `group` whose version is newer than
+    /// `known`, the newest its publisher decodes (a rolling deploy): no
+    /// attempt, due again after the unroutable delay. Returns the rest.
+    fn set_aside_newer(
+        &self,
+        group: Vec<ClaimedRow>,
+        known: u32,
+        report: &mut Report,
+        held: &mut HashSet<String>,
+        settlement: &mut Settlement,
+    ) -> Vec<ClaimedRow> {
+        let (newer, rest): (Vec<_>, Vec<_>) = group.into_iter().partition(|row| {
+            row.poison.is_none() && u32::try_from(row.version).is_ok_and(|v| v > known)
+        });
+        if let Some(first) = newer.first() {
+            let name = &first.name;
+            tracing::debug!(name = %name, count = newer.len(), known, "newer version than the publisher knows: left pending");
+            report.newer_version += newer.len();
+            metrics::counter!("outbox_newer_version_total", "event" => name.clone())
+                .increment(newer.len() as u64);
+            let inner = &self.inner;
+            set_aside(
+                &newer,
+                inner.unroutable_delay,
+                inner.options.ordered,
+                held,
+                settlement,
+            );
+        }
+        rest
     }
 
     /// Turns one delivery into its outcome.

@@ -802,6 +802,82 @@ pub async fn inbox_unknown_names_dead_skipped_or_caught<H: Harness>() {
     ctx.done().await;
 }
 
+/// A consumer of version 3 of `suite.payment` (see `common::versions`):
+/// a version 1 message is upcast twice, one under the former name reaches
+/// it, one of a newer version is a dead letter (kept, to requeue once a
+/// consumer that knows it runs), a version that is not one is refused.
+pub async fn inbox_versions_are_upcast_renames_routed_newer_kept<H: Harness>() {
+    use super::versions::{Payment, PaymentV1};
+    let ctx = InboxCtx::<H>::bare().await;
+    let inbox = ctx.inbox().await;
+    let seen: Arc<Mutex<Vec<Recorded<Payment>>>> = Arc::default();
+    let consumers = Consumers::builder()
+        .on({
+            let seen = Arc::clone(&seen);
+            move |_tx: &mut Tx<H::DB>, payment: Recorded<Payment>| {
+                let seen = Arc::clone(&seen);
+                Box::pin(async move {
+                    seen.lock().unwrap().push(payment);
+                    Ok(())
+                })
+            }
+        })
+        .build()
+        .unwrap();
+    let v1 = serde_json::to_vec(&PaymentV1 {
+        invoice: 1,
+        amount: 2.5,
+    })
+    .unwrap();
+    let send = |name: &str, version: Option<&str>| {
+        let message = Message::new(v1.clone())
+            .event_id(Uuid::new_v4().to_string())
+            .name(name);
+        match version {
+            Some(version) => message.version(version),
+            None => message,
+        }
+    };
+    let old = inbox
+        .handle(&consumers, send("suite.payment", Some("1")))
+        .await;
+    assert_eq!(old, Outcome::Processed);
+    let renamed = inbox
+        .handle(&consumers, send("suite.payment_received", None))
+        .await;
+    assert_eq!(renamed, Outcome::Processed, "no header: version 1");
+    let seen = seen.lock().unwrap().clone();
+    let got: Vec<_> = seen
+        .iter()
+        .map(|p| (p.name(), p.version(), p.event().amount_cents))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("suite.payment", 1, 250),
+            ("suite.payment_received", 1, 250)
+        ]
+    );
+    assert_eq!(seen[0].event().currency, "EUR");
+
+    let newer = send("suite.payment", Some("4"));
+    let newer_id = newer.id().unwrap().parse().unwrap();
+    let reason = dead_reason(inbox.handle(&consumers, newer).await);
+    assert!(
+        reason.contains("version 4") && reason.contains("newer"),
+        "{reason}"
+    );
+    let dead = inbox.dead_letter(newer_id).await.unwrap().unwrap();
+    assert_eq!(dead.version, 4);
+    let reason = dead_reason(
+        inbox
+            .handle(&consumers, send("suite.payment", Some("0")))
+            .await,
+    );
+    assert!(reason.contains("event version `0`"), "{reason}");
+    ctx.done().await;
+}
+
 /// Dead letters listed (all, by name, one), purged (a later delivery is a
 /// duplicate) and requeued: a running consumer loop processes a requeued
 /// message from the table exactly once. Stats follow each step.
@@ -1321,6 +1397,7 @@ macro_rules! inbox_suite {
             inbox_loop_never_exceeds_max_in_flight,
             inbox_loop_keeps_arrival_order_per_stream,
             inbox_loop_shutdown_releases_held_messages,
+            inbox_versions_are_upcast_renames_routed_newer_kept,
         );
     };
     (@tests $harness:ty; $($name:ident,)*) => {

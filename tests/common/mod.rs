@@ -6,6 +6,9 @@
 #![allow(unreachable_pub)] // Reason: shared by several test crates through `mod common`.
 
 pub mod inbox;
+pub mod versions;
+
+pub use versions::*;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -2322,6 +2325,13 @@ macro_rules! backend_suite {
             poison_row_holds_back_its_stream,
             foreign_or_outdated_table_is_named,
             model_based_sequences_match_the_model,
+            version_1_entry_reaches_the_version_3_publisher,
+            publish_upcast_hands_on_the_current_version,
+            renamed_type_receives_entries_of_its_old_name,
+            newer_version_waits_without_attempts_for_newer_code,
+            old_version_dead_letter_is_delivered_once_an_upcaster_exists,
+            catch_all_publishes_every_version_as_stored,
+            a_name_and_its_aliases_take_one_publisher,
         );
     };
     (@tests $harness:ty; $($name:ident,)*) => {

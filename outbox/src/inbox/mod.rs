@@ -419,8 +419,13 @@ impl<DB: Backend> fmt::Debug for ConsumersBuilder<DB> {
 impl<DB: Backend> ConsumersBuilder<DB> {
     /// Routes `E`'s name and aliases to `handle`.
     fn add<E: Event>(mut self, handle: Arc<dyn Handle<DB>>) -> Self {
-        for name in std::iter::once(E::NAME).chain(E::ALIASES.iter().copied()) {
-            if self.typed.insert(name, Arc::clone(&handle)).is_some() {
+        let mut routes: Vec<_> = E::ALIASES
+            .iter()
+            .map(|&alias| (alias, Arc::clone(&handle)))
+            .collect();
+        routes.push((E::NAME, handle));
+        for (name, handle) in routes {
+            if self.typed.insert(name, handle).is_some() {
                 self.duplicate
                     .get_or_insert_with(|| format!("event `{name}`"));
             }

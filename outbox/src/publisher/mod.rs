@@ -562,7 +562,7 @@ impl fmt::Debug for Publishers {
             .field("fallback", &self.fallback.is_some())
             .field("max_pause", &self.max_pause)
             .field("publish_upcast", &self.upcast)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -728,12 +728,10 @@ impl PublishersBuilder {
     /// Registers a typed publisher for events of type `E` (and for entries
     /// stored under its [aliases](Event::ALIASES)).
     pub fn publisher<E: Event, P: Publisher<E>>(self, publisher: P) -> Self {
-        self.add::<E>(
-            Box::new(Typed {
-                publisher,
-                _event: PhantomData::<fn() -> E>,
-            }),
-        )
+        self.add::<E>(Box::new(Typed {
+            publisher,
+            _event: PhantomData::<fn() -> E>,
+        }))
     }
 
     /// Registers an async closure for events of type `E`; it receives the
@@ -756,12 +754,10 @@ impl PublishersBuilder {
         F: Fn(Recorded<E>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = PublishResult> + Send + 'static,
     {
-        self.add::<E>(
-            Box::new(TypedFn {
-                handler,
-                _event: PhantomData::<fn() -> E>,
-            }),
-        )
+        self.add::<E>(Box::new(TypedFn {
+            handler,
+            _event: PhantomData::<fn() -> E>,
+        }))
     }
 
     /// Sets the catch-all publisher for entries no typed publisher claims.

@@ -1,3 +1,4 @@
+#![deny(unused_qualifications)] // the derive's code, spanned at user paths, must not trip it
 // One event in three versions: V2 upcasts V1's JSON with `upcast(1 => f)`,
 // V3 converts from V2 with `upcast_from` and keeps two former names.
 use outbox::Event;
