@@ -455,15 +455,17 @@ fn version_number(lit: &LitInt, below_one: &str) -> syn::Result<u32> {
     if lit.base10_digits().starts_with('-') {
         return Err(Error::new(lit.span(), below_one));
     }
+    // The tables store versions as 32-bit signed integers.
     match lit.base10_parse::<u32>() {
         Ok(0) => Err(Error::new(lit.span(), below_one)),
-        Ok(number) => Ok(number),
-        Err(_) => Err(Error::new(
-            lit.span(),
-            format!("version number must fit in a u32 (at most {})", u32::MAX),
-        )),
+        Ok(number) if i32::try_from(number).is_ok() => Ok(number),
+        _ => Err(Error::new(lit.span(), TOO_LARGE)),
     }
 }
+
+/// A version past what the tables' 32-bit integer column holds.
+const TOO_LARGE: &str =
+    "version number must be at most 2147483647 (versions are stored as 32-bit integers)";
 
 /// `aliases = ["billing.paid", ..]`: the bracketed list of string literals;
 /// the literals themselves are checked by `Parser::check_aliases`.
@@ -682,12 +684,12 @@ mod tests {
     }
 
     #[test]
-    fn version_is_an_integer_from_1_that_fits_a_u32() {
+    fn version_is_an_integer_from_1_that_fits_an_i32() {
         for (input, number) in [
             (parse_quote!(version = 1), 1),
             (parse_quote!(version = 2u32), 2),
             (parse_quote!(version = 0x10), 16),
-            (parse_quote!(version = 4294967295), u32::MAX),
+            (parse_quote!(version = 2147483647), 2_147_483_647),
         ] {
             let (attrs, errors) = parse_args(&input);
             assert!(errors.is_empty(), "{input}: {errors:?}");
@@ -702,10 +704,8 @@ mod tests {
                 parse_quote!(version = -2),
                 "event version must be at least 1",
             ),
-            (
-                parse_quote!(version = 4294967296),
-                "version number must fit in a u32 (at most 4294967295)",
-            ),
+            (parse_quote!(version = 2147483648), TOO_LARGE),
+            (parse_quote!(version = 4294967296), TOO_LARGE),
             (
                 parse_quote!(version = 2u8),
                 "unexpected suffix `u8` on version number",
@@ -837,7 +837,7 @@ mod tests {
                     "upcast steps start from version 1",
                     "upcast steps start from version 1",
                     "unexpected suffix `u8` on version number",
-                    "version number must fit in a u32 (at most 4294967295)",
+                    TOO_LARGE,
                 ],
             ),
         ] {

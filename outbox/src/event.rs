@@ -26,7 +26,8 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     const NAME: &'static str;
 
     /// The version stored with each entry this type records
-    /// (`#[outbox(version = N)]`, default 1; never 0).
+    /// (`#[outbox(version = N)]`, default 1; from 1 to `i32::MAX`, the
+    /// tables' integer column).
     const VERSION: u32 = 1;
 
     /// Former names (`#[outbox(aliases = ["billing.paid"])]`): entries

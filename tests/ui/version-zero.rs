@@ -11,7 +11,7 @@ struct InvoiceSent;
 struct InvoiceVoided;
 
 #[derive(serde::Serialize, serde::Deserialize, outbox::Event)]
-#[outbox(version = 4294967296)]
+#[outbox(version = 2147483648)]
 struct InvoiceDue;
 
 #[derive(serde::Serialize, serde::Deserialize, outbox::Event)]
