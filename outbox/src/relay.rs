@@ -599,24 +599,27 @@ impl<DB: Backend> Outbox<DB> {
         held: &mut HashSet<String>,
         settlement: &mut Settlement,
     ) -> Vec<ClaimedRow> {
-        let (newer, rest): (Vec<_>, Vec<_>) = group.into_iter().partition(|row| {
+        let is_newer = |row: &ClaimedRow| {
             row.poison.is_none() && u32::try_from(row.version).is_ok_and(|v| v > known)
-        });
-        if let Some(first) = newer.first() {
-            let name = &first.name;
-            tracing::debug!(name = %name, count = newer.len(), known, "newer version than the publisher knows: left pending");
-            report.newer_version += newer.len();
-            metrics::counter!("outbox_newer_version_total", "event" => name.clone())
-                .increment(newer.len() as u64);
-            let inner = &self.inner;
-            set_aside(
-                &newer,
-                inner.unroutable_delay,
-                inner.options.ordered,
-                held,
-                settlement,
-            );
+        };
+        // The common case (every entry known) keeps the group as it is.
+        if !group.iter().any(is_newer) {
+            return group;
         }
+        let (newer, rest): (Vec<_>, Vec<_>) = group.into_iter().partition(is_newer);
+        let name = &newer[0].name;
+        tracing::debug!(name = %name, count = newer.len(), known, "newer version than the publisher knows: left pending");
+        report.newer_version += newer.len();
+        metrics::counter!("outbox_newer_version_total", "event" => name.clone())
+            .increment(newer.len() as u64);
+        let inner = &self.inner;
+        set_aside(
+            &newer,
+            inner.unroutable_delay,
+            inner.options.ordered,
+            held,
+            settlement,
+        );
         rest
     }
 
